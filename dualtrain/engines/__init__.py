@@ -1,0 +1,80 @@
+"""The engines, one per backend, chosen by name and imported only when chosen.
+
+`select_backend` must run before anything imports Keras: Keras fixes its backend per process at
+import time, and importing an engine module imports its framework.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+import sys
+import tempfile
+from typing import TYPE_CHECKING
+
+from dualtrain.errors import ConfigError, RunError
+
+if TYPE_CHECKING:
+    from dualtrain.engines.base import Engine
+
+# dualtrain's backend name -> (Keras backend name, module of its engine, engine class)
+_ENGINES = {
+    "torch": ("torch", "dualtrain.engines.torch", "TorchEngine"),
+    "tf": ("tensorflow", "dualtrain.engines.tensorflow", "TensorFlowEngine"),
+}
+
+
+def select_backend(name: str) -> None:
+    """Fixes Keras's backend for this process; fails if Keras already runs another one."""
+    if name not in _ENGINES:
+        raise ConfigError(f"backend must be one of {', '.join(_ENGINES)}; got {name!r}")
+    keras_name = _ENGINES[name][0]
+    if "keras" in sys.modules:
+        current = sys.modules["keras"].backend.backend()
+        if current != keras_name:
+            raise RunError(
+                f"this process already runs Keras on {current}; backend={name} needs a new process "
+                "(Keras fixes its backend at import time)"
+            )
+    os.environ["KERAS_BACKEND"] = keras_name
+    if (
+        name == "tf"
+        and "tensorflow" not in sys.modules
+        and "TF_CPP_MIN_LOG_LEVEL" not in os.environ
+    ):
+        _import_tensorflow_quietly()
+
+
+# Printed by TensorFlow on import whatever TF_CPP_MIN_LOG_LEVEL says (before absl reads it).
+_TF_START_UP_NOTICES = ("All log messages before absl::InitializeLog()", "oneDNN custom operations")
+
+
+def _import_tensorflow_quietly() -> None:
+    """Imports TensorFlow with its start-up notices dropped; everything else it prints is kept.
+
+    A user who sets TF_CPP_MIN_LOG_LEVEL sees TensorFlow's output as TensorFlow prints it.
+    """
+    os.environ["TF_CPP_MIN_LOG_LEVEL"] = "2"
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile(mode="w+b") as captured:
+        os.dup2(captured.fileno(), 2)
+        try:
+            importlib.import_module("tensorflow")
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            captured.seek(0)
+            for line in captured.read().decode(errors="replace").splitlines(keepends=True):
+                if not any(notice in line for notice in _TF_START_UP_NOTICES):
+                    sys.stderr.write(line)
+
+
+def engine_class(name: str) -> type[Engine]:
+    """The engine class of a backend; imports Keras and that backend's framework."""
+    select_backend(name)
+    _, module, cls = _ENGINES[name]
+    return getattr(importlib.import_module(module), cls)
+
+
+__all__ = ["engine_class", "select_backend"]

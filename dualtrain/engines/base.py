@@ -1,0 +1,142 @@
+"""The engine interface that both backends implement, and the Keras-level work they share.
+
+An engine owns the framework: it turns the backend-neutral data into framework batches, runs the
+train and eval steps, and hands plain Python floats back to the loop. The two engines have the same
+methods in the same order; each step does the same work in the same order:
+forward, loss, gradients, optimizer update, loss tracking.
+"""
+
+from __future__ import annotations
+
+import random
+from abc import ABC, abstractmethod
+from collections.abc import Iterable
+from typing import Any, ClassVar
+
+import keras
+import numpy as np
+
+from dualtrain.data import ArrayDataset, DataSplits
+from dualtrain.errors import ConfigError, RunError
+from dualtrain.recipe import Recipe
+from dualtrain.settings import OptimizerSettings, Settings
+
+Batch = Any  # a (features, labels) pair of framework tensors
+
+_OPTIMIZERS = {"adam": "Adam", "adamw": "AdamW", "sgd": "SGD"}
+
+
+class Engine(ABC):
+    """Runs one recipe on one backend. Subclasses: `TorchEngine`, `TensorFlowEngine`."""
+
+    name: ClassVar[str]
+
+    def __init__(self, settings: Settings, recipe: Recipe, data: DataSplits) -> None:
+        self.settings = settings
+        self.recipe = recipe
+        self.data = data
+        self.jit_compile = self._resolve_jit(settings.backend.jit_compile)
+
+    # -- set-up ----------------------------------------------------------------------------------
+
+    def setup(self) -> None:
+        """Seeds every RNG, builds model, loss, metrics and optimizer, then the compiled steps."""
+        seed = self.settings.seed
+        # Keras draws its default initializer seeds from Python's `random`; NumPy for completeness.
+        # (keras.utils.set_random_seed would import TensorFlow on the torch backend.)
+        random.seed(seed)
+        np.random.seed(seed)
+        self._seed_framework(seed)
+        self.model = self.recipe.build_model(self.data.info)
+        self._check_model()
+        self.loss_fn = self.recipe.loss()
+        self.metrics = self.recipe.metrics()
+        self.train_loss = keras.metrics.Mean(name="loss")
+        self.val_loss = keras.metrics.Mean(name="loss")
+        self.trainable_variables = list(self.model.trainable_variables)
+        self.optimizer = make_optimizer(self.settings.optimizer)
+        self.optimizer.build(self.trainable_variables)
+        self._make_steps()
+
+    # -- what each backend implements, in the order a run uses it --------------------------------
+
+    @abstractmethod
+    def _resolve_jit(self, choice: str) -> bool:
+        """Turns `backend.jit_compile` (auto|true|false) into on or off for this device."""
+
+    @abstractmethod
+    def _seed_framework(self, seed: int) -> None:
+        """Seeds the framework's own RNG."""
+
+    @abstractmethod
+    def _make_steps(self) -> None:
+        """Sets `self._train_fn` and `self._eval_fn`, compiled as `self.jit_compile` says."""
+
+    @abstractmethod
+    def train_batches(self, epoch: int) -> Iterable[Batch]:
+        """The train split in the seeded order of `epoch`, as framework tensors on the device."""
+
+    @abstractmethod
+    def val_batches(self) -> Iterable[Batch]:
+        """The val split in its fixed order, as framework tensors on the device."""
+
+    @abstractmethod
+    def train_step(self, batch: Batch) -> None:
+        """One optimizer step. Nothing leaves the device: the loss goes into `train_loss`."""
+
+    @abstractmethod
+    def _eval_step(self, batch: Batch) -> None:
+        """Updates `val_loss` and the recipe's metrics with one batch."""
+
+    # -- shared ----------------------------------------------------------------------------------
+
+    @staticmethod
+    def batch_size(batch: Batch) -> int:
+        return int(batch[0].shape[0])
+
+    def train_metrics(self) -> dict[str, float]:
+        """Mean train loss since the last call, and the current lr; the only device sync."""
+        values = {
+            "loss": _number(self.train_loss.result()),
+            "lr": _number(self.optimizer.learning_rate),
+        }
+        self.train_loss.reset_state()
+        return values
+
+    def evaluate(self) -> dict[str, float]:
+        """Loss and recipe metrics over the whole val split."""
+        for metric in [self.val_loss, *self.metrics]:
+            metric.reset_state()
+        for batch in self.val_batches():
+            self._eval_step(batch)
+        values = {"loss": _number(self.val_loss.result())}
+        values.update({m.name: _number(m.result()) for m in self.metrics})
+        return values
+
+    def _batch_order(self, split: ArrayDataset, epoch: int | None) -> list[np.ndarray]:
+        """Index arrays of each batch: shuffled by (seed, epoch) for training, fixed for val."""
+        seed = None if epoch is None else self.settings.seed
+        return split.batches(self.settings.data.batch_size, seed=seed, epoch=epoch or 0)
+
+    def _check_model(self) -> None:
+        info = self.data.info
+        expected = (None, *info.input_shape)
+        got = tuple(self.model.input_shape) if hasattr(self.model, "input_shape") else expected
+        if tuple(got) != expected:
+            raise RunError(
+                f"recipe {self.recipe.name}: the model takes inputs of shape {got} but the data "
+                f"has samples of shape {info.input_shape}; build the model for data.input_shape"
+            )
+
+
+def make_optimizer(settings: OptimizerSettings) -> keras.optimizers.Optimizer:
+    """A Keras optimizer: the same update rule and state layout on both backends."""
+    cls = getattr(keras.optimizers, _OPTIMIZERS[settings.name])
+    try:
+        return cls(learning_rate=settings.lr, **settings.params)
+    except (TypeError, ValueError) as err:
+        raise ConfigError(f"optimizer={settings.name}: {err}") from None
+
+
+def _number(value: Any) -> float:
+    return float(keras.ops.convert_to_numpy(value))

@@ -1,0 +1,88 @@
+"""The TensorFlow engine: train and eval steps compiled with tf.function, XLA on request."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+
+import numpy as np
+import tensorflow as tf
+
+from dualtrain.data import ArrayDataset
+from dualtrain.engines.base import Batch, Engine
+
+
+class TensorFlowEngine(Engine):
+    name = "tf"
+
+    def _resolve_jit(self, choice: str) -> bool:
+        # auto = XLA on GPU only. Measured on the 2-core CPU (docs/architecture.md): XLA made the
+        # cnn step slower than plain tf.function and added seconds of compile time.
+        if choice == "auto":
+            return bool(tf.config.list_physical_devices("GPU"))
+        return choice == "true"
+
+    def _seed_framework(self, seed: int) -> None:
+        tf.random.set_seed(seed)
+
+    def _make_steps(self) -> None:
+        # A batch dimension of None: the last, smaller batch of an epoch reuses the one trace.
+        train = self.data.train
+        signature = [
+            tf.TensorSpec((None, *train.x.shape[1:]), train.x.dtype),
+            tf.TensorSpec((None, *train.y.shape[1:]), train.y.dtype),
+        ]
+        self._train_fn = tf.function(
+            self._train_step, input_signature=signature, jit_compile=self.jit_compile
+        )
+        self._eval_fn = tf.function(
+            self._eval_step_impl, input_signature=signature, jit_compile=self.jit_compile
+        )
+        self._train_arrays = _as_constants(self.data.train)
+        self._val_arrays = _as_constants(self.data.val)
+
+    def train_batches(self, epoch: int) -> Iterable[Batch]:
+        return self._pipeline(self._train_arrays, self._batch_order(self.data.train, epoch))
+
+    def val_batches(self) -> Iterable[Batch]:
+        return self._pipeline(self._val_arrays, self._batch_order(self.data.val, None))
+
+    def train_step(self, batch: Batch) -> None:
+        self._train_fn(*batch)
+
+    def _eval_step(self, batch: Batch) -> None:
+        self._eval_fn(*batch)
+
+    # -- the steps -------------------------------------------------------------------------------
+
+    def _train_step(self, x: tf.Tensor, y: tf.Tensor) -> None:
+        with tf.GradientTape() as tape:
+            y_pred = self.model(x, training=True)
+            loss = self.loss_fn(y, y_pred)
+        grads = tape.gradient(loss, self.trainable_variables)
+        self.optimizer.apply(grads, self.trainable_variables)
+        self.train_loss.update_state(loss, sample_weight=tf.shape(x)[0])
+
+    def _eval_step_impl(self, x: tf.Tensor, y: tf.Tensor) -> None:
+        y_pred = self.model(x, training=False)
+        self.val_loss.update_state(self.loss_fn(y, y_pred), sample_weight=tf.shape(x)[0])
+        for metric in self.metrics:
+            metric.update_state(y, y_pred)
+
+    # -- data ------------------------------------------------------------------------------------
+
+    def _pipeline(
+        self, arrays: tuple[tf.Tensor, tf.Tensor], order: list[np.ndarray]
+    ) -> tf.data.Dataset:
+        """A tf.data pipeline that gathers the given batches in parallel and prefetches them."""
+        x, y = arrays
+        indices = tf.data.Dataset.from_tensor_slices(np.concatenate(order))
+        batch_size = len(order[0])
+        return (
+            indices.batch(batch_size)
+            .map(lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE)
+            .prefetch(tf.data.AUTOTUNE)
+        )
+
+
+def _as_constants(split: ArrayDataset) -> tuple[tf.Tensor, tf.Tensor]:
+    return tf.constant(split.x), tf.constant(split.y)

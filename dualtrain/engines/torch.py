@@ -1,0 +1,114 @@
+"""The PyTorch engine: eager steps with native autograd on the Keras model's parameters."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Iterator
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from dualtrain.data import ArrayDataset
+from dualtrain.engines.base import Batch, Engine
+
+
+class TorchEngine(Engine):
+    name = "torch"
+
+    def _resolve_jit(self, choice: str) -> bool:
+        # auto = off. Measured on the 2-core CPU (docs/architecture.md): torch.compile of the cnn
+        # step took about 70 s to compile and then ran no faster than eager.
+        return choice == "true"
+
+    def _seed_framework(self, seed: int) -> None:
+        torch.manual_seed(seed)
+
+    def _make_steps(self) -> None:
+        self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        self._train_fn = self._train_step
+        self._eval_fn = self._eval_step_impl
+        if self.jit_compile:
+            self._train_fn = torch.compile(self._train_step)
+            self._eval_fn = torch.compile(self._eval_step_impl)
+        self._train_loader = self._loader(self.data.train)
+        self._val_loader = self._loader(self.data.val)
+
+    def train_batches(self, epoch: int) -> Iterable[Batch]:
+        self._train_loader.sampler.order = self._batch_order(self.data.train, epoch)  # type: ignore[attr-defined]
+        return self._to_device(self._train_loader)
+
+    def val_batches(self) -> Iterable[Batch]:
+        self._val_loader.sampler.order = self._batch_order(self.data.val, None)  # type: ignore[attr-defined]
+        return self._to_device(self._val_loader)
+
+    def train_step(self, batch: Batch) -> None:
+        self._train_fn(*batch)
+
+    def _eval_step(self, batch: Batch) -> None:
+        self._eval_fn(*batch)
+
+    # -- the steps -------------------------------------------------------------------------------
+
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        y_pred = self.model(x, training=True)
+        loss = self.loss_fn(y, y_pred)
+        for variable in self.trainable_variables:
+            variable.value.grad = None
+        loss.backward()
+        grads = [variable.value.grad for variable in self.trainable_variables]
+        with torch.no_grad():
+            self.optimizer.apply(grads, self.trainable_variables)
+            self.train_loss.update_state(loss, sample_weight=x.shape[0])
+
+    @torch.no_grad()
+    def _eval_step_impl(self, x: torch.Tensor, y: torch.Tensor) -> None:
+        y_pred = self.model(x, training=False)
+        self.val_loss.update_state(self.loss_fn(y, y_pred), sample_weight=x.shape[0])
+        for metric in self.metrics:
+            metric.update_state(y, y_pred)
+
+    # -- data ------------------------------------------------------------------------------------
+
+    def _loader(self, split: ArrayDataset) -> DataLoader:
+        """A DataLoader that serves whole batches by index; the order is set before each epoch.
+
+        In-memory arrays are gathered faster than a worker process could hand them over, so
+        `data.num_workers` defaults to 0; set it for sources that decode or read from disk.
+        """
+        workers = self.settings.data.num_workers
+        return DataLoader(
+            _BatchedArrays(split),
+            sampler=_BatchOrder(),
+            batch_size=None,  # the sampler yields whole batches of indices
+            num_workers=workers,
+            persistent_workers=workers > 0,
+            pin_memory=self.device.type == "cuda",
+        )
+
+    def _to_device(self, loader: DataLoader) -> Iterator[Batch]:
+        for x, y in loader:
+            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+class _BatchedArrays(torch.utils.data.Dataset):
+    def __init__(self, split: ArrayDataset) -> None:
+        self.split = split
+
+    def __len__(self) -> int:
+        return len(self.split)
+
+    def __getitem__(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        return torch.from_numpy(self.split.x[indices]), torch.from_numpy(self.split.y[indices])
+
+
+class _BatchOrder(torch.utils.data.Sampler):
+    """Yields the batches of index arrays that the engine set for the coming epoch."""
+
+    def __init__(self) -> None:
+        self.order: list[np.ndarray] = []
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return iter(self.order)
+
+    def __len__(self) -> int:
+        return len(self.order)

@@ -1,0 +1,75 @@
+"""The console: a tqdm bar per epoch on a terminal, and a table of final metrics at the end."""
+
+from __future__ import annotations
+
+import sys
+from collections.abc import Mapping
+from typing import Any, TextIO
+
+from tqdm import tqdm
+
+from dualtrain.logging.base import Logger
+
+
+class ConsoleLogger(Logger):
+    def __init__(self, progress: bool, stream: TextIO | None = None) -> None:
+        self.stream = stream or sys.stdout
+        # Quiet in logs and pipes: bars are only drawn on a terminal.
+        self.progress = progress and self.stream.isatty()
+        self._bar: tqdm | None = None
+
+    def start_epoch(self, epoch: int, total_steps: int | None) -> None:
+        if self.progress:
+            self._bar = tqdm(
+                total=total_steps,
+                desc=f"epoch {epoch}",
+                unit="step",
+                file=self.stream,
+                leave=True,
+                dynamic_ncols=True,
+            )
+
+    def advance(self, steps: int) -> None:
+        if self._bar is not None:
+            self._bar.update(steps)
+
+    def log_metrics(self, split: str, metrics: Mapping[str, float], step: int, epoch: int) -> None:
+        if self._bar is None:
+            return
+        if split == "train":
+            self._bar.set_postfix(
+                loss=f"{metrics['loss']:.4f}",
+                samples_per_s=f"{metrics['samples_per_sec']:.0f}",
+                refresh=False,
+            )
+        else:
+            shown = ", ".join(f"{name}={value:.4f}" for name, value in metrics.items())
+            self._bar.set_postfix_str(f"val: {shown}")
+
+    def end_epoch(self) -> None:
+        if self._bar is not None:
+            self._bar.close()
+            self._bar = None
+
+    def finalize(self, summary: Mapping[str, Any]) -> None:
+        self.end_epoch()
+        print(format_summary(summary), file=self.stream)
+
+
+def format_summary(summary: Mapping[str, Any]) -> str:
+    """A short table of the final metrics, throughput and where the files are."""
+    rows = [
+        ("status", summary["status"]),
+        ("backend", summary["backend"]),
+        ("steps", summary["steps"]),
+        ("epochs", summary["epochs"]),
+        ("wall_seconds", f"{summary['wall_seconds']:.1f}"),
+    ]
+    if summary.get("train_samples_per_sec"):
+        rows.append(("train_samples_per_sec", f"{summary['train_samples_per_sec']:.0f}"))
+    for split in ("train", "val"):
+        for name, value in summary["final"].get(split, {}).items():
+            rows.append((f"{split}/{name}", f"{value:.4f}" if abs(value) < 100 else f"{value:.0f}"))
+    width = max(len(name) for name, _ in rows)
+    title = f"dualtrain {summary['recipe']} on {summary['backend']}: {summary['status']}"
+    return "\n".join([title, *(f"  {name:<{width}}  {value}" for name, value in rows)])

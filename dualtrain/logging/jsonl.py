@@ -1,0 +1,35 @@
+"""metrics.jsonl: one JSON object per line, flushed as it is written (CONTRACT §3)."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections.abc import Mapping
+from pathlib import Path
+from typing import Any
+
+from dualtrain.logging.base import Logger
+
+
+class JsonlLogger(Logger):
+    def __init__(self, path: Path, backend: str) -> None:
+        self.path = path
+        self.backend = backend
+        # Appended, not truncated: a resumed run continues the same file.
+        self._file = path.open("a", encoding="utf-8")
+
+    def log_metrics(self, split: str, metrics: Mapping[str, float], step: int, epoch: int) -> None:
+        line = {
+            "step": step,
+            "epoch": epoch,
+            "split": split,
+            "backend": self.backend,
+            "time": time.time(),
+        }
+        line.update({name: float(value) for name, value in metrics.items()})
+        # One write per line, then flush: a crash leaves whole lines only.
+        self._file.write(json.dumps(line) + "\n")
+        self._file.flush()
+
+    def finalize(self, summary: Mapping[str, Any]) -> None:
+        self._file.close()

@@ -1,0 +1,102 @@
+"""The training loop, written once for both backends: epochs, steps, logging cadence, throughput.
+
+The loop never touches a framework. It asks the engine for batches and steps, and for numbers only
+every `trainer.log_every_n_steps` steps, so values leave the device rarely.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING
+
+from dualtrain.logging import Logger
+from dualtrain.settings import TrainerSettings
+
+if TYPE_CHECKING:
+    from dualtrain.engines.base import Engine
+
+
+@dataclass
+class LoopState:
+    """Where a run stands: counters, last values, and the steady-state throughput figures."""
+
+    step: int = 0  # optimizer steps so far
+    epochs: int = 0  # epochs completed
+    final_train: dict[str, float] = field(default_factory=dict)
+    final_val: dict[str, float] = field(default_factory=dict)
+    steady_samples: int = 0  # samples trained after the first epoch...
+    steady_seconds: float = 0.0  # ...and the train time they took (eval excluded)
+    first_epoch_samples: int = 0  # fallback for one-epoch runs: samples after the first step...
+    first_epoch_seconds: float = 0.0  # ...and their time
+
+    @property
+    def train_samples_per_sec(self) -> float | None:
+        """Steady state: after the first epoch, so tracing and compilation are not in it."""
+        if self.steady_seconds > 0:
+            return self.steady_samples / self.steady_seconds
+        if self.first_epoch_seconds > 0:
+            return self.first_epoch_samples / self.first_epoch_seconds
+        return None
+
+
+def fit(engine: Engine, trainer: TrainerSettings, logger: Logger, state: LoopState) -> None:
+    """Trains for `trainer.max_epochs` epochs or `trainer.max_steps` steps; validates each epoch."""
+    batch_size = engine.settings.data.batch_size
+    steps_per_epoch = math.ceil(len(engine.data.train) / batch_size)
+    for epoch in range(trainer.max_epochs):
+        if _done(state, trainer):
+            break
+        total = steps_per_epoch
+        if trainer.max_steps > 0:
+            total = min(total, trainer.max_steps - state.step)
+        logger.start_epoch(epoch, total)
+        epoch_start = last_log = time.perf_counter()
+        after_first_step = 0.0
+        first_batch = 0
+        epoch_samples = samples_since_log = unlogged = 0
+        for batch in engine.train_batches(epoch):
+            engine.train_step(batch)
+            size = engine.batch_size(batch)
+            state.step += 1
+            epoch_samples += size
+            samples_since_log += size
+            unlogged += 1
+            if not after_first_step:
+                after_first_step = time.perf_counter()
+                first_batch = size
+            logger.advance(1)
+            if state.step % trainer.log_every_n_steps == 0:
+                last_log = _log_train(engine, logger, state, epoch, samples_since_log, last_log)
+                samples_since_log = unlogged = 0
+            if _done(state, trainer):
+                break
+        if unlogged:
+            last_log = _log_train(engine, logger, state, epoch, samples_since_log, last_log)
+        epoch_end = time.perf_counter()
+        if epoch == 0:
+            state.first_epoch_samples = epoch_samples - first_batch
+            state.first_epoch_seconds = epoch_end - after_first_step
+        else:
+            state.steady_samples += epoch_samples
+            state.steady_seconds += epoch_end - epoch_start
+        state.final_val = engine.evaluate()
+        logger.log_metrics("val", state.final_val, state.step, epoch)
+        logger.end_epoch()
+        state.epochs = epoch + 1
+
+
+def _done(state: LoopState, trainer: TrainerSettings) -> bool:
+    return trainer.max_steps > 0 and state.step >= trainer.max_steps
+
+
+def _log_train(
+    engine: Engine, logger: Logger, state: LoopState, epoch: int, samples: int, since: float
+) -> float:
+    values = engine.train_metrics()  # the device sync happens here, before the clock is read
+    now = time.perf_counter()
+    values["samples_per_sec"] = samples / max(now - since, 1e-9)
+    state.final_train = values
+    logger.log_metrics("train", values, state.step, epoch)
+    return now

@@ -1,0 +1,33 @@
+"""cnn: a small convolutional classifier for images such as the 8x8 digits."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import keras
+
+from dualtrain.data import DataInfo
+
+
+def build_model(
+    data: DataInfo, filters: Sequence[int] = (32, 64), dense_units: int = 128, dropout: float = 0.25
+) -> keras.Model:
+    """Conv-ReLU blocks ('same' padding), max-pooling after the last, a dense head, class logits."""
+    inputs = keras.Input(shape=data.input_shape, name="image")
+    x = inputs
+    for n in filters:
+        x = keras.layers.Conv2D(n, 3, padding="same", activation="relu")(x)
+    x = keras.layers.MaxPooling2D(2)(x)
+    x = keras.layers.Flatten()(x)
+    x = keras.layers.Dense(dense_units, activation="relu")(x)
+    x = keras.layers.Dropout(dropout)(x)
+    logits = keras.layers.Dense(data.num_classes, name="logits")(x)
+    return keras.Model(inputs, logits, name="cnn")
+
+
+def loss() -> keras.losses.Loss:
+    return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def metrics() -> list[keras.metrics.Metric]:
+    return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]

@@ -1,0 +1,95 @@
+"""One training run, from settings to summary.json: the plain function the CLI and tests call."""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import time
+from pathlib import Path
+from typing import Any
+
+from dualtrain import __version__
+from dualtrain.data import load_data
+from dualtrain.engines import engine_class, select_backend
+from dualtrain.logging import ConsoleLogger, JsonlLogger, LoggerGroup
+from dualtrain.loop import LoopState, fit
+from dualtrain.recipe import load_recipe
+from dualtrain.settings import Settings
+
+log = logging.getLogger("dualtrain")
+
+
+def train(settings: Settings) -> dict[str, Any]:
+    """Trains the recipe on the chosen backend and returns the summary written to summary.json.
+
+    The summary is written whatever happens: `completed`, `interrupted` (Ctrl-C) or `failed`;
+    the exception, if any, is re-raised after it is written.
+    """
+    select_backend(settings.backend.name)  # before anything below imports Keras
+    run_dir = settings.run_dir
+    run_dir.mkdir(parents=True, exist_ok=True)
+    logger = LoggerGroup(
+        [
+            JsonlLogger(run_dir / "metrics.jsonl", settings.backend.name),
+            ConsoleLogger(progress=settings.logger.progress),
+        ]
+    )
+    state = LoopState()
+    started = time.time()
+    status = "failed"
+    engine = None
+    try:
+        data = load_data(settings.data, settings.seed)
+        recipe = load_recipe(settings.recipe)
+        engine = engine_class(settings.backend.name)(settings, recipe, data)
+        log.info(
+            "training %s on %s (jit_compile=%s): %d train / %d val samples, run dir %s",
+            settings.recipe.name,
+            settings.backend.name,
+            engine.jit_compile,
+            len(data.train),
+            len(data.val),
+            run_dir,
+        )
+        engine.setup()
+        fit(engine, settings.trainer, logger, state)
+        status = "completed"
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+        summary = {
+            "status": status,
+            "backend": settings.backend.name,
+            "recipe": settings.recipe.name,
+            "steps": state.step,
+            "epochs": state.epochs,
+            "wall_seconds": time.time() - started,
+            "train_samples_per_sec": state.train_samples_per_sec,
+            "final": {"train": state.final_train, "val": state.final_val},
+            "jit_compile": engine.jit_compile if engine is not None else None,
+            "seed": settings.seed,
+            "versions": _versions(settings.backend.name),
+        }
+        write_json(run_dir / "summary.json", summary)
+        logger.finalize(summary)
+    return summary
+
+
+def write_json(path: Path, content: dict[str, Any]) -> None:
+    """Writes a JSON file atomically: readers see the old file or the new one, never half of one."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _versions(backend: str) -> dict[str, str]:
+    import sys
+
+    versions = {"dualtrain": __version__, "python": sys.version.split()[0]}
+    for name in ("keras", "torch" if backend == "torch" else "tensorflow", "numpy"):
+        module = sys.modules.get(name)
+        if module is not None:
+            versions[name] = getattr(module, "__version__", "unknown")
+    return versions

@@ -1,0 +1,221 @@
+"""Typed run settings built from the composed config; every validation message lives here.
+
+Only `cli` sees Hydra. It hands the composed config to `Settings.from_config` as a plain dict, and
+everything below works with these frozen dataclasses.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from dualtrain.errors import ConfigError
+
+BACKENDS = ("torch", "tf")
+MODES = ("train", "eval", "export", "parity")
+AVAILABLE_MODES = ("train",)  # eval, export and parity arrive with checkpoints.
+JIT_CHOICES = ("auto", "true", "false")
+OPTIMIZERS = ("adam", "adamw", "sgd")
+# Keys of a data config that the loader uses itself; all other keys go to the data source function.
+DATA_LOADER_KEYS = ("source", "batch_size", "val_fraction", "num_workers")
+
+
+@dataclass(frozen=True)
+class BackendSettings:
+    name: str
+    jit_compile: str  # "auto" | "true" | "false"
+
+
+@dataclass(frozen=True)
+class RecipeSettings:
+    name: str
+    module: str
+    model: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class DataSettings:
+    source: str  # "package.module:function"
+    batch_size: int
+    val_fraction: float
+    num_workers: int
+    params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the source
+
+
+@dataclass(frozen=True)
+class OptimizerSettings:
+    name: str
+    lr: float
+    params: dict[str, Any] = field(default_factory=dict)  # other keyword arguments of the optimizer
+
+
+@dataclass(frozen=True)
+class TrainerSettings:
+    max_epochs: int
+    max_steps: int  # -1: no limit
+    log_every_n_steps: int
+
+
+@dataclass(frozen=True)
+class LoggerSettings:
+    progress: bool
+
+
+@dataclass(frozen=True)
+class Settings:
+    mode: str
+    seed: int
+    backend: BackendSettings
+    recipe: RecipeSettings
+    data: DataSettings
+    optimizer: OptimizerSettings
+    trainer: TrainerSettings
+    logger: LoggerSettings
+    run_dir: Path
+    config_yaml: str = ""  # the composed config, kept for checkpoints and logs
+
+    @classmethod
+    def from_config(cls, cfg: Mapping[str, Any], run_dir: Path, config_yaml: str = "") -> Settings:
+        """Validates a composed config (as a plain dict) and returns the settings.
+
+        Raises:
+            ConfigError: naming the first bad key, its value and what would be right.
+        """
+        mode = _choice(cfg, "mode", MODES)
+        if mode not in AVAILABLE_MODES:
+            raise ConfigError(
+                f"mode={mode} is not available in this version; available modes: "
+                + ", ".join(AVAILABLE_MODES)
+            )
+        backend = _section(cfg, "backend")
+        recipe = _section(cfg, "recipe")
+        data = _section(cfg, "data")
+        optimizer = _section(cfg, "optimizer")
+        trainer = _section(cfg, "trainer")
+        logger = _section(cfg, "logger")
+
+        jit = backend.get("jit_compile", "auto")
+        jit = {True: "true", False: "false"}.get(jit, jit) if isinstance(jit, bool) else jit
+        if jit not in JIT_CHOICES:
+            raise ConfigError(f"backend.jit_compile must be one of auto, true, false; got {jit!r}")
+        source = _text(data, "data.source")
+        _check_importable(source.split(":")[0], "data.source")
+        recipe_module = _text(recipe, "recipe.module")
+        _check_importable(recipe_module, "recipe.module")
+        model = recipe.get("model") or {}
+        if not isinstance(model, Mapping):
+            raise ConfigError(f"recipe.model must be a mapping of keyword arguments; got {model!r}")
+
+        max_steps = _integer(trainer, "max_steps", "trainer.max_steps", minimum=-1)
+        if max_steps == 0:
+            raise ConfigError(
+                "trainer.max_steps must be -1 (no limit) or a positive integer; got 0"
+            )
+        return cls(
+            mode=mode,
+            seed=_integer(cfg, "seed", "seed", minimum=0),
+            backend=BackendSettings(
+                name=_choice(backend, "name", BACKENDS, "backend"), jit_compile=jit
+            ),
+            recipe=RecipeSettings(
+                name=_text(recipe, "recipe.name"), module=recipe_module, model=dict(model)
+            ),
+            data=DataSettings(
+                source=source,
+                batch_size=_integer(data, "batch_size", "data.batch_size", minimum=1),
+                val_fraction=_fraction(data, "val_fraction", "data.val_fraction"),
+                num_workers=_integer(data, "num_workers", "data.num_workers", minimum=0),
+                params={k: v for k, v in data.items() if k not in DATA_LOADER_KEYS},
+            ),
+            optimizer=OptimizerSettings(
+                name=_choice(optimizer, "name", OPTIMIZERS, "optimizer"),
+                lr=_positive_float(optimizer, "lr", "optimizer.lr"),
+                params={k: v for k, v in optimizer.items() if k not in ("name", "lr")},
+            ),
+            trainer=TrainerSettings(
+                max_epochs=_integer(trainer, "max_epochs", "trainer.max_epochs", minimum=1),
+                max_steps=max_steps,
+                log_every_n_steps=_integer(
+                    trainer, "log_every_n_steps", "trainer.log_every_n_steps", minimum=1
+                ),
+            ),
+            logger=LoggerSettings(progress=_boolean(logger, "progress", "logger.progress")),
+            run_dir=Path(run_dir),
+            config_yaml=config_yaml,
+        )
+
+
+def _section(cfg: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = cfg.get(key)
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"the config has no '{key}' section; choose one with {key}=<option>")
+    return value
+
+
+def _choice(cfg: Mapping[str, Any], key: str, choices: tuple[str, ...], label: str = "") -> str:
+    value = cfg.get(key)
+    if value not in choices:
+        raise ConfigError(f"{label or key} must be one of {', '.join(choices)}; got {value!r}")
+    return str(value)
+
+
+def _text(cfg: Mapping[str, Any], label: str) -> str:
+    value = cfg.get(label.split(".")[-1])
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{label} must be a non-empty string; got {value!r}")
+    return value
+
+
+def _integer(cfg: Mapping[str, Any], key: str, label: str, minimum: int) -> int:
+    value = cfg.get(key)
+    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+        raise ConfigError(f"{label} must be {kind}; got {value!r}")
+    return value
+
+
+def _positive_float(cfg: Mapping[str, Any], key: str, label: str) -> float:
+    value = _number(cfg.get(key))
+    if value is None or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"{label} must be a positive number such as 0.001; got {cfg.get(key)!r}")
+    return value
+
+
+def _fraction(cfg: Mapping[str, Any], key: str, label: str) -> float:
+    value = _number(cfg.get(key))
+    if value is None or not 0 < value < 1:
+        raise ConfigError(
+            f"{label} must be a number between 0 and 1 such as 0.2; got {cfg.get(key)!r}"
+        )
+    return value
+
+
+def _number(value: Any) -> float | None:
+    """A real number from YAML (bools and strings are not numbers), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _boolean(cfg: Mapping[str, Any], key: str, label: str) -> bool:
+    value = cfg.get(key)
+    if not isinstance(value, bool):
+        raise ConfigError(f"{label} must be true or false; got {value!r}")
+    return value
+
+
+def _check_importable(module: str, label: str) -> None:
+    """Fails early, without importing it, when a configured module cannot be found."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ConfigError(
+            f"{label}: cannot find the Python module {module!r}; put it next to your recipe YAML "
+            "in the --config-dir directory, or make it importable"
+        )
