@@ -16,7 +16,7 @@ import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
-from omegaconf.errors import OmegaConfBaseException
+from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from dualtrain.errors import ConfigError, DualtrainError
 from dualtrain.settings import Settings
@@ -53,7 +53,13 @@ def _hydra_main(cfg: DictConfig) -> None:
 def settings_from_config(cfg: DictConfig, run_dir: Path) -> Settings:
     """Turns the composed config into validated settings; imports no framework."""
     try:
-        plain: Any = OmegaConf.to_container(cfg, resolve=True)
+        plain: Any = OmegaConf.to_container(cfg, resolve=True, throw_on_missing=True)
+    except MissingMandatoryValue as err:
+        raise ConfigError(
+            f"{err.full_key} has no value; set it, e.g. data=python data.source=my_module:load_data"
+            if err.full_key == "data.source"
+            else f"{err.full_key} has no value; set it with {err.full_key}=<value>"
+        ) from None
     except OmegaConfBaseException as err:
         raise ConfigError(f"the config cannot be resolved: {err}") from None
     return Settings.from_config(plain, run_dir=run_dir, config_yaml=OmegaConf.to_yaml(cfg))

@@ -51,7 +51,7 @@ def fit(engine: Engine, trainer: TrainerSettings, logger: Logger, state: LoopSta
         total = steps_per_epoch
         if trainer.max_steps > 0:
             total = min(total, trainer.max_steps - state.step)
-        logger.start_epoch(epoch, total)
+        logger.start_epoch(epoch, trainer.max_epochs, total)
         epoch_start = last_log = time.perf_counter()
         after_first_step = 0.0
         first_batch = 0

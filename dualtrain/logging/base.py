@@ -9,8 +9,8 @@ from typing import Any
 class Logger:
     """Receives a run's metrics. All methods are optional; the default does nothing."""
 
-    def start_epoch(self, epoch: int, total_steps: int | None) -> None:
-        """A train epoch of `total_steps` steps begins (for progress display)."""
+    def start_epoch(self, epoch: int, max_epochs: int, total_steps: int) -> None:
+        """Train epoch `epoch` (0-based) of `max_epochs`, `total_steps` steps long, begins."""
 
     def advance(self, steps: int) -> None:
         """`steps` more train steps ran (for progress display; no values are read)."""
@@ -31,9 +31,9 @@ class LoggerGroup(Logger):
     def __init__(self, loggers: Sequence[Logger]) -> None:
         self.loggers = list(loggers)
 
-    def start_epoch(self, epoch: int, total_steps: int | None) -> None:
+    def start_epoch(self, epoch: int, max_epochs: int, total_steps: int) -> None:
         for logger in self.loggers:
-            logger.start_epoch(epoch, total_steps)
+            logger.start_epoch(epoch, max_epochs, total_steps)
 
     def advance(self, steps: int) -> None:
         for logger in self.loggers:

@@ -18,11 +18,11 @@ class ConsoleLogger(Logger):
         self.progress = progress and self.stream.isatty()
         self._bar: tqdm | None = None
 
-    def start_epoch(self, epoch: int, total_steps: int | None) -> None:
+    def start_epoch(self, epoch: int, max_epochs: int, total_steps: int) -> None:
         if self.progress:
             self._bar = tqdm(
                 total=total_steps,
-                desc=f"epoch {epoch}",
+                desc=f"epoch {epoch + 1}/{max_epochs}",
                 unit="step",
                 file=self.stream,
                 leave=True,

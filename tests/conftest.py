@@ -1,0 +1,78 @@
+"""Helpers for tests that run dualtrain's command line in subprocesses (no framework in-process)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[1]
+
+# A small, fast run: synthetic data, two epochs of a few steps.
+TINY = [
+    "data=synthetic",
+    "data.num_samples=256",
+    "trainer.max_epochs=2",
+    "trainer.log_every_n_steps=2",
+    "logger.progress=false",
+]
+
+# Runs the CLI in this interpreter, then records which frameworks the process imported.
+_PROBE = """
+import json, os, sys
+sys.argv = ["dualtrain", *json.loads(sys.argv[1])]
+code = 0
+try:
+    from dualtrain.cli import main
+    main()
+except SystemExit as exit:
+    code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
+with open(os.environ["PROBE_OUT"], "w") as f:
+    json.dump({"code": code, "torch": "torch" in sys.modules,
+               "tensorflow": "tensorflow" in sys.modules}, f)
+sys.exit(code)
+"""
+
+
+def run_cli(
+    *args: str, cwd: Path | None = None, env: dict[str, str] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
+    """`python -m dualtrain ARGS` in a new process; returns its exit code, stdout and stderr."""
+    return subprocess.run(
+        [sys.executable, "-m", "dualtrain", *args],
+        cwd=cwd or REPO,
+        env={**os.environ, **(env or {})},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def probe_cli(
+    *args: str, tmp_path: Path, timeout: float = 300
+) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
+    """Like run_cli, and also reports whether torch or tensorflow got imported."""
+    out = tmp_path / "probe.json"
+    result = subprocess.run(
+        [sys.executable, "-c", _PROBE, json.dumps(list(args))],
+        cwd=REPO,
+        env={**os.environ, "PROBE_OUT": str(out)},
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+    return result, json.loads(out.read_text())
+
+
+def read_jsonl(path: Path) -> list[dict[str, Any]]:
+    return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+@pytest.fixture
+def repo() -> Path:
+    return REPO

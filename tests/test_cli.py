@@ -1,0 +1,276 @@
+"""The command line, run as users run it: in subprocesses, from the real configs, shrunk."""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import pty
+import struct
+import subprocess
+import sys
+import termios
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO, TINY, probe_cli, read_jsonl, run_cli
+
+
+def test_import_dualtrain_imports_no_framework() -> None:
+    code = (
+        "import sys, dualtrain, dualtrain.cli, dualtrain.engines\n"
+        "print(*(name in sys.modules for name in ('torch', 'tensorflow', 'keras')))"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert out.stdout.split() == ["False", "False", "False"]
+
+
+def test_help_lists_groups_and_options_without_importing_a_framework(tmp_path: Path) -> None:
+    result, imported = probe_cli("--help", tmp_path=tmp_path)
+    assert result.returncode == 0, result.stderr
+    for line in (
+        "backend: tf, torch",
+        "recipe: cnn, mlp",
+        "data: breast_cancer, digits, python, synthetic",
+        "optimizer: adam, adamw, sgd",
+    ):
+        assert line in result.stdout
+    assert "python -m dualtrain recipe=mlp backend=tf" in result.stdout
+    assert imported == {"code": 0, "torch": False, "tensorflow": False}
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optimizer.lr=-0.1", "optimizer.lr must be a positive number such as 0.001; got -0.1"),
+        ("optimizer.lr=fast", "optimizer.lr must be a positive number such as 0.001; got 'fast'"),
+        ("data.batch_size=0", "data.batch_size must be a positive integer; got 0"),
+        ("trainer.max_epochs=-2", "trainer.max_epochs must be a positive integer; got -2"),
+        ("backend.jit_compile=sometimes", "backend.jit_compile must be one of auto, true, false"),
+        ("mode=predict", "mode must be one of train, eval, export, parity; got 'predict'"),
+        ("mode=export", "mode=export is not available in this version; available modes: train"),
+    ],
+)
+def test_bad_config_is_one_line_exit_2_before_any_framework(
+    override: str, message: str, tmp_path: Path
+) -> None:
+    result, imported = probe_cli(override, f"hydra.run.dir={tmp_path / 'run'}", tmp_path=tmp_path)
+    assert result.returncode == 2
+    assert result.stderr.strip() == f"dualtrain: error: {result.stderr.strip()[18:]}"
+    assert message in result.stderr
+    assert len(result.stderr.strip().splitlines()) == 1
+    assert "Traceback" not in result.stderr
+    assert imported == {"code": 2, "torch": False, "tensorflow": False}
+
+
+@pytest.mark.parametrize("override,valid", [("backend=mxnet", "tf, torch"), ("recipe=nope", "cnn")])
+def test_unknown_group_option_names_the_valid_ones(
+    override: str, valid: str, tmp_path: Path
+) -> None:
+    result = run_cli(override, f"hydra.run.dir={tmp_path}")
+    assert result.returncode != 0
+    assert "Traceback" not in result.stderr
+    for option in valid.split(", "):
+        assert option in result.stderr
+
+
+@pytest.mark.parametrize("backend,other", [("torch", "tensorflow"), ("tf", "torch")])
+def test_a_run_imports_only_its_framework_and_writes_the_run_dir(
+    backend: str, other: str, tmp_path: Path
+) -> None:
+    run_dir = tmp_path / "run"
+    result, imported = probe_cli(
+        f"backend={backend}", *TINY, f"hydra.run.dir={run_dir}", tmp_path=tmp_path
+    )
+    assert result.returncode == 0, result.stderr
+    assert imported[other] is False
+    assert imported["tensorflow" if backend == "tf" else "torch"] is True
+    # CONTRACT §3
+    config = (run_dir / ".hydra" / "config.yaml").read_text()
+    assert f"name: {backend}" in config
+    lines = read_jsonl(run_dir / "metrics.jsonl")
+    # 256 samples, 20% val -> 204 train samples -> 4 steps of 64 per epoch, logged every 2.
+    train = [line for line in lines if line["split"] == "train"]
+    val = [line for line in lines if line["split"] == "val"]
+    assert [line["step"] for line in train] == [2, 4, 6, 8]
+    assert [(line["step"], line["epoch"]) for line in val] == [(4, 0), (8, 1)]
+    for line in train:
+        assert set(line) == {
+            "step",
+            "epoch",
+            "split",
+            "backend",
+            "time",
+            "loss",
+            "lr",
+            "samples_per_sec",
+        }
+        assert line["backend"] == backend and line["lr"] == pytest.approx(0.002)
+    for line in val:
+        assert set(line) == {"step", "epoch", "split", "backend", "time", "loss", "accuracy"}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    assert summary["status"] == "completed"
+    assert (summary["backend"], summary["recipe"], summary["steps"], summary["epochs"]) == (
+        backend,
+        "cnn",
+        8,
+        2,
+    )
+    assert summary["train_samples_per_sec"] > 0 and summary["wall_seconds"] > 0
+    assert summary["final"]["val"] == {k: val[-1][k] for k in ("loss", "accuracy")}
+    assert summary["final"]["train"]["loss"] == train[-1]["loss"]
+    # The final table goes to stdout; no progress bar when stdout is not a terminal.
+    assert f"dualtrain cnn on {backend}: completed" in result.stdout
+    assert "val/accuracy" in result.stdout
+    assert "step/s" not in result.stdout and "epoch 1/2" not in result.stdout
+
+
+def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
+    main, child = pty.openpty()
+    fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # rows, columns
+    args = [a for a in TINY if not a.startswith("logger.")]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dualtrain", *args, f"hydra.run.dir={tmp_path}"],
+        cwd=REPO,
+        stdout=child,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(child)
+    output = b""
+    while True:
+        try:
+            chunk = os.read(main, 4096)
+        except OSError:  # the child closed the terminal
+            break
+        if not chunk:
+            break
+        output += chunk
+    assert proc.wait(timeout=300) == 0
+    text = output.decode(errors="replace")
+    assert (
+        "epoch 1/2" in text
+        and "epoch 2/2" in text
+        and "4/4" in text
+        and "loss=" in text
+        and "samples_per_s=" in text
+    )
+    assert "val: loss=" in text
+
+
+def test_failure_at_run_time_is_one_line_exit_1_and_summary_records_it(tmp_path: Path) -> None:
+    user = tmp_path / "user"
+    user.mkdir()
+    (user / "bad_data.py").write_text(
+        textwrap.dedent("""
+        import numpy as np
+        def load():
+            return np.zeros((10, 3), "float32"), -np.ones(10, "int32")
+    """)
+    )
+    run_dir = tmp_path / "run"
+    result = run_cli(
+        "data=python",
+        "data.source=bad_data:load",
+        "logger.progress=false",
+        f"hydra.run.dir={run_dir}",
+        "--config-dir",
+        str(user),
+    )
+    assert result.returncode == 1
+    assert result.stderr.strip().startswith(
+        "dualtrain: error: data source bad_data:load returned labels"
+    )
+    assert "expected class indices 0..num_classes-1" in result.stderr
+    assert "Traceback" not in result.stderr
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
+
+
+def test_multirun_runs_each_backend_in_its_own_process(tmp_path: Path) -> None:
+    sweep = tmp_path / "sweep"
+    result = run_cli("-m", "backend=torch,tf", *TINY, f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr
+    for job, backend in (("0", "torch"), ("1", "tf")):
+        summary = json.loads((sweep / job / "summary.json").read_text())
+        assert (summary["status"], summary["backend"]) == ("completed", backend)
+
+
+USER_RECIPE_YAML = """\
+# @package _global_
+defaults:
+  - override /data: python
+
+recipe:
+  name: blobs
+  module: blobs_recipe
+  model:
+    units: 16
+
+data:
+  source: blobs_recipe:load_data
+  num_samples: 600
+  batch_size: 32
+
+trainer:
+  max_epochs: 6
+  log_every_n_steps: 5
+
+optimizer:
+  lr: 0.01
+"""
+
+USER_RECIPE_PY = """\
+import keras
+import numpy as np
+from keras import ops
+
+
+def load_data(seed, num_samples):
+    rng = np.random.default_rng(seed)
+    y = rng.integers(0, 3, num_samples).astype("int32")
+    centers = np.array([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.5]], "float32")
+    return centers[y] + rng.normal(scale=0.6, size=(num_samples, 2)).astype("float32"), y
+
+
+def build_model(data, units):
+    inputs = keras.Input(data.input_shape)
+    hidden = keras.layers.Dense(units, activation="relu")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(data.num_classes)(hidden))
+
+
+def loss():
+    # Written with keras.ops: runs unchanged on both backends.
+    def cross_entropy(y_true, logits):
+        one_hot = ops.one_hot(y_true, ops.shape(logits)[-1])
+        return ops.mean(-ops.sum(one_hot * ops.log_softmax(logits), axis=-1))
+    return cross_entropy
+
+
+def metrics():
+    return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
+"""
+
+
+@pytest.mark.parametrize("backend", ["torch", "tf"])
+def test_user_recipe_from_a_directory_outside_the_repo(backend: str, tmp_path: Path) -> None:
+    user = tmp_path / "my_recipes"
+    (user / "recipe").mkdir(parents=True)
+    (user / "recipe" / "blobs.yaml").write_text(USER_RECIPE_YAML)
+    (user / "blobs_recipe.py").write_text(USER_RECIPE_PY)
+    workdir = tmp_path / "elsewhere"
+    workdir.mkdir()
+    result = run_cli(
+        "--config-dir",
+        str(user),
+        "recipe=blobs",
+        f"backend={backend}",
+        "logger.progress=false",
+        "hydra.run.dir=run",
+        cwd=workdir,
+    )
+    assert result.returncode == 0, result.stderr
+    summary = json.loads((workdir / "run" / "summary.json").read_text())
+    assert summary["recipe"] == "blobs" and summary["backend"] == backend
+    # Three well-separated blobs (centres >= 2 apart, noise 0.6): a small MLP separates them.
+    assert summary["final"]["val"]["accuracy"] >= 0.95

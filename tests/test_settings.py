@@ -1,0 +1,98 @@
+"""Config validation: every bad value gets one line naming the key, the value and what is right."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from hydra import compose, initialize_config_module
+
+from dualtrain.cli import settings_from_config
+from dualtrain.errors import ConfigError
+from dualtrain.settings import Settings
+
+GROUPS = {
+    "backend": ["torch", "tf"],
+    "recipe": ["cnn", "mlp"],
+    "data": ["digits", "breast_cancer", "synthetic"],
+    "optimizer": ["adam", "adamw", "sgd"],
+}
+
+
+def settings(*overrides: str) -> Settings:
+    with initialize_config_module("dualtrain.configs", version_base="1.3"):
+        cfg = compose("train", overrides=list(overrides))
+    return settings_from_config(cfg, Path("unused"))
+
+
+def test_defaults_are_cnn_on_torch() -> None:
+    s = settings()
+    assert (s.recipe.name, s.backend.name, s.mode) == ("cnn", "torch", "train")
+    assert s.data.source == "dualtrain.data.sources:digits"
+    assert s.trainer.max_steps == -1
+    assert s.backend.jit_compile == "auto"
+
+
+@pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
+def test_every_config_group_option_composes(group: str, option: str) -> None:
+    s = settings(f"{group}={option}")
+    assert getattr(s, group).name == option if group in ("backend", "recipe", "optimizer") else True
+
+
+def test_recipe_sets_its_data_and_a_command_line_choice_wins() -> None:
+    assert settings("recipe=mlp").data.source.endswith(":breast_cancer")
+    assert settings("recipe=mlp", "data=synthetic").data.source.endswith(":synthetic")
+
+
+def test_data_keys_other_than_the_loaders_go_to_the_source() -> None:
+    s = settings("data=synthetic", "data.num_samples=100")
+    assert s.data.params == {
+        "num_samples": 100,
+        "shape": [8, 8, 1],
+        "num_classes": 10,
+        "noise": 1.0,
+    }
+
+
+def test_python_data_requires_a_source() -> None:
+    with pytest.raises(ConfigError, match=r"data\.source has no value; set it, e\.g\. data=python"):
+        settings("data=python")
+
+
+@pytest.mark.parametrize(
+    "override,message",
+    [
+        ("optimizer.lr=-1", "optimizer.lr must be a positive number such as 0.001; got -1"),
+        ("optimizer.lr=abc", "optimizer.lr must be a positive number such as 0.001; got 'abc'"),
+        ("optimizer.lr=0", "optimizer.lr must be a positive number"),
+        ("optimizer.lr=nan", "optimizer.lr must be a positive number"),
+        ("data.batch_size=0", "data.batch_size must be a positive integer; got 0"),
+        ("data.batch_size=1.5", "data.batch_size must be a positive integer; got 1.5"),
+        ("trainer.max_epochs=-1", "trainer.max_epochs must be a positive integer; got -1"),
+        ("trainer.max_steps=0", "trainer.max_steps must be -1 (no limit) or a positive integer"),
+        ("trainer.log_every_n_steps=0", "trainer.log_every_n_steps must be a positive integer"),
+        (
+            "backend.jit_compile=maybe",
+            "backend.jit_compile must be one of auto, true, false; got 'maybe'",
+        ),
+        ("mode=bogus", "mode must be one of train, eval, export, parity; got 'bogus'"),
+        ("mode=eval", "mode=eval is not available in this version; available modes: train"),
+        ("seed=-3", "seed must be an integer >= 0; got -3"),
+        ("data.val_fraction=1.5", "data.val_fraction must be a number between 0 and 1"),
+        ("logger.progress=maybe", "logger.progress must be true or false; got 'maybe'"),
+        (
+            "recipe.module=no_such_module",
+            "recipe.module: cannot find the Python module 'no_such_module'",
+        ),
+    ],
+)
+def test_bad_values_are_config_errors(override: str, message: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        settings(override)
+    assert message in str(err.value)
+    assert "\n" not in str(err.value)
+
+
+@pytest.mark.parametrize("value,expected", [("true", "true"), ("false", "false"), ("auto", "auto")])
+def test_jit_compile_accepts_yaml_booleans(value: str, expected: str) -> None:
+    assert settings(f"backend.jit_compile={value}").backend.jit_compile == expected
