@@ -6,11 +6,14 @@ import fcntl
 import json
 import os
 import pty
+import re
+import signal
 import struct
 import subprocess
 import sys
 import termios
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -196,68 +199,23 @@ def test_multirun_runs_each_backend_in_its_own_process(tmp_path: Path) -> None:
         assert (summary["status"], summary["backend"]) == ("completed", backend)
 
 
-USER_RECIPE_YAML = """\
-# @package _global_
-defaults:
-  - override /data: python
-
-recipe:
-  name: blobs
-  module: blobs_recipe
-  model:
-    units: 16
-
-data:
-  source: blobs_recipe:load_data
-  num_samples: 600
-  batch_size: 32
-
-trainer:
-  max_epochs: 6
-  log_every_n_steps: 5
-
-optimizer:
-  lr: 0.01
-"""
-
-USER_RECIPE_PY = """\
-import keras
-import numpy as np
-from keras import ops
-
-
-def load_data(seed, num_samples):
-    rng = np.random.default_rng(seed)
-    y = rng.integers(0, 3, num_samples).astype("int32")
-    centers = np.array([[2.0, 0.0], [-2.0, 0.0], [0.0, 2.5]], "float32")
-    return centers[y] + rng.normal(scale=0.6, size=(num_samples, 2)).astype("float32"), y
-
-
-def build_model(data, units):
-    inputs = keras.Input(data.input_shape)
-    hidden = keras.layers.Dense(units, activation="relu")(inputs)
-    return keras.Model(inputs, keras.layers.Dense(data.num_classes)(hidden))
-
-
-def loss():
-    # Written with keras.ops: runs unchanged on both backends.
-    def cross_entropy(y_true, logits):
-        one_hot = ops.one_hot(y_true, ops.shape(logits)[-1])
-        return ops.mean(-ops.sum(one_hot * ops.log_softmax(logits), axis=-1))
-    return cross_entropy
-
-
-def metrics():
-    return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]
-"""
+def readme_recipe_example() -> tuple[str, str]:
+    """The YAML and the Python of README's "Your own recipe": the test runs what users read."""
+    section = (
+        (REPO / "README.md").read_text().split("## Your own recipe", 1)[1].split("\n## ", 1)[0]
+    )
+    (yaml,) = re.findall(r"```yaml\n(.+?)```", section, flags=re.S)
+    (python,) = re.findall(r"```python\n(.+?)```", section, flags=re.S)
+    return yaml, python
 
 
 @pytest.mark.parametrize("backend", ["torch", "tf"])
 def test_user_recipe_from_a_directory_outside_the_repo(backend: str, tmp_path: Path) -> None:
     user = tmp_path / "my_recipes"
     (user / "recipe").mkdir(parents=True)
-    (user / "recipe" / "blobs.yaml").write_text(USER_RECIPE_YAML)
-    (user / "blobs_recipe.py").write_text(USER_RECIPE_PY)
+    yaml, python = readme_recipe_example()
+    (user / "recipe" / "blobs.yaml").write_text(yaml)
+    (user / "blobs_recipe.py").write_text(python)
     workdir = tmp_path / "elsewhere"
     workdir.mkdir()
     result = run_cli(
@@ -274,3 +232,36 @@ def test_user_recipe_from_a_directory_outside_the_repo(backend: str, tmp_path: P
     assert summary["recipe"] == "blobs" and summary["backend"] == backend
     # Three well-separated blobs (centres >= 2 apart, noise 0.6): a small MLP separates them.
     assert summary["final"]["val"]["accuracy"] >= 0.95
+
+
+def test_ctrl_c_leaves_a_valid_run_dir(tmp_path: Path) -> None:
+    proc = subprocess.Popen(
+        [
+            sys.executable,
+            "-m",
+            "dualtrain",
+            "trainer.max_epochs=200",
+            "trainer.log_every_n_steps=1",
+            "logger.progress=false",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    metrics = tmp_path / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 50):
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never got going"
+        time.sleep(0.2)
+    proc.send_signal(signal.SIGINT)
+    _, stderr = proc.communicate(timeout=60)
+    assert proc.returncode == 130
+    assert stderr.strip().endswith(
+        "dualtrain: error: interrupted; summary.json records where the run stopped"
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    lines = read_jsonl(metrics)  # every line is whole JSON
+    assert summary["status"] == "interrupted"
+    assert summary["steps"] >= lines[-1]["step"] >= 45  # 50 lines: 45 steps, a val line, ...
