@@ -17,9 +17,11 @@ class ConsoleLogger(Logger):
         # Quiet in logs and pipes: bars are only drawn on a terminal.
         self.progress = progress and self.stream.isatty()
         self._bar: tqdm | None = None
+        self._postfix: dict[str, str] = {}
 
     def start_epoch(self, epoch: int, max_epochs: int, total_steps: int) -> None:
         if self.progress:
+            self._postfix = {}
             self._bar = tqdm(
                 total=total_steps,
                 desc=f"epoch {epoch + 1}/{max_epochs}",
@@ -37,14 +39,12 @@ class ConsoleLogger(Logger):
         if self._bar is None:
             return
         if split == "train":
-            self._bar.set_postfix(
-                loss=f"{metrics['loss']:.4f}",
-                samples_per_s=f"{metrics['samples_per_sec']:.0f}",
-                refresh=False,
-            )
+            self._postfix["loss"] = f"{metrics['loss']:.4f}"
+            self._postfix["samples/s"] = f"{metrics['samples_per_sec']:.0f}"
         else:
-            shown = ", ".join(f"{name}={value:.4f}" for name, value in metrics.items())
-            self._bar.set_postfix_str(f"val: {shown}")
+            self._postfix.update({f"val_{name}": f"{value:.4f}" for name, value in metrics.items()})
+        # Train values redraw with the bar's next update; val values end the epoch, so draw now.
+        self._bar.set_postfix(self._postfix, refresh=split != "train")
 
     def end_epoch(self) -> None:
         if self._bar is not None:
