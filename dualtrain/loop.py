@@ -30,6 +30,7 @@ class LoopState:
     steady_seconds: float = 0.0  # ...and the train time they took (eval excluded)
     first_epoch_samples: int = 0  # fallback for one-epoch runs: samples after the first step...
     first_epoch_seconds: float = 0.0  # ...and their time
+    logging_seconds: float = 0.0  # time spent reading values off the device and writing logs
 
     @property
     def train_samples_per_sec(self) -> float | None:
@@ -41,7 +42,13 @@ class LoopState:
         return None
 
 
-def fit(engine: Engine, trainer: TrainerSettings, logger: Logger, state: LoopState) -> None:
+def fit(
+    engine: Engine,
+    trainer: TrainerSettings,
+    logger: Logger,
+    state: LoopState,
+    histograms_every: int = 0,
+) -> None:
     """Trains for `trainer.max_epochs` epochs or `trainer.max_steps` steps; validates each epoch."""
     batch_size = engine.settings.data.batch_size
     steps_per_epoch = math.ceil(len(engine.data.train) / batch_size)
@@ -70,6 +77,10 @@ def fit(engine: Engine, trainer: TrainerSettings, logger: Logger, state: LoopSta
             if state.step % trainer.log_every_n_steps == 0:
                 last_log = _log_train(engine, logger, state, epoch, samples_since_log, last_log)
                 samples_since_log = unlogged = 0
+            if histograms_every and state.step % histograms_every == 0:
+                started = time.perf_counter()
+                logger.log_histograms(engine.histograms(), state.step)
+                state.logging_seconds += time.perf_counter() - started
             if _done(state, trainer):
                 break
         if unlogged:
@@ -94,9 +105,13 @@ def _done(state: LoopState, trainer: TrainerSettings) -> bool:
 def _log_train(
     engine: Engine, logger: Logger, state: LoopState, epoch: int, samples: int, since: float
 ) -> float:
+    started = time.perf_counter()
     values = engine.train_metrics()  # the device sync happens here, before the clock is read
     now = time.perf_counter()
     values["samples_per_sec"] = samples / max(now - since, 1e-9)
     state.final_train = values
     logger.log_metrics("train", values, state.step, epoch)
+    # Reading the values and writing them. On an accelerator the read also waits for queued steps,
+    # so there this is an upper bound of what logging costs.
+    state.logging_seconds += time.perf_counter() - started
     return now

@@ -12,7 +12,7 @@ from typing import Any
 from dualtrain import __version__
 from dualtrain.data import load_data
 from dualtrain.engines import engine_class, select_backend
-from dualtrain.logging import ConsoleLogger, JsonlLogger, LoggerGroup
+from dualtrain.logging import LoggerGroup, create_loggers
 from dualtrain.loop import LoopState, fit
 from dualtrain.recipe import load_recipe
 from dualtrain.settings import Settings
@@ -29,11 +29,12 @@ def train(settings: Settings) -> dict[str, Any]:
     select_backend(settings.backend.name)  # before anything below imports Keras
     run_dir = settings.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    logger = LoggerGroup(
-        [
-            JsonlLogger(run_dir / "metrics.jsonl", settings.backend.name),
-            ConsoleLogger(progress=settings.logger.progress),
-        ]
+    # Only rank 0 writes (RANK is set by torchrun; a single process is rank 0).
+    writes = int(os.environ.get("RANK", "0")) == 0
+    logger = (
+        create_loggers(settings.logger, run_dir, settings.backend.name)
+        if writes
+        else LoggerGroup([])
     )
     state = LoopState()
     started = time.time()
@@ -53,7 +54,8 @@ def train(settings: Settings) -> dict[str, Any]:
             run_dir,
         )
         engine.setup()
-        fit(engine, settings.trainer, logger, state)
+        logger.log_hparams(hparams(settings), settings.config_yaml)
+        fit(engine, settings.trainer, logger, state, settings.logger.histograms_every)
         status = "completed"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -67,6 +69,7 @@ def train(settings: Settings) -> dict[str, Any]:
             "epochs": state.epochs,
             "wall_seconds": time.time() - started,
             "train_samples_per_sec": state.train_samples_per_sec,
+            "logging_seconds": state.logging_seconds,
             "final": {"train": state.final_train, "val": state.final_val},
             "jit_compile": engine.jit_compile if engine is not None else None,
             "seed": settings.seed,
@@ -75,6 +78,26 @@ def train(settings: Settings) -> dict[str, Any]:
         write_json(run_dir / "summary.json", summary)
         logger.finalize(summary)
     return summary
+
+
+def hparams(settings: Settings) -> dict[str, bool | int | float | str]:
+    """The composed config flattened to dotted keys, for TensorBoard's HParams dashboard."""
+    import yaml
+
+    flat: dict[str, bool | int | float | str] = {}
+
+    def walk(node: Any, prefix: str) -> None:
+        if isinstance(node, dict):
+            for key, value in node.items():
+                walk(value, f"{prefix}{key}.")
+        elif isinstance(node, (bool, int, float, str)):
+            flat[prefix[:-1]] = node
+        else:  # lists and nulls, as JSON
+            flat[prefix[:-1]] = json.dumps(node)
+
+    walk(yaml.safe_load(settings.config_yaml) or {}, "")
+    flat["backend.name"] = settings.backend.name
+    return flat
 
 
 def write_json(path: Path, content: dict[str, Any]) -> None:

@@ -20,6 +20,7 @@ MODES = ("train", "eval", "export", "parity")
 AVAILABLE_MODES = ("train",)  # eval, export and parity arrive with checkpoints.
 JIT_CHOICES = ("auto", "true", "false")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+LOGGERS = ("jsonl", "csv", "console", "tensorboard")  # the options of configs/logger/
 # Keys of a data config that the loader uses itself; all other keys go to the data source function.
 DATA_LOADER_KEYS = ("source", "batch_size", "val_fraction", "num_workers")
 
@@ -62,7 +63,9 @@ class TrainerSettings:
 
 @dataclass(frozen=True)
 class LoggerSettings:
-    progress: bool
+    loggers: tuple[str, ...]  # the options chosen from configs/logger/, e.g. ("jsonl", "console")
+    progress: bool = True  # console: tqdm bars on a terminal
+    histograms_every: int = 0  # tensorboard: weight and gradient histograms every N steps (0: off)
 
 
 @dataclass(frozen=True)
@@ -143,10 +146,26 @@ class Settings:
                     trainer, "log_every_n_steps", "trainer.log_every_n_steps", minimum=1
                 ),
             ),
-            logger=LoggerSettings(progress=_boolean(logger, "progress", "logger.progress")),
+            logger=_logger_settings(logger),
             run_dir=Path(run_dir),
             config_yaml=config_yaml,
         )
+
+
+def _logger_settings(logger: Mapping[str, Any]) -> LoggerSettings:
+    # Each option of the logger group sets `<name>: true`; several can be chosen at once.
+    chosen = tuple(name for name in LOGGERS if logger.get(name) is True)
+    histograms_every = _integer(logger, "histograms_every", "logger.histograms_every", minimum=0)
+    if histograms_every and "tensorboard" not in chosen:
+        raise ConfigError(
+            "logger.histograms_every needs the tensorboard logger; choose it too, e.g. "
+            "logger=[jsonl,console,tensorboard]"
+        )
+    return LoggerSettings(
+        loggers=chosen,
+        progress=_boolean(logger, "progress", "logger.progress"),
+        histograms_every=histograms_every,
+    )
 
 
 def _section(cfg: Mapping[str, Any], key: str) -> Mapping[str, Any]:

@@ -39,6 +39,17 @@ def test_every_config_group_option_composes(group: str, option: str) -> None:
     assert getattr(s, group).name == option if group in ("backend", "recipe", "optimizer") else True
 
 
+def test_loggers_default_and_several_at_once() -> None:
+    assert settings().logger.loggers == ("jsonl", "console", "tensorboard")
+    chosen = settings("logger=[csv,jsonl]", "logger.progress=false").logger
+    assert (chosen.loggers, chosen.progress, chosen.histograms_every) == (
+        ("jsonl", "csv"),
+        False,
+        0,
+    )
+    assert settings("logger.histograms_every=50").logger.histograms_every == 50
+
+
 def test_recipe_sets_its_data_and_a_command_line_choice_wins() -> None:
     assert settings("recipe=mlp").data.source.endswith(":breast_cancer")
     assert settings("recipe=mlp", "data=synthetic").data.source.endswith(":synthetic")
@@ -80,6 +91,11 @@ def test_python_data_requires_a_source() -> None:
         ("seed=-3", "seed must be an integer >= 0; got -3"),
         ("data.val_fraction=1.5", "data.val_fraction must be a number between 0 and 1"),
         ("logger.progress=maybe", "logger.progress must be true or false; got 'maybe'"),
+        ("logger.histograms_every=-1", "logger.histograms_every must be an integer >= 0; got -1"),
+        (
+            "logger=[jsonl]",  # with histograms_every below
+            "logger.histograms_every needs the tensorboard logger; choose it too",
+        ),
         (
             "recipe.module=no_such_module",
             "recipe.module: cannot find the Python module 'no_such_module'",
@@ -88,7 +104,9 @@ def test_python_data_requires_a_source() -> None:
 )
 def test_bad_values_are_config_errors(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
-        settings(override)
+        settings(
+            override, *(["logger.histograms_every=5"] if override.startswith("logger=") else [])
+        )
     assert message in str(err.value)
     assert "\n" not in str(err.value)
 

@@ -36,6 +36,9 @@ class Engine(ABC):
         self.recipe = recipe
         self.data = data
         self.jit_compile = self._resolve_jit(settings.backend.jit_compile)
+        # Steps hand their gradients back only when histograms want them.
+        self._keep_gradients = settings.logger.histograms_every > 0
+        self._last_gradients: list[Any] | None = None
 
     # -- set-up ----------------------------------------------------------------------------------
 
@@ -82,7 +85,8 @@ class Engine(ABC):
 
     @abstractmethod
     def train_step(self, batch: Batch) -> None:
-        """One optimizer step. Nothing leaves the device: the loss goes into `train_loss`."""
+        """One optimizer step. Nothing leaves the device: the loss goes into `train_loss`, and the
+        gradients, when histograms want them, into `_last_gradients`."""
 
     @abstractmethod
     def _eval_step(self, batch: Batch) -> None:
@@ -102,6 +106,19 @@ class Engine(ABC):
         }
         self.train_loss.reset_state()
         return values
+
+    def histograms(self) -> dict[str, np.ndarray]:
+        """Weights and the last step's gradients as NumPy arrays, tagged by variable path."""
+        arrays = {
+            f"weights/{v.path}": keras.ops.convert_to_numpy(v.value)
+            for v in self.trainable_variables
+        }
+        for variable, grad in zip(
+            self.trainable_variables, self._last_gradients or [], strict=False
+        ):
+            if grad is not None:
+                arrays[f"gradients/{variable.path}"] = keras.ops.convert_to_numpy(grad)
+        return arrays
 
     def evaluate(self) -> dict[str, float]:
         """Loss and recipe metrics over the whole val split."""

@@ -47,20 +47,21 @@ class TensorFlowEngine(Engine):
         return self._pipeline(self._val_arrays, self._batch_order(self.data.val, None))
 
     def train_step(self, batch: Batch) -> None:
-        self._train_fn(*batch)
+        self._last_gradients = self._train_fn(*batch)
 
     def _eval_step(self, batch: Batch) -> None:
         self._eval_fn(*batch)
 
     # -- the steps -------------------------------------------------------------------------------
 
-    def _train_step(self, x: tf.Tensor, y: tf.Tensor) -> None:
+    def _train_step(self, x: tf.Tensor, y: tf.Tensor) -> list[tf.Tensor] | None:
         with tf.GradientTape() as tape:
             y_pred = self.model(x, training=True)
             loss = self.loss_fn(y, y_pred)
         grads = tape.gradient(loss, self.trainable_variables)
         self.optimizer.apply(grads, self.trainable_variables)
         self.train_loss.update_state(loss, sample_weight=tf.shape(x)[0])
+        return grads if self._keep_gradients else None
 
     def _eval_step_impl(self, x: tf.Tensor, y: tf.Tensor) -> None:
         y_pred = self.model(x, training=False)

@@ -42,14 +42,14 @@ class TorchEngine(Engine):
         return self._to_device(self._val_loader)
 
     def train_step(self, batch: Batch) -> None:
-        self._train_fn(*batch)
+        self._last_gradients = self._train_fn(*batch)
 
     def _eval_step(self, batch: Batch) -> None:
         self._eval_fn(*batch)
 
     # -- the steps -------------------------------------------------------------------------------
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> None:
+    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor] | None:
         y_pred = self.model(x, training=True)
         loss = self.loss_fn(y, y_pred)
         for variable in self.trainable_variables:
@@ -59,6 +59,7 @@ class TorchEngine(Engine):
         with torch.no_grad():
             self.optimizer.apply(grads, self.trainable_variables)
             self.train_loss.update_state(loss, sample_weight=x.shape[0])
+        return grads if self._keep_gradients else None
 
     @torch.no_grad()
     def _eval_step_impl(self, x: torch.Tensor, y: torch.Tensor) -> None:

@@ -1,7 +1,31 @@
-"""Loggers: one interface (plain numbers in), several sinks (JSONL, console)."""
+"""Loggers: one interface (plain numbers in), several sinks chosen from the `logger` group."""
+
+from __future__ import annotations
+
+import importlib
+from pathlib import Path
 
 from dualtrain.logging.base import Logger, LoggerGroup
-from dualtrain.logging.console import ConsoleLogger, format_summary
-from dualtrain.logging.jsonl import JsonlLogger
+from dualtrain.logging.console import format_summary
+from dualtrain.settings import LoggerSettings
 
-__all__ = ["ConsoleLogger", "JsonlLogger", "Logger", "LoggerGroup", "format_summary"]
+# logger name (an option of configs/logger/) -> "module:class"; modules are imported when chosen.
+LOGGERS = {
+    "jsonl": "dualtrain.logging.jsonl:JsonlLogger",
+    "csv": "dualtrain.logging.csv:CsvLogger",
+    "console": "dualtrain.logging.console:ConsoleLogger",
+    "tensorboard": "dualtrain.logging.tensorboard:TensorBoardLogger",
+}
+
+
+def create_loggers(settings: LoggerSettings, run_dir: Path, backend: str) -> LoggerGroup:
+    """The chosen loggers, writing into `run_dir`."""
+    loggers = []
+    for name in settings.loggers:
+        module, _, cls = LOGGERS[name].partition(":")
+        logger_class: type[Logger] = getattr(importlib.import_module(module), cls)
+        loggers.append(logger_class.create(run_dir, backend, settings))
+    return LoggerGroup(loggers)
+
+
+__all__ = ["LOGGERS", "Logger", "LoggerGroup", "create_loggers", "format_summary"]

@@ -4,14 +4,20 @@ from __future__ import annotations
 
 import sys
 from collections.abc import Mapping
+from pathlib import Path
 from typing import Any, TextIO
 
 from tqdm import tqdm
 
 from dualtrain.logging.base import Logger
+from dualtrain.settings import LoggerSettings
 
 
 class ConsoleLogger(Logger):
+    @classmethod
+    def create(cls, run_dir: Path, backend: str, settings: LoggerSettings) -> ConsoleLogger:
+        return cls(progress=settings.progress)
+
     def __init__(self, progress: bool, stream: TextIO | None = None) -> None:
         self.stream = stream or sys.stdout
         # Quiet in logs and pipes: bars are only drawn on a terminal.

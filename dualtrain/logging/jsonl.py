@@ -9,9 +9,14 @@ from pathlib import Path
 from typing import Any
 
 from dualtrain.logging.base import Logger
+from dualtrain.settings import LoggerSettings
 
 
 class JsonlLogger(Logger):
+    @classmethod
+    def create(cls, run_dir: Path, backend: str, settings: LoggerSettings) -> JsonlLogger:
+        return cls(run_dir / "metrics.jsonl", backend)
+
     def __init__(self, path: Path, backend: str) -> None:
         self.path = path
         self.backend = backend
