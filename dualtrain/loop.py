@@ -30,7 +30,8 @@ class LoopState:
     steady_seconds: float = 0.0  # ...and the train time they took (eval excluded)
     first_epoch_samples: int = 0  # fallback for one-epoch runs: samples after the first step...
     first_epoch_seconds: float = 0.0  # ...and their time
-    logging_seconds: float = 0.0  # time spent reading values off the device and writing logs
+    train_seconds: float = 0.0  # time in train epochs, validation excluded
+    logging_seconds: float = 0.0  # the part of it spent reading values and writing logs
 
     @property
     def train_samples_per_sec(self) -> float | None:
@@ -86,6 +87,7 @@ def fit(
         if unlogged:
             last_log = _log_train(engine, logger, state, epoch, samples_since_log, last_log)
         epoch_end = time.perf_counter()
+        state.train_seconds += epoch_end - epoch_start
         if epoch == 0:
             state.first_epoch_samples = epoch_samples - first_batch
             state.first_epoch_seconds = epoch_end - after_first_step

@@ -69,13 +69,15 @@ def train(settings: Settings) -> dict[str, Any]:
             "epochs": state.epochs,
             "wall_seconds": time.time() - started,
             "train_samples_per_sec": state.train_samples_per_sec,
+            "train_seconds": state.train_seconds,
             "logging_seconds": state.logging_seconds,
             "final": {"train": state.final_train, "val": state.final_val},
             "jit_compile": engine.jit_compile if engine is not None else None,
             "seed": settings.seed,
             "versions": _versions(settings.backend.name),
         }
-        write_json(run_dir / "summary.json", summary)
+        if writes:
+            write_json(run_dir / "summary.json", summary)
         logger.finalize(summary)
     return summary
 

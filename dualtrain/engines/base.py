@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any, ClassVar
 
 import keras
@@ -30,6 +30,10 @@ class Engine(ABC):
     """Runs one recipe on one backend. Subclasses: `TorchEngine`, `TensorFlowEngine`."""
 
     name: ClassVar[str]
+    # Set by each backend's `_make_steps`.
+    _train_fn: Callable[..., Any]
+    _eval_fn: Callable[..., Any]
+    _read_train_fn: Callable[[], tuple[Any, Any]]
 
     def __init__(self, settings: Settings, recipe: Recipe, data: DataSplits) -> None:
         self.settings = settings
@@ -73,7 +77,8 @@ class Engine(ABC):
 
     @abstractmethod
     def _make_steps(self) -> None:
-        """Sets `self._train_fn` and `self._eval_fn`, compiled as `self.jit_compile` says."""
+        """Sets `self._train_fn`, `self._eval_fn` (compiled as `self.jit_compile` says) and
+        `self._read_train_fn`."""
 
     @abstractmethod
     def train_batches(self, epoch: int) -> Iterable[Batch]:
@@ -100,10 +105,12 @@ class Engine(ABC):
 
     def train_metrics(self) -> dict[str, float]:
         """Mean train loss since the last call, and the current lr; the only device sync."""
-        values = {
-            "loss": _number(self.train_loss.result()),
-            "lr": _number(self.optimizer.learning_rate),
-        }
+        loss, lr = self._read_train_fn()
+        return {"loss": _number(loss), "lr": _number(lr)}
+
+    def _read_train_values(self) -> tuple[Any, Any]:
+        """The mean train loss since the last read and the lr, as tensors; resets the mean."""
+        values = (self.train_loss.result(), self.optimizer.learning_rate)
         self.train_loss.reset_state()
         return values
 

@@ -37,6 +37,9 @@ class TensorFlowEngine(Engine):
         self._eval_fn = tf.function(
             self._eval_step_impl, input_signature=signature, jit_compile=self.jit_compile
         )
+        # One graph call instead of several eager ops per log line; traced here, not in the loop.
+        self._read_train_fn = tf.function(self._read_train_values)
+        self._read_train_fn()
         self._train_arrays = _as_constants(self.data.train)
         self._val_arrays = _as_constants(self.data.val)
 

@@ -27,6 +27,7 @@ class TorchEngine(Engine):
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self._train_fn = self._train_step
         self._eval_fn = self._eval_step_impl
+        self._read_train_fn = self._read_train_values
         if self.jit_compile:
             self._train_fn = torch.compile(self._train_step)
             self._eval_fn = torch.compile(self._eval_step_impl)
