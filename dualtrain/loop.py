@@ -6,6 +6,7 @@ every `trainer.log_every_n_steps` steps, so values leave the device rarely.
 
 from __future__ import annotations
 
+import itertools
 import math
 import time
 from dataclasses import dataclass, field
@@ -15,6 +16,7 @@ from dualtrain.logging import Logger
 from dualtrain.settings import TrainerSettings
 
 if TYPE_CHECKING:
+    from dualtrain.checkpoint import Checkpointer
     from dualtrain.engines.base import Engine
 
 
@@ -24,6 +26,7 @@ class LoopState:
 
     step: int = 0  # optimizer steps so far
     epochs: int = 0  # epochs completed
+    step_in_epoch: int = 0  # steps done of the epoch under way (non-zero when resumed mid-epoch)
     final_train: dict[str, float] = field(default_factory=dict)
     final_val: dict[str, float] = field(default_factory=dict)
     steady_samples: int = 0  # samples trained after the first epoch...
@@ -49,25 +52,32 @@ def fit(
     logger: Logger,
     state: LoopState,
     histograms_every: int = 0,
+    checkpointer: Checkpointer | None = None,
 ) -> None:
     """Trains for `trainer.max_epochs` epochs or `trainer.max_steps` steps; validates each epoch."""
     batch_size = engine.settings.data.batch_size
     steps_per_epoch = math.ceil(len(engine.data.train) / batch_size)
-    for epoch in range(trainer.max_epochs):
+    first_epoch = state.epochs  # of this process: its time includes tracing and compiling
+    for epoch in range(state.epochs, trainer.max_epochs):
         if _done(state, trainer):
             break
-        total = steps_per_epoch
+        # A run resumed mid-epoch skips the batches it already trained on (same seeded order).
+        skip = state.step_in_epoch
+        total = steps_per_epoch - skip
         if trainer.max_steps > 0:
             total = min(total, trainer.max_steps - state.step)
         logger.start_epoch(epoch, trainer.max_epochs, total)
         epoch_start = last_log = time.perf_counter()
         after_first_step = 0.0
         first_batch = 0
-        epoch_samples = samples_since_log = unlogged = 0
-        for batch in engine.train_batches(epoch):
+        epoch_samples = samples_since_log = 0
+        # Lines are logged at multiples of log_every_n_steps and at epoch ends.
+        unlogged = min(state.step % trainer.log_every_n_steps, skip)
+        for batch in itertools.islice(engine.train_batches(epoch), skip, None):
             engine.train_step(batch)
             size = engine.batch_size(batch)
             state.step += 1
+            state.step_in_epoch += 1
             epoch_samples += size
             samples_since_log += size
             unlogged += 1
@@ -82,13 +92,15 @@ def fit(
                 started = time.perf_counter()
                 logger.log_histograms(engine.histograms(), state.step)
                 state.logging_seconds += time.perf_counter() - started
+            if checkpointer is not None:
+                checkpointer.after_step(engine, state)
             if _done(state, trainer):
                 break
         if unlogged:
             last_log = _log_train(engine, logger, state, epoch, samples_since_log, last_log)
         epoch_end = time.perf_counter()
         state.train_seconds += epoch_end - epoch_start
-        if epoch == 0:
+        if epoch == first_epoch:
             state.first_epoch_samples = epoch_samples - first_batch
             state.first_epoch_seconds = epoch_end - after_first_step
         else:
@@ -97,7 +109,14 @@ def fit(
         state.final_val = engine.evaluate()
         logger.log_metrics("val", state.final_val, state.step, epoch)
         logger.end_epoch()
+        if state.step_in_epoch < steps_per_epoch:
+            break  # stopped by max_steps inside the epoch: it is not complete
         state.epochs = epoch + 1
+        state.step_in_epoch = 0
+        if checkpointer is not None:
+            checkpointer.after_epoch(engine, state)
+    if checkpointer is not None:
+        checkpointer.finish(engine, state)
 
 
 def _done(state: LoopState, trainer: TrainerSettings) -> bool:

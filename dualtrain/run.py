@@ -7,15 +7,26 @@ import logging
 import os
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from dualtrain import __version__
+from dualtrain.checkpoint import (
+    Checkpointer,
+    find_checkpoint,
+    newest_checkpoints,
+    read_checkpoint,
+    restore_python_rng,
+)
 from dualtrain.data import load_data
 from dualtrain.engines import engine_class, select_backend
+from dualtrain.errors import RunError
 from dualtrain.logging import LoggerGroup, create_loggers
 from dualtrain.loop import LoopState, fit
 from dualtrain.recipe import load_recipe
 from dualtrain.settings import Settings
+
+if TYPE_CHECKING:
+    from dualtrain.engines.base import Engine
 
 log = logging.getLogger("dualtrain")
 
@@ -26,6 +37,7 @@ def train(settings: Settings) -> dict[str, Any]:
     The summary is written whatever happens: `completed`, `interrupted` (Ctrl-C) or `failed`;
     the exception, if any, is re-raised after it is written.
     """
+    sources = _checkpoint_sources(settings)  # file checks first: config errors before any framework
     select_backend(settings.backend.name)  # before anything below imports Keras
     run_dir = settings.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
@@ -54,8 +66,25 @@ def train(settings: Settings) -> dict[str, Any]:
             run_dir,
         )
         engine.setup()
+        _load_checkpoint(
+            engine, state, sources, weights_only=settings.checkpoint.init_from is not None
+        )
+        checkpointer = None
+        if writes and (settings.checkpoint.every_n_epochs or settings.checkpoint.every_n_steps):
+            checkpointer = Checkpointer(
+                run_dir / "checkpoints",
+                every_n_epochs=settings.checkpoint.every_n_epochs,
+                every_n_steps=settings.checkpoint.every_n_steps,
+                record={
+                    "backend": settings.backend.name,
+                    "recipe": settings.recipe.name,
+                    "seed": settings.seed,
+                    "config": settings.config_yaml,
+                    "versions": _versions(settings.backend.name),
+                },
+            )
         logger.log_hparams(hparams(settings), settings.config_yaml)
-        fit(engine, settings.trainer, logger, state, settings.logger.histograms_every)
+        fit(engine, settings.trainer, logger, state, settings.logger.histograms_every, checkpointer)
         status = "completed"
     except KeyboardInterrupt:
         status = "interrupted"
@@ -80,6 +109,53 @@ def train(settings: Settings) -> dict[str, Any]:
             write_json(run_dir / "summary.json", summary)
         logger.finalize(summary)
     return summary
+
+
+def _checkpoint_sources(settings: Settings) -> list[Path]:
+    """The checkpoints to try, best first: the one given, or the run directory's newest ones."""
+    given = settings.checkpoint.path or settings.checkpoint.init_from
+    if given:
+        return [find_checkpoint(Path(given))]
+    if settings.checkpoint.resume:
+        return newest_checkpoints(settings.run_dir / "checkpoints")
+    return []
+
+
+def _load_checkpoint(
+    engine: Engine, state: LoopState, sources: list[Path], weights_only: bool
+) -> None:
+    """Restores the first checkpoint of `sources` that reads; later ones are fallbacks."""
+    for number, source in enumerate(sources):
+        try:
+            checkpoint = read_checkpoint(source)
+        except RunError as err:
+            if number + 1 == len(sources):  # only resume=auto finds several, and may fall back
+                raise
+            log.warning("%s; falling back to the previous checkpoint", err)
+            continue
+        if weights_only:
+            engine.restore(checkpoint.model, None)
+            log.info("initialized the weights from %s", source)
+            return
+        engine.restore(checkpoint.model, checkpoint.optimizer)
+        record = checkpoint.trainer
+        engine.restore_train_loss_state(record["train_loss_state"])
+        restore_python_rng(record["python_rng"])
+        if record["backend"] == engine.name and record.get("framework_rng") is not None:
+            engine.restore_framework_rng_state(record["framework_rng"])
+        state.step = int(record["step"])
+        state.epochs = int(record["epochs"])
+        state.step_in_epoch = int(record["step_in_epoch"])
+        state.final_train = dict(record["final_train"])
+        state.final_val = dict(record["final_val"])
+        log.info(
+            "resumed from %s (written by %s): step %d, epoch %d",
+            source,
+            record["backend"],
+            state.step,
+            state.epochs,
+        )
+        return
 
 
 def hparams(settings: Settings) -> dict[str, bool | int | float | str]:

@@ -69,6 +69,15 @@ class LoggerSettings:
 
 
 @dataclass(frozen=True)
+class CheckpointSettings:
+    every_n_epochs: int  # 0: never at epoch ends
+    every_n_steps: int  # 0: never mid-epoch
+    resume: bool  # checkpoint.resume=auto: continue from the run directory's newest checkpoint
+    path: str | None  # resume from this checkpoint or run directory
+    init_from: str | None  # warm-start: the weights of this checkpoint only
+
+
+@dataclass(frozen=True)
 class Settings:
     mode: str
     seed: int
@@ -78,6 +87,7 @@ class Settings:
     optimizer: OptimizerSettings
     trainer: TrainerSettings
     logger: LoggerSettings
+    checkpoint: CheckpointSettings
     run_dir: Path
     config_yaml: str = ""  # the composed config, kept for checkpoints and logs
 
@@ -147,6 +157,7 @@ class Settings:
                 ),
             ),
             logger=_logger_settings(logger),
+            checkpoint=_checkpoint_settings(_section(cfg, "checkpoint"), cfg.get("init_from")),
             run_dir=Path(run_dir),
             config_yaml=config_yaml,
         )
@@ -165,6 +176,29 @@ def _logger_settings(logger: Mapping[str, Any]) -> LoggerSettings:
         loggers=chosen,
         progress=_boolean(logger, "progress", "logger.progress"),
         histograms_every=histograms_every,
+    )
+
+
+def _checkpoint_settings(checkpoint: Mapping[str, Any], init_from: Any) -> CheckpointSettings:
+    resume = checkpoint.get("resume")
+    if resume not in (None, False, "auto"):
+        raise ConfigError(f"checkpoint.resume must be auto or null; got {resume!r}")
+    paths = {"checkpoint.path": checkpoint.get("path"), "init_from": init_from}
+    for label, value in paths.items():
+        if value is not None and (not isinstance(value, str) or not Path(value).exists()):
+            raise ConfigError(
+                f"{label}={value} does not exist; give a run directory or a checkpoint directory"
+            )
+    if paths["checkpoint.path"] and init_from:
+        raise ConfigError(
+            "checkpoint.path (resume everything) and init_from (weights only) exclude each other"
+        )
+    return CheckpointSettings(
+        every_n_epochs=_integer(checkpoint, "every_n_epochs", "checkpoint.every_n_epochs", 0),
+        every_n_steps=_integer(checkpoint, "every_n_steps", "checkpoint.every_n_steps", 0),
+        resume=resume == "auto",
+        path=paths["checkpoint.path"],
+        init_from=init_from,
     )
 
 

@@ -76,6 +76,14 @@ class Engine(ABC):
         """Seeds the framework's own RNG."""
 
     @abstractmethod
+    def framework_rng_state(self) -> list[int] | None:
+        """The framework's global RNG state, where the steps draw from it (else None)."""
+
+    @abstractmethod
+    def restore_framework_rng_state(self, state: list[int]) -> None:
+        """Restores what `framework_rng_state` returned (same backend only)."""
+
+    @abstractmethod
     def _make_steps(self) -> None:
         """Sets `self._train_fn`, `self._eval_fn` (compiled as `self.jit_compile` says) and
         `self._read_train_fn`."""
@@ -113,6 +121,30 @@ class Engine(ABC):
         values = (self.train_loss.result(), self.optimizer.learning_rate)
         self.train_loss.reset_state()
         return values
+
+    def checkpoint_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+        """Model and optimizer variables as NumPy arrays by Keras variable path."""
+        return _arrays(self.model.variables), _arrays(self.optimizer.variables)
+
+    def restore(
+        self, model: dict[str, np.ndarray], optimizer: dict[str, np.ndarray] | None
+    ) -> None:
+        """Assigns saved arrays by variable path; `optimizer=None` restores the weights only.
+
+        Raises:
+            RunError: naming the variables that the checkpoint and this model do not share.
+        """
+        _assign(self.model.variables, model, "model")
+        if optimizer is not None:
+            _assign(self.optimizer.variables, optimizer, "optimizer")
+
+    def train_loss_state(self) -> list[float]:
+        """The running train-loss mean's (total, count), so a resumed run logs the same means."""
+        return [_number(v.value) for v in self.train_loss.variables]
+
+    def restore_train_loss_state(self, values: list[float]) -> None:
+        for variable, value in zip(self.train_loss.variables, values, strict=True):
+            variable.assign(value)
 
     def histograms(self) -> dict[str, np.ndarray]:
         """Weights and the last step's gradients as NumPy arrays, tagged by variable path."""
@@ -160,6 +192,30 @@ def make_optimizer(settings: OptimizerSettings) -> keras.optimizers.Optimizer:
         return cls(learning_rate=settings.lr, **settings.params)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"optimizer={settings.name}: {err}") from None
+
+
+def _arrays(variables: list[Any]) -> dict[str, np.ndarray]:
+    return {v.path: keras.ops.convert_to_numpy(v.value) for v in variables}
+
+
+def _assign(variables: list[Any], arrays: dict[str, np.ndarray], what: str) -> None:
+    by_path = {v.path: v for v in variables}
+    missing = sorted(set(by_path) - set(arrays))
+    unexpected = sorted(set(arrays) - set(by_path))
+    if missing or unexpected:
+        raise RunError(
+            f"the checkpoint does not fit this {what}: variables missing from it {missing[:6]}, "
+            f"variables it has that the {what} lacks {unexpected[:6]}; use a checkpoint of the "
+            "same recipe and config"
+        )
+    for path, variable in by_path.items():
+        if tuple(variable.shape) != arrays[path].shape:
+            raise RunError(
+                f"the checkpoint's {what} variable {path} has shape {arrays[path].shape}; this "
+                f"{what} expects {tuple(variable.shape)}"
+            )
+    for path, variable in by_path.items():
+        variable.assign(arrays[path])
 
 
 def _number(value: Any) -> float:

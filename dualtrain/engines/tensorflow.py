@@ -24,6 +24,14 @@ class TensorFlowEngine(Engine):
     def _seed_framework(self, seed: int) -> None:
         tf.random.set_seed(seed)
 
+    # Keras's Dropout on tf draws from its seed-generator variable, which the checkpoint holds;
+    # the steps use no global TF RNG.
+    def framework_rng_state(self) -> list[int] | None:
+        return None
+
+    def restore_framework_rng_state(self, state: list[int]) -> None:
+        pass
+
     def _make_steps(self) -> None:
         # A batch dimension of None: the last, smaller batch of an epoch reuses the one trace.
         train = self.data.train

@@ -23,6 +23,15 @@ class TorchEngine(Engine):
     def _seed_framework(self, seed: int) -> None:
         torch.manual_seed(seed)
 
+    # Keras's Dropout without a seed draws its masks from torch's global RNG on this backend (on tf
+    # it uses the layer's seed-generator variable, which the checkpoint holds), so exact resume
+    # needs this state too.
+    def framework_rng_state(self) -> list[int] | None:
+        return [int(b) for b in torch.get_rng_state().tolist()]
+
+    def restore_framework_rng_state(self, state: list[int]) -> None:
+        torch.set_rng_state(torch.tensor(state, dtype=torch.uint8))
+
     def _make_steps(self) -> None:
         self.device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
         self._train_fn = self._train_step

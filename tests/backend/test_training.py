@@ -67,7 +67,7 @@ def test_batches_follow_the_seeded_backend_neutral_order(tmp_path: Path) -> None
 
 def test_max_steps_stops_mid_epoch(tmp_path: Path) -> None:
     summary = train(make_settings(tmp_path, *SMALL, "trainer.max_steps=3"))
-    assert (summary["steps"], summary["epochs"]) == (3, 1)
+    assert (summary["steps"], summary["epochs"]) == (3, 0)  # epoch 0 is not complete
     lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
     assert [(x["split"], x["step"]) for x in lines] == [("train", 3), ("val", 3)]
 

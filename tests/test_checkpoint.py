@@ -1,0 +1,167 @@
+"""Checkpoints: resume after kill -9 on the same backend, and across backends; safe loading."""
+
+from __future__ import annotations
+
+import json
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dualtrain.checkpoint import read_checkpoint
+from dualtrain.errors import RunError
+from tests.conftest import REPO, read_jsonl, run_cli
+
+# Small and deterministic: synthetic data, 4 steps of 64 per epoch, a line per step.
+RUN = [
+    "data=synthetic",
+    "data.num_samples=320",
+    "trainer.max_epochs=3",
+    "trainer.log_every_n_steps=1",
+    "logger=[jsonl]",
+]
+
+
+def train_losses(run_dir: Path) -> dict[int, float]:
+    """step -> train loss; a step logged twice (before a kill, after the resume) keeps the last."""
+    return {
+        x["step"]: x["loss"] for x in read_jsonl(run_dir / "metrics.jsonl") if x["split"] == "train"
+    }
+
+
+@pytest.mark.parametrize("backend", ["torch", "tf"])
+def test_kill_9_then_resume_gives_the_uninterrupted_losses(backend: str, tmp_path: Path) -> None:
+    straight, killed = tmp_path / "straight", tmp_path / "killed"
+    result = run_cli(f"backend={backend}", *RUN, f"hydra.run.dir={straight}")
+    assert result.returncode == 0, result.stderr
+
+    args = [f"backend={backend}", *RUN, "trainer.max_epochs=400", "checkpoint.every_n_steps=3"]
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dualtrain", *args, f"hydra.run.dir={killed}"],
+        cwd=REPO,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    metrics = killed / "metrics.jsonl"
+    deadline = time.monotonic() + 120
+    while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 7):
+        assert proc.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait(timeout=30)
+    saved = read_checkpoint(killed / "checkpoints" / "last")
+    assert saved.step >= 3  # every 3 steps and at epoch ends (every 4)
+
+    resumed = run_cli(
+        *args[:-2], "trainer.max_epochs=3", "checkpoint.resume=auto", f"hydra.run.dir={killed}"
+    )
+    assert resumed.returncode == 0, resumed.stderr
+    expected, got = train_losses(straight), train_losses(killed)
+    assert sorted(got) == sorted(expected) == list(range(1, 13))
+    # Same weights, optimizer state, batch order and dropout seeds: equal to the bit on CPU.
+    assert got == expected
+    summary = json.loads((killed / "summary.json").read_text())
+    assert (summary["status"], summary["steps"], summary["epochs"]) == ("completed", 12, 3)
+
+
+@pytest.mark.parametrize("first,second", [("torch", "tf"), ("tf", "torch")])
+def test_one_epoch_on_one_backend_the_rest_on_the_other(
+    first: str, second: str, tmp_path: Path
+) -> None:
+    # Dropout off: its masks come from each framework's own RNG and cannot agree across backends.
+    same = [*RUN, "recipe.model.dropout=0.0"]
+    straight, part1, part2 = tmp_path / "straight", tmp_path / "part1", tmp_path / "part2"
+    for args, run_dir in (
+        ([f"backend={first}", *same], straight),
+        ([f"backend={first}", *same, "trainer.max_epochs=1"], part1),
+        ([f"backend={second}", *same, f"checkpoint.path={part1}"], part2),
+    ):
+        result = run_cli(*args, f"hydra.run.dir={run_dir}")
+        assert result.returncode == 0, result.stderr
+    expected, got = train_losses(straight), train_losses(part2)
+    assert sorted(got) == list(range(5, 13))  # epoch 1 and 2, on the other backend
+    assert read_jsonl(part2 / "metrics.jsonl")[0]["backend"] == second
+    # The first step after the switch: same weights, optimizer state and batch, so the loss
+    # agrees within float32 kernel differences (measured: below 1e-6 relative).
+    assert got[5] == pytest.approx(expected[5], rel=1e-5)
+    # Later steps drift apart only by accumulated rounding.
+    assert got[12] == pytest.approx(expected[12], rel=1e-3)
+    final = json.loads((part2 / "summary.json").read_text())["final"]["val"]["accuracy"]
+    reference = json.loads((straight / "summary.json").read_text())["final"]["val"]["accuracy"]
+    assert abs(final - reference) <= 0.005
+
+
+def test_init_from_loads_weights_only(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run_cli(*RUN, f"hydra.run.dir={first}").returncode == 0
+    result = run_cli(*RUN, "trainer.max_epochs=1", f"init_from={first}", f"hydra.run.dir={second}")
+    assert result.returncode == 0, result.stderr
+    lines = read_jsonl(second / "metrics.jsonl")
+    assert lines[0]["step"] == 1  # counters start again
+    # Trained weights: the first loss is far below the untrained ln(10) = 2.3.
+    assert lines[0]["loss"] < 0.5 * train_losses(first)[1]
+
+
+def test_checkpoint_of_another_model_is_refused_by_name(tmp_path: Path) -> None:
+    first, second = tmp_path / "first", tmp_path / "second"
+    assert run_cli(*RUN, "trainer.max_epochs=1", f"hydra.run.dir={first}").returncode == 0
+    result = run_cli(
+        *RUN, "recipe.model.dense_units=64", f"checkpoint.path={first}", f"hydra.run.dir={second}"
+    )
+    assert result.returncode == 1
+    assert (
+        "dualtrain: error: the checkpoint's model variable dense/kernel has shape" in result.stderr
+    )
+
+
+def test_missing_checkpoint_path_is_a_config_error(tmp_path: Path) -> None:
+    result = run_cli(f"checkpoint.path={tmp_path / 'nothing'}", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert (
+        "dualtrain: error: checkpoint.path=" in result.stderr and "does not exist" in result.stderr
+    )
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    result = run_cli(f"checkpoint.path={empty}", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 2
+    assert "is neither a checkpoint directory nor a run directory" in result.stderr
+
+
+def test_pickle_payload_is_refused_without_running_it(tmp_path: Path) -> None:
+    good = tmp_path / "good"
+    assert run_cli(*RUN, "trainer.max_epochs=1", f"hydra.run.dir={good}").returncode == 0
+    checkpoint = good / "checkpoints" / "last"
+    marker = tmp_path / "payload-ran"
+
+    class Payload:
+        def __reduce__(self):  # type: ignore[no-untyped-def]
+            return (Path.touch, (marker,))
+
+    arrays = dict(np.load(checkpoint / "model.npz"))
+    arrays["conv2d/kernel"] = np.array([Payload()], dtype=object)
+    np.savez(checkpoint / "model.npz", **arrays)
+    with pytest.raises(RunError, match="would need pickle to load; refused"):
+        read_checkpoint(checkpoint)
+    result = run_cli(*RUN, f"checkpoint.path={good}", f"hydra.run.dir={tmp_path / 'next'}")
+    assert result.returncode == 1 and "refused" in result.stderr
+    assert not marker.exists()
+
+
+def test_truncated_checkpoint_names_the_file_and_resume_auto_falls_back(tmp_path: Path) -> None:
+    run_dir = tmp_path / "run"
+    result = run_cli(*RUN, "checkpoint.every_n_steps=2", f"hydra.run.dir={run_dir}")
+    assert result.returncode == 0
+    newest = (run_dir / "checkpoints" / "last").resolve()
+    data = (newest / "optimizer.npz").read_bytes()
+    (newest / "optimizer.npz").write_bytes(data[: len(data) // 2])
+    with pytest.raises(RunError, match=r"optimizer\.npz is truncated or corrupt"):
+        read_checkpoint(newest)
+    result = run_cli(
+        *RUN, "trainer.max_epochs=4", "checkpoint.resume=auto", f"hydra.run.dir={run_dir}"
+    )
+    assert result.returncode == 0, result.stderr
+    assert "falling back to the previous checkpoint" in result.stdout  # Hydra logs to stdout
