@@ -18,6 +18,7 @@ import json
 import os
 import random
 import shutil
+import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
@@ -183,6 +184,13 @@ class Checkpointer:
             self.save(engine, state)
 
     def save(self, engine: Any, state: Any) -> Path:
+        started = time.perf_counter()
+        try:
+            return self._save(engine, state)
+        finally:
+            state.checkpoint_seconds += time.perf_counter() - started
+
+    def _save(self, engine: Any, state: Any) -> Path:
         model, optimizer = engine.checkpoint_arrays()
         trainer = {
             **self.record,

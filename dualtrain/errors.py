@@ -15,6 +15,21 @@ class ConfigError(DualtrainError):
     exit_code = 2
 
 
+class Interrupted(DualtrainError):
+    """SIGINT (Ctrl-C) or SIGTERM (preemption) stopped the run after a step and a checkpoint."""
+
+    def __init__(self, signum: int, step: int, saved: bool) -> None:
+        import signal
+
+        name = signal.Signals(signum).name
+        saved_text = "a checkpoint is saved; " if saved else ""
+        super().__init__(
+            f"interrupted by {name} after step {step}; {saved_text}summary.json records where "
+            "the run stopped; continue with checkpoint.resume=auto and the same hydra.run.dir"
+        )
+        self.exit_code = 128 + signum
+
+
 class RunError(DualtrainError):
     """A failure while running: missing or bad data, a recipe that does not fit (exit code 1)."""
 

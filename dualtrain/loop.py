@@ -12,6 +12,7 @@ import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from dualtrain.errors import Interrupted
 from dualtrain.logging import Logger
 from dualtrain.settings import TrainerSettings
 
@@ -35,6 +36,7 @@ class LoopState:
     first_epoch_seconds: float = 0.0  # ...and their time
     train_seconds: float = 0.0  # time in train epochs, validation excluded
     logging_seconds: float = 0.0  # the part of it spent reading values and writing logs
+    checkpoint_seconds: float = 0.0  # time spent saving checkpoints
 
     @property
     def train_samples_per_sec(self) -> float | None:
@@ -46,6 +48,13 @@ class LoopState:
         return None
 
 
+class StopRequest:
+    """Set by a signal handler; the loop stops after the step under way, saving a checkpoint."""
+
+    def __init__(self) -> None:
+        self.signum: int | None = None
+
+
 def fit(
     engine: Engine,
     trainer: TrainerSettings,
@@ -53,6 +62,7 @@ def fit(
     state: LoopState,
     histograms_every: int = 0,
     checkpointer: Checkpointer | None = None,
+    stop: StopRequest | None = None,
 ) -> None:
     """Trains for `trainer.max_epochs` epochs or `trainer.max_steps` steps; validates each epoch."""
     batch_size = engine.settings.data.batch_size
@@ -94,6 +104,12 @@ def fit(
                 state.logging_seconds += time.perf_counter() - started
             if checkpointer is not None:
                 checkpointer.after_step(engine, state)
+            if stop is not None and stop.signum is not None:
+                if unlogged:
+                    _log_train(engine, logger, state, epoch, samples_since_log, last_log)
+                if checkpointer is not None:
+                    checkpointer.finish(engine, state)
+                raise Interrupted(stop.signum, state.step, saved=checkpointer is not None)
             if _done(state, trainer):
                 break
         if unlogged:

@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
+import signal
+import threading
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -19,9 +23,9 @@ from dualtrain.checkpoint import (
 )
 from dualtrain.data import load_data
 from dualtrain.engines import engine_class, select_backend
-from dualtrain.errors import RunError
+from dualtrain.errors import Interrupted, RunError
 from dualtrain.logging import LoggerGroup, create_loggers
-from dualtrain.loop import LoopState, fit
+from dualtrain.loop import LoopState, StopRequest, fit
 from dualtrain.recipe import load_recipe
 from dualtrain.settings import Settings
 
@@ -84,9 +88,13 @@ def train(settings: Settings) -> dict[str, Any]:
                 },
             )
         logger.log_hparams(hparams(settings), settings.config_yaml)
-        fit(engine, settings.trainer, logger, state, settings.logger.histograms_every, checkpointer)
+        with _stop_on_signals() as stop:
+            fit(
+                engine, settings.trainer, logger, state, settings.logger.histograms_every,
+                checkpointer, stop,
+            )  # fmt: skip
         status = "completed"
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Interrupted):
         status = "interrupted"
         raise
     finally:
@@ -100,6 +108,7 @@ def train(settings: Settings) -> dict[str, Any]:
             "train_samples_per_sec": state.train_samples_per_sec,
             "train_seconds": state.train_seconds,
             "logging_seconds": state.logging_seconds,
+            "checkpoint_seconds": state.checkpoint_seconds,
             "final": {"train": state.final_train, "val": state.final_val},
             "jit_compile": engine.jit_compile if engine is not None else None,
             "seed": settings.seed,
@@ -109,6 +118,30 @@ def train(settings: Settings) -> dict[str, Any]:
             write_json(run_dir / "summary.json", summary)
         logger.finalize(summary)
     return summary
+
+
+@contextlib.contextmanager
+def _stop_on_signals() -> Iterator[StopRequest]:
+    """SIGINT and SIGTERM ask the loop to stop after the current step (and save a checkpoint);
+    a second signal stops at once, as usual."""
+    stop = StopRequest()
+    if threading.current_thread() is not threading.main_thread():
+        yield stop  # signal handlers can only be set from the main thread
+        return
+    previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
+
+    def request(signum: int, frame: Any) -> None:
+        stop.signum = signum
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+
+    for sig in previous:
+        signal.signal(sig, request)
+    try:
+        yield stop
+    finally:
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
 
 
 def _checkpoint_sources(settings: Settings) -> list[Path]:

@@ -234,34 +234,35 @@ def test_user_recipe_from_a_directory_outside_the_repo(backend: str, tmp_path: P
     assert summary["final"]["val"]["accuracy"] >= 0.95
 
 
-def test_ctrl_c_leaves_a_valid_run_dir(tmp_path: Path) -> None:
+@pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
+def test_ctrl_c_and_sigterm_stop_after_a_step_save_and_resume(
+    signum: signal.Signals, tmp_path: Path
+) -> None:
+    args = ["trainer.max_epochs=200", "trainer.log_every_n_steps=1", "logger.progress=false",
+            f"hydra.run.dir={tmp_path}"]  # fmt: skip
     proc = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "dualtrain",
-            "trainer.max_epochs=200",
-            "trainer.log_every_n_steps=1",
-            "logger.progress=false",
-            f"hydra.run.dir={tmp_path}",
-        ],
-        cwd=REPO,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+        [sys.executable, "-m", "dualtrain", *args],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
     metrics = tmp_path / "metrics.jsonl"
     deadline = time.monotonic() + 120
     while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 50):
         assert proc.poll() is None and time.monotonic() < deadline, "the run never got going"
         time.sleep(0.2)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(signum)
     _, stderr = proc.communicate(timeout=60)
-    assert proc.returncode == 130
-    assert stderr.strip().endswith(
-        "dualtrain: error: interrupted; summary.json records where the run stopped"
-    )
+    assert proc.returncode == 128 + signum
     summary = json.loads((tmp_path / "summary.json").read_text())
-    lines = read_jsonl(metrics)  # every line is whole JSON
     assert summary["status"] == "interrupted"
-    assert summary["steps"] >= lines[-1]["step"] >= 45  # 50 lines: 45 steps, a val line, ...
+    assert stderr.strip().endswith(
+        f"dualtrain: error: interrupted by {signum.name} after step {summary['steps']}; a "
+        "checkpoint is saved; summary.json records where the run stopped; continue with "
+        "checkpoint.resume=auto and the same hydra.run.dir"
+    )
+    lines = read_jsonl(metrics)  # every line is whole JSON
+    assert lines[-1]["step"] == summary["steps"] >= 45  # the stopped step's value is logged
+    saved = json.loads((tmp_path / "checkpoints" / "last" / "trainer.json").read_text())
+    assert saved["step"] == summary["steps"]
+    resumed = run_cli(*args[1:], "trainer.max_epochs=2", "checkpoint.resume=auto")
+    assert resumed.returncode == 0, resumed.stderr
+    assert json.loads((tmp_path / "summary.json").read_text())["steps"] == 90  # 2 epochs of 45
