@@ -66,10 +66,10 @@ def settings_from_config(cfg: DictConfig, run_dir: Path) -> Settings:
 
 
 def run(settings: Settings) -> None:
-    """Runs the job that `mode` names. Only `train` exists so far."""
-    from dualtrain.run import train
+    """Runs the job that `mode` names."""
+    from dualtrain import run as jobs
 
-    train(settings)
+    {"train": jobs.train, "eval": jobs.evaluate}[settings.mode](settings)
 
 
 def _exit_with(message: str, code: int) -> NoReturn:

@@ -23,7 +23,7 @@ from dualtrain.checkpoint import (
 )
 from dualtrain.data import load_data
 from dualtrain.engines import engine_class, select_backend
-from dualtrain.errors import Interrupted, RunError
+from dualtrain.errors import ConfigError, Interrupted, RunError
 from dualtrain.logging import LoggerGroup, create_loggers
 from dualtrain.loop import LoopState, StopRequest, fit
 from dualtrain.recipe import load_recipe
@@ -118,6 +118,41 @@ def train(settings: Settings) -> dict[str, Any]:
             write_json(run_dir / "summary.json", summary)
         logger.finalize(summary)
     return summary
+
+
+def evaluate(settings: Settings) -> dict[str, Any]:
+    """mode=eval: the val metrics of a checkpoint's weights, on this process's backend, whichever
+    backend wrote the checkpoint. Writes eval.json into the run directory and returns it."""
+    source = find_checkpoint(Path(str(settings.checkpoint.path)))
+    select_backend(settings.backend.name)
+    checkpoint = read_checkpoint(source)
+    record = checkpoint.trainer
+    if record.get("recipe") != settings.recipe.name:
+        raise ConfigError(
+            f"{source} was written by recipe={record.get('recipe')}; evaluate it with "
+            f"recipe={record.get('recipe')} (and the data it was trained on)"
+        )
+    data = load_data(settings.data, settings.seed)
+    engine = engine_class(settings.backend.name)(settings, load_recipe(settings.recipe), data)
+    engine.setup()
+    engine.restore(checkpoint.model, None)
+    result = {
+        "backend": settings.backend.name,
+        "recipe": settings.recipe.name,
+        "checkpoint": str(source.resolve()),
+        "checkpoint_backend": record["backend"],
+        "checkpoint_step": checkpoint.step,
+        "split": "val",
+        "samples": len(data.val),
+        "metrics": engine.evaluate(),
+    }
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(settings.run_dir / "eval.json", result)
+    shown = ", ".join(f"{name}={value:.4f}" for name, value in result["metrics"].items())
+    print(
+        f"dualtrain eval of {source} (step {checkpoint.step}) on {settings.backend.name}: {shown}"
+    )
+    return result
 
 
 @contextlib.contextmanager

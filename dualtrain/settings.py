@@ -17,7 +17,7 @@ from dualtrain.errors import ConfigError
 
 BACKENDS = ("torch", "tf")
 MODES = ("train", "eval", "export", "parity")
-AVAILABLE_MODES = ("train",)  # eval, export and parity arrive with checkpoints.
+AVAILABLE_MODES = ("train", "eval")  # export and parity arrive in later versions
 JIT_CHOICES = ("auto", "true", "false")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LOGGERS = ("jsonl", "csv", "console", "tensorboard")  # the options of configs/logger/
@@ -123,6 +123,11 @@ class Settings:
         if not isinstance(model, Mapping):
             raise ConfigError(f"recipe.model must be a mapping of keyword arguments; got {model!r}")
 
+        checkpoint = _checkpoint_settings(_section(cfg, "checkpoint"), cfg.get("init_from"))
+        if mode == "eval" and checkpoint.path is None:
+            raise ConfigError(
+                "mode=eval needs checkpoint.path=<run directory or checkpoint directory>"
+            )
         max_steps = _integer(trainer, "max_steps", "trainer.max_steps", minimum=-1)
         if max_steps == 0:
             raise ConfigError(
@@ -157,7 +162,7 @@ class Settings:
                 ),
             ),
             logger=_logger_settings(logger),
-            checkpoint=_checkpoint_settings(_section(cfg, "checkpoint"), cfg.get("init_from")),
+            checkpoint=checkpoint,
             run_dir=Path(run_dir),
             config_yaml=config_yaml,
         )

@@ -165,3 +165,44 @@ def test_truncated_checkpoint_names_the_file_and_resume_auto_falls_back(tmp_path
     )
     assert result.returncode == 0, result.stderr
     assert "falling back to the previous checkpoint" in result.stdout  # Hydra logs to stdout
+
+
+@pytest.mark.parametrize("writer,reader", [("torch", "tf"), ("tf", "torch"), ("tf", "tf")])
+def test_eval_mode_evaluates_a_checkpoint_of_either_backend(
+    writer: str, reader: str, tmp_path: Path
+) -> None:
+    trained, evaluated = tmp_path / "trained", tmp_path / "eval"
+    assert run_cli(f"backend={writer}", *RUN, f"hydra.run.dir={trained}").returncode == 0
+    result = run_cli(f"backend={reader}", *RUN, "mode=eval", f"checkpoint.path={trained}",
+                     f"hydra.run.dir={evaluated}")  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads((evaluated / "eval.json").read_text())
+    assert (report["backend"], report["checkpoint_backend"], report["checkpoint_step"]) == (
+        reader,
+        writer,
+        12,
+    )
+    final = json.loads((trained / "summary.json").read_text())["final"]["val"]
+    # The same weights on the same val split: accuracy equal; the loss within float32 kernel
+    # differences between the backends.
+    assert report["metrics"]["accuracy"] == final["accuracy"]
+    assert report["metrics"]["loss"] == pytest.approx(final["loss"], rel=1e-5)
+    assert f"on {reader}: loss=" in result.stdout
+
+
+def test_eval_of_a_checkpoint_from_another_recipe_names_it(tmp_path: Path) -> None:
+    trained = tmp_path / "trained"
+    assert run_cli(*RUN, f"hydra.run.dir={trained}").returncode == 0
+    result = run_cli("recipe=mlp", "mode=eval", f"checkpoint.path={trained}",
+                     f"hydra.run.dir={tmp_path / 'eval'}")  # fmt: skip
+    assert result.returncode == 2
+    assert "was written by recipe=cnn; evaluate it with recipe=cnn" in result.stderr
+
+
+def test_a_keras_file_is_not_a_checkpoint_and_is_never_loaded(tmp_path: Path) -> None:
+    # A .keras file may hold a Lambda layer's code; dualtrain never opens Keras files.
+    fake = tmp_path / "model.keras"
+    fake.write_bytes(b"PK\x03\x04 not opened")
+    result = run_cli("mode=eval", f"checkpoint.path={fake}", f"hydra.run.dir={tmp_path / 'e'}")
+    assert result.returncode == 2
+    assert "is neither a checkpoint directory nor a run directory" in result.stderr

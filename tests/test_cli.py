@@ -53,7 +53,10 @@ def test_help_lists_groups_and_options_without_importing_a_framework(tmp_path: P
         ("trainer.max_epochs=-2", "trainer.max_epochs must be a positive integer; got -2"),
         ("backend.jit_compile=sometimes", "backend.jit_compile must be one of auto, true, false"),
         ("mode=predict", "mode must be one of train, eval, export, parity; got 'predict'"),
-        ("mode=export", "mode=export is not available in this version; available modes: train"),
+        (
+            "mode=export",
+            "mode=export is not available in this version; available modes: train, eval",
+        ),
     ],
 )
 def test_bad_config_is_one_line_exit_2_before_any_framework(

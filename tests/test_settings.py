@@ -87,7 +87,11 @@ def test_python_data_requires_a_source() -> None:
             "backend.jit_compile must be one of auto, true, false; got 'maybe'",
         ),
         ("mode=bogus", "mode must be one of train, eval, export, parity; got 'bogus'"),
-        ("mode=eval", "mode=eval is not available in this version; available modes: train"),
+        (
+            "mode=parity",
+            "mode=parity is not available in this version; available modes: train, eval",
+        ),
+        ("mode=eval", "mode=eval needs checkpoint.path=<run directory or checkpoint directory>"),
         ("seed=-3", "seed must be an integer >= 0; got -3"),
         ("data.val_fraction=1.5", "data.val_fraction must be a number between 0 and 1"),
         ("logger.progress=maybe", "logger.progress must be true or false; got 'maybe'"),
