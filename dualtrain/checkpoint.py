@@ -27,6 +27,7 @@ from typing import Any
 import numpy as np
 
 from dualtrain.errors import ConfigError, RunError
+from dualtrain.settings import CheckpointSettings
 
 FORMAT = "dualtrain-checkpoint/1"
 FILES = ("model.npz", "optimizer.npz", "trainer.json")
@@ -148,39 +149,31 @@ def restore_python_rng(state: list[Any]) -> None:
 
 
 class Checkpointer:
-    """Saves checkpoints as the loop asks, under `<run_dir>/checkpoints/`.
+    """Saves checkpoints as the loop asks, under `<run_dir>/checkpoints/`, and prunes them.
 
-    Each save is a new directory `step-<step>`, never overwritten; `last` is a symlink to the
-    newest, swapped atomically; older step directories beyond `keep` are removed once the new one
-    is in place. So a crash at any moment leaves the previous checkpoint whole.
+    Each save is a new directory `step-<step>`, never overwritten. With `save_last`, `last` is a
+    symlink to the newest, swapped atomically, and the newest two are kept, so a crash at any
+    moment, even while saving, leaves a whole checkpoint to resume from. Besides those, the
+    `save_top_k` best by `monitor` are kept (-1: all); the rest are removed once the new one is in
+    place.
     """
 
-    def __init__(
-        self,
-        checkpoints_dir: Path,
-        every_n_epochs: int,
-        every_n_steps: int,
-        record: dict[str, Any],
-        keep: int = 2,
-    ) -> None:
+    def __init__(self, checkpoints_dir: Path, settings: CheckpointSettings, record: dict[str, Any]):
         self.dir = checkpoints_dir
-        self.every_n_epochs = every_n_epochs
-        self.every_n_steps = every_n_steps
+        self.settings = settings
         self.record = record  # what every checkpoint's trainer.json carries (backend, config, ...)
-        self.keep = keep
 
     def after_step(self, engine: Any, state: Any) -> None:
-        if self.every_n_steps and state.step % self.every_n_steps == 0:
+        if self.settings.every_n_steps and state.step % self.settings.every_n_steps == 0:
             self.save(engine, state)
 
     def after_epoch(self, engine: Any, state: Any) -> None:
-        if self.every_n_epochs and state.epochs % self.every_n_epochs == 0:
+        if self.settings.every_n_epochs and state.epochs % self.settings.every_n_epochs == 0:
             self.save(engine, state)
 
     def finish(self, engine: Any, state: Any) -> None:
-        """At the end of training (or a stop at max_steps): saves unless this step is saved."""
-        last = self.dir / "last" / "trainer.json"
-        if not last.is_file() or json.loads(last.read_text())["step"] != state.step:
+        """At the end of training or at a stop: saves unless this step is saved already."""
+        if not (self.dir / f"step-{state.step:09d}" / "trainer.json").is_file():
             self.save(engine, state)
 
     def save(self, engine: Any, state: Any) -> Path:
@@ -199,6 +192,8 @@ class Checkpointer:
             "step_in_epoch": state.step_in_epoch,  # steps done of the epoch under way
             "final_train": state.final_train,
             "final_val": state.final_val,
+            "monitor": self.settings.monitor,
+            "monitor_value": self._monitored(state),
             "train_loss_state": engine.train_loss_state(),
             "python_rng": python_rng_state(),
             "framework_rng": engine.framework_rng_state(),
@@ -206,11 +201,40 @@ class Checkpointer:
         directory = write_checkpoint(
             self.dir / f"step-{state.step:09d}", Checkpoint(model, optimizer, trainer)
         )
-        link = self.dir / ".last.tmp"
-        link.unlink(missing_ok=True)
-        link.symlink_to(directory.name)
-        os.replace(link, self.dir / "last")
-        steps = sorted(p for p in self.dir.glob("step-*") if p.is_dir())
-        for old in steps[: -self.keep]:
-            shutil.rmtree(old, ignore_errors=True)
+        if self.settings.save_last:
+            link = self.dir / ".last.tmp"
+            link.unlink(missing_ok=True)
+            link.symlink_to(directory.name)
+            os.replace(link, self.dir / "last")
+        self._prune()
         return directory
+
+    def _monitored(self, state: Any) -> float | None:
+        split, _, name = self.settings.monitor.partition("/")
+        values = state.final_val if split == "val" else state.final_train
+        if not values:
+            return None  # no val pass yet (a mid-epoch save in the first epoch)
+        if name not in values:
+            raise RunError(
+                f"checkpoint.monitor={self.settings.monitor} is not a logged value; choose one of "
+                + ", ".join(f"{split}/{n}" for n in values)
+            )
+        return float(values[name])
+
+    def _prune(self) -> None:
+        saved = []
+        for directory in self.dir.glob("step-*"):
+            try:
+                record = json.loads((directory / "trainer.json").read_text())
+            except (OSError, ValueError):
+                continue  # not ours to judge; left alone
+            saved.append((int(record["step"]), record.get("monitor_value"), directory))
+        saved.sort(key=lambda item: item[0])
+        keep = {item[2] for item in saved[-2:]} if self.settings.save_last else set()
+        ranked = [item for item in saved if item[1] is not None]
+        ranked.sort(key=lambda item: item[1], reverse=self.settings.mode == "max")
+        top_k = self.settings.save_top_k
+        keep |= {item[2] for item in (ranked if top_k < 0 else ranked[:top_k])}
+        for _, _, directory in saved:
+            if directory not in keep:
+                shutil.rmtree(directory, ignore_errors=True)

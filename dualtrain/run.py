@@ -77,8 +77,7 @@ def train(settings: Settings) -> dict[str, Any]:
         if writes and (settings.checkpoint.every_n_epochs or settings.checkpoint.every_n_steps):
             checkpointer = Checkpointer(
                 run_dir / "checkpoints",
-                every_n_epochs=settings.checkpoint.every_n_epochs,
-                every_n_steps=settings.checkpoint.every_n_steps,
+                settings.checkpoint,
                 record={
                     "backend": settings.backend.name,
                     "recipe": settings.recipe.name,

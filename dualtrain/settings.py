@@ -72,6 +72,10 @@ class LoggerSettings:
 class CheckpointSettings:
     every_n_epochs: int  # 0: never at epoch ends
     every_n_steps: int  # 0: never mid-epoch
+    monitor: str  # "val/<name>" or "train/<name>", ranks checkpoints for save_top_k
+    mode: str  # min | max
+    save_top_k: int  # the best k kept (-1: all, 0: none)
+    save_last: bool  # `last` link to the newest; the newest two are kept
     resume: bool  # checkpoint.resume=auto: continue from the run directory's newest checkpoint
     path: str | None  # resume from this checkpoint or run directory
     init_from: str | None  # warm-start: the weights of this checkpoint only
@@ -201,10 +205,23 @@ def _checkpoint_settings(checkpoint: Mapping[str, Any], init_from: Any) -> Check
     return CheckpointSettings(
         every_n_epochs=_integer(checkpoint, "every_n_epochs", "checkpoint.every_n_epochs", 0),
         every_n_steps=_integer(checkpoint, "every_n_steps", "checkpoint.every_n_steps", 0),
+        monitor=_monitor(checkpoint.get("monitor")),
+        mode=_choice(checkpoint, "mode", ("min", "max"), "checkpoint.mode"),
+        save_top_k=_integer(checkpoint, "save_top_k", "checkpoint.save_top_k", -1),
+        save_last=_boolean(checkpoint, "save_last", "checkpoint.save_last"),
         resume=resume == "auto",
         path=paths["checkpoint.path"],
         init_from=init_from,
     )
+
+
+def _monitor(value: Any) -> str:
+    if not isinstance(value, str) or value.partition("/")[0] not in ("val", "train"):
+        raise ConfigError(
+            f"checkpoint.monitor must name a logged value such as val/loss or val/accuracy; "
+            f"got {value!r}"
+        )
+    return value
 
 
 def _section(cfg: Mapping[str, Any], key: str) -> Mapping[str, Any]:

@@ -206,3 +206,27 @@ def test_a_keras_file_is_not_a_checkpoint_and_is_never_loaded(tmp_path: Path) ->
     result = run_cli("mode=eval", f"checkpoint.path={fake}", f"hydra.run.dir={tmp_path / 'e'}")
     assert result.returncode == 2
     assert "is neither a checkpoint directory nor a run directory" in result.stderr
+
+
+def test_save_top_k_keeps_the_best_by_monitor_and_the_newest_two(tmp_path: Path) -> None:
+    args = [*RUN, "trainer.max_epochs=6", "checkpoint.monitor=val/accuracy", "checkpoint.mode=max",
+            "checkpoint.save_top_k=2", "logger.progress=false"]  # fmt: skip
+    result = run_cli(*args, f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 0, result.stderr
+    val = [x for x in read_jsonl(tmp_path / "metrics.jsonl") if x["split"] == "val"]
+    best = sorted(val, key=lambda x: x["accuracy"], reverse=True)[:2]  # ties: the earlier first
+    expected = {x["step"] for x in best} | {20, 24}  # 4 steps an epoch: the newest two
+    kept = {int(p.name[5:]) for p in (tmp_path / "checkpoints").glob("step-*")}
+    assert kept == expected
+    assert (tmp_path / "checkpoints" / "last").resolve().name == "step-000000024"
+    record = read_checkpoint(tmp_path / "checkpoints" / "last").trainer
+    assert (record["monitor"], record["monitor_value"]) == ("val/accuracy", val[-1]["accuracy"])
+
+
+def test_monitor_must_be_a_logged_value(tmp_path: Path) -> None:
+    result = run_cli(*RUN, "checkpoint.monitor=val/f1", f"hydra.run.dir={tmp_path}")
+    assert result.returncode == 1
+    assert (
+        "checkpoint.monitor=val/f1 is not a logged value; choose one of val/loss, val/accuracy"
+        in (result.stderr)
+    )

@@ -95,6 +95,11 @@ def test_python_data_requires_a_source() -> None:
         ("seed=-3", "seed must be an integer >= 0; got -3"),
         ("data.val_fraction=1.5", "data.val_fraction must be a number between 0 and 1"),
         ("logger.progress=maybe", "logger.progress must be true or false; got 'maybe'"),
+        ("checkpoint.monitor=accuracy", "checkpoint.monitor must name a logged value such as"),
+        ("checkpoint.mode=up", "checkpoint.mode must be one of min, max; got 'up'"),
+        ("checkpoint.save_top_k=-2", "checkpoint.save_top_k must be an integer >= -1; got -2"),
+        ("checkpoint.resume=yes", "checkpoint.resume must be auto or null; got 'yes'"),
+        ("checkpoint.path=/no/such/dir", "checkpoint.path=/no/such/dir does not exist"),
         ("logger.histograms_every=-1", "logger.histograms_every must be an integer >= 0; got -1"),
         (
             "logger=[jsonl]",  # with histograms_every below
