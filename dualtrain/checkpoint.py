@@ -162,14 +162,23 @@ class Checkpointer:
         self.dir = checkpoints_dir
         self.settings = settings
         self.record = record  # what every checkpoint's trainer.json carries (backend, config, ...)
+        self._due_at_epoch_end = False
+        # Leftovers of a save that a kill interrupted: this run is the directory's only writer.
+        for leftover in self.dir.glob(".step-*"):
+            shutil.rmtree(leftover, ignore_errors=True)
 
-    def after_step(self, engine: Any, state: Any) -> None:
+    def after_step(self, engine: Any, state: Any, epoch_ends: bool) -> None:
         if self.settings.every_n_steps and state.step % self.settings.every_n_steps == 0:
-            self.save(engine, state)
+            if epoch_ends:  # saved once, after the epoch's validation, by after_epoch
+                self._due_at_epoch_end = True
+            else:
+                self.save(engine, state)
 
     def after_epoch(self, engine: Any, state: Any) -> None:
-        if self.settings.every_n_epochs and state.epochs % self.settings.every_n_epochs == 0:
+        every = self.settings.every_n_epochs
+        if self._due_at_epoch_end or (every and state.epochs % every == 0):
             self.save(engine, state)
+        self._due_at_epoch_end = False
 
     def finish(self, engine: Any, state: Any) -> None:
         """At the end of training or at a stop: saves unless this step is saved already."""

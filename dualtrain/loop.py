@@ -103,7 +103,7 @@ def fit(
                 logger.log_histograms(engine.histograms(), state.step)
                 state.logging_seconds += time.perf_counter() - started
             if checkpointer is not None:
-                checkpointer.after_step(engine, state)
+                checkpointer.after_step(engine, state, state.step_in_epoch == steps_per_epoch)
             if stop is not None and stop.signum is not None:
                 if unlogged:
                     _log_train(engine, logger, state, epoch, samples_since_log, last_log)

@@ -41,7 +41,8 @@ RUN = [
 STEPS_PER_EPOCH = 4  # 204 train samples (80% of 256), batch 64
 CHAINS = 2  # run directories killed side by side
 KILLS_PER_CHAIN = 5  # 10 per backend, 20 in all
-MAX_DELAY_S = 1.0  # the kill comes 0 to 1 s after the process's first checkpoint
+MAX_DELAY_S = 1.0  # the kill comes 0 to 1 s after the process's first checkpoint...
+SAVE_DELAY_S = 0.005  # ...and every other one then waits for a save to start, and 0 to 5 ms more
 WAIT_S = 180  # for a process's first checkpoint
 RESUMED = re.compile(r"resumed from (\S+) \(written by \w+\): step (\d+), epoch (\d+)")
 ENV = {"TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -92,6 +93,14 @@ def kill_chain(
                 assert time.monotonic() < deadline, f"no checkpoint after {WAIT_S} s"
                 time.sleep(0.005)
             time.sleep(rng.uniform(0, MAX_DELAY_S))
+            if number % 2:  # aim at a save: its temporary directory exists while files are written
+                tmp = f".tmp-{proc.pid}"
+                deadline = time.monotonic() + 10
+                while proc.poll() is None and time.monotonic() < deadline:
+                    if any(name.endswith(tmp) for name in os.listdir(checkpoints)):
+                        break
+                    time.sleep(0.001)
+                time.sleep(rng.uniform(0, SAVE_DELAY_S))
             assert proc.poll() is None, f"run {number} exited early:\n{log.read_text()[-3000:]}"
             proc.send_signal(signal.SIGKILL)
             assert proc.wait(timeout=30) == -signal.SIGKILL
