@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import resource
 import statistics
 import subprocess
 import sys
@@ -41,6 +40,8 @@ import tempfile
 import time
 from pathlib import Path
 from typing import Any
+
+from machine_load import busy_cpu_seconds, children_cpu_seconds  # benchmarks/ is on sys.path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "checkpoint_cost.json"
@@ -65,14 +66,14 @@ def run(backend: str, epochs: int, every_n_steps: int) -> dict[str, Any]:
         ]  # fmt: skip
         if every_n_steps:
             command.append(f"checkpoint.every_n_steps={every_n_steps}")
-        busy_before, own_before = _busy_cpu_seconds(), _children_cpu_seconds()
+        busy_before, own_before = busy_cpu_seconds(), children_cpu_seconds()
         started = time.perf_counter()
         proc = subprocess.run(
             command, cwd=REPO_ROOT, env=env, capture_output=True, text=True,
             timeout=CHILD_TIMEOUT_S, check=False,
         )  # fmt: skip
         wall = time.perf_counter() - started
-        busy_after, own_after = _busy_cpu_seconds(), _children_cpu_seconds()
+        busy_after, own_after = busy_cpu_seconds(), children_cpu_seconds()
         summary_file = run_dir / "summary.json"
         if proc.returncode != 0 or not summary_file.exists():
             raise RuntimeError(
@@ -111,24 +112,6 @@ def _disk_bytes(path: Path) -> int:
     """Bytes that the files under `path` take on disk (allocated blocks), links not followed."""
     files = [path] if path.is_file() else [p for p in path.rglob("*") if p.is_file()]
     return sum(p.lstat().st_blocks * 512 for p in files if not p.is_symlink())
-
-
-def _busy_cpu_seconds() -> float | None:
-    """CPU seconds that all processes have used since boot, from /proc/stat; None off Linux."""
-    try:
-        with open("/proc/stat", encoding="ascii") as stat:
-            ticks = [int(t) for t in stat.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    # user nice system idle iowait irq softirq steal (guest time is already counted in user)
-    busy = sum(ticks[:8]) - ticks[3] - ticks[4]
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
-def _children_cpu_seconds() -> float:
-    """CPU seconds used by this process's finished children: the runs themselves."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def summarize(runs: list[dict[str, Any]]) -> list[dict[str, Any]]:

@@ -23,7 +23,6 @@ import argparse
 import json
 import os
 import platform
-import resource
 import shlex
 import statistics
 import subprocess
@@ -33,6 +32,8 @@ import time
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
+
+from machine_load import busy_cpu_seconds, children_cpu_seconds  # benchmarks/ is on sys.path
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "loop_vs_fit.json"
@@ -199,7 +200,7 @@ def run_system(system: System, round_: int, epochs: int, batch_size: int) -> Run
                 f"--batch-size={batch_size}",
                 f"--result={result_file}",
             ]
-        busy_before, own_before = _busy_cpu_seconds(), _children_cpu_seconds()
+        busy_before, own_before = busy_cpu_seconds(), children_cpu_seconds()
         started = time.perf_counter()
         proc = subprocess.run(
             command,
@@ -211,7 +212,7 @@ def run_system(system: System, round_: int, epochs: int, batch_size: int) -> Run
             check=False,
         )
         wall = time.perf_counter() - started
-        busy_after, own_after = _busy_cpu_seconds(), _children_cpu_seconds()
+        busy_after, own_after = busy_cpu_seconds(), children_cpu_seconds()
         if proc.returncode != 0 or not result_file.exists():
             raise RuntimeError(
                 f"{system.name} failed (exit {proc.returncode}): {' '.join(command)}\n"
@@ -232,24 +233,6 @@ def run_system(system: System, round_: int, epochs: int, batch_size: int) -> Run
         wall_seconds=wall,
         other_load=other_load,
     )
-
-
-def _busy_cpu_seconds() -> float | None:
-    """CPU seconds that all processes have used since boot, from /proc/stat; None off Linux."""
-    try:
-        with open("/proc/stat", encoding="ascii") as stat:
-            ticks = [int(t) for t in stat.readline().split()[1:]]
-    except (OSError, ValueError):
-        return None
-    # user nice system idle iowait irq softirq steal (guest time is already counted in user)
-    busy = sum(ticks[:8]) - ticks[3] - ticks[4]
-    return busy / os.sysconf("SC_CLK_TCK")
-
-
-def _children_cpu_seconds() -> float:
-    """CPU seconds used by this process's finished children: the runs themselves."""
-    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-    return usage.ru_utime + usage.ru_stime
 
 
 def run_all(repeats: int, epochs: int, batch_size: int) -> list[RunResult]:
