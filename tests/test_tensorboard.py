@@ -105,6 +105,14 @@ def get_json(url: str) -> Any:
         return json.loads(response.read())
 
 
+def post_json(url: str, body: dict[str, Any]) -> Any:
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=10) as response:
+        return json.loads(response.read())
+
+
 def test_tensorboard_server_shows_a_torch_and_a_tf_run(tmp_path: Path) -> None:
     logdir = tmp_path / "runs"
     for backend in ("torch", "tf"):
@@ -150,6 +158,17 @@ def test_tensorboard_server_shows_a_torch_and_a_tf_run(tmp_path: Path) -> None:
                 assert [(step, pytest.approx(value, rel=1e-6)) for _, step, value in points] == (
                     expected[tag]
                 )
+        # The HParams dashboard: one session per run, told apart by backend.name, with the val
+        # scalars as its metric columns.
+        hparams = f"http://127.0.0.1:{port}/data/plugin/hparams"
+        experiment = post_json(f"{hparams}/experiment", {"experimentName": ""})
+        assert {"val/loss", "val/accuracy"} <= {m["name"]["tag"] for m in experiment["metricInfos"]}
+        groups = post_json(f"{hparams}/session_groups", {
+            "experimentName": "", "startIndex": 0, "sliceSize": 10,
+            "allowedStatuses": ["STATUS_UNKNOWN", "STATUS_SUCCESS", "STATUS_RUNNING"],
+            "colParams": [{"metric": {"group": "", "tag": "val/accuracy"}}],
+        })["sessionGroups"]  # fmt: skip
+        assert sorted(g["hparams"]["backend.name"] for g in groups) == ["tf", "torch"]
     finally:
         server.terminate()
         server.wait(timeout=30)
