@@ -124,19 +124,13 @@ def find_checkpoint(path: Path) -> Path:
 
 
 def newest_checkpoints(checkpoints_dir: Path) -> list[Path]:
-    """The complete checkpoints under `checkpoints_dir`, newest (highest step) first."""
-    if not checkpoints_dir.is_dir():
-        return []
-    found = []
-    for directory in checkpoints_dir.iterdir():
-        if directory.name.startswith(".") or not (directory / "trainer.json").is_file():
-            continue  # temporary or incomplete
-        try:
-            step = int(json.loads((directory / "trainer.json").read_text())["step"])
-        except (ValueError, KeyError, TypeError):
-            step = -1  # corrupt: tried last, and reported when loaded
-        found.append((step, directory.name == "last", directory))
-    return [d for _, _, d in sorted(found, key=lambda t: (t[0], t[1]), reverse=True)]
+    """The complete checkpoints under `checkpoints_dir`, newest first.
+
+    `step-<zero-padded step>` names sort by step; `last` only links to the newest of them, and
+    hidden temporary directories of unfinished saves do not match.
+    """
+    steps = sorted(checkpoints_dir.glob("step-*"), reverse=True)
+    return [d for d in steps if (d / "trainer.json").is_file()]
 
 
 def python_rng_state() -> list[Any]:
