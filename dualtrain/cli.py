@@ -6,11 +6,12 @@ This is the only module that sees Hydra. Nothing here imports torch, tensorflow 
 
 from __future__ import annotations
 
+import json
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Any, NoReturn
+from typing import TYPE_CHECKING, Any, NoReturn
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
@@ -21,6 +22,9 @@ from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 from dualtrain.errors import ConfigError, DualtrainError
 from dualtrain.settings import Settings
 
+if TYPE_CHECKING:
+    from dualtrain.parity import CommandFor
+
 _PACKAGE_CONFIGS = Path(__file__).parent / "configs"
 
 
@@ -30,16 +34,19 @@ def main() -> None:
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")
-def _hydra_main(cfg: DictConfig) -> None:
+def _hydra_main(cfg: DictConfig) -> float | None:
+    """Runs one job and returns its monitored metric (`checkpoint.monitor`), which sweepers such
+    as Optuna's optimize."""
     hydra_cfg = HydraConfig.get()
     if hydra_cfg.mode == RunMode.MULTIRUN:
         # A process holds one Keras backend, so every job of a sweep runs in a process of its own.
-        _run_in_new_process(hydra_cfg)
-        return
+        return _run_job_in_new_process(hydra_cfg, cfg)
     _add_user_config_dirs_to_path(hydra_cfg)
     try:
         settings = settings_from_config(cfg, Path(hydra_cfg.runtime.output_dir))
-        run(settings)
+        result = run(settings, command_for=lambda overrides, run_dir: _job_command(
+            hydra_cfg, overrides, run_dir
+        ))  # fmt: skip
     except DualtrainError as err:
         _exit_with(str(err), err.exit_code)
     except KeyboardInterrupt:
@@ -48,6 +55,7 @@ def _hydra_main(cfg: DictConfig) -> None:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise
         _exit_with(f"{type(err).__name__}: {err} (set HYDRA_FULL_ERROR=1 for the traceback)", 1)
+    return monitored_value(result, settings.checkpoint.monitor)
 
 
 def settings_from_config(cfg: DictConfig, run_dir: Path) -> Settings:
@@ -65,11 +73,29 @@ def settings_from_config(cfg: DictConfig, run_dir: Path) -> Settings:
     return Settings.from_config(plain, run_dir=run_dir, config_yaml=OmegaConf.to_yaml(cfg))
 
 
-def run(settings: Settings) -> None:
-    """Runs the job that `mode` names."""
+def run(settings: Settings, command_for: CommandFor | None = None) -> dict[str, Any]:
+    """Runs the job that `mode` names and returns its result (for train, the summary).
+
+    `command_for(overrides, run_dir)` makes the command line of a job in a new process; parity
+    mode starts one per backend with it.
+    """
+    from dualtrain import parity
     from dualtrain import run as jobs
 
-    {"train": jobs.train, "eval": jobs.evaluate}[settings.mode](settings)
+    if settings.mode == "parity":
+        if settings.parity.worker:
+            return parity.run_worker(settings)
+        if command_for is None:
+            raise ValueError("parity mode starts processes: give command_for")
+        return parity.compare_backends(settings, command_for)
+    return {"train": jobs.train, "eval": jobs.evaluate}[settings.mode](settings)
+
+
+def monitored_value(result: dict[str, Any], monitor: str) -> float | None:
+    """`val/accuracy` -> result["final"]["val"]["accuracy"] of a summary (None if absent)."""
+    split, _, name = monitor.partition("/")
+    value = (result.get("final") or {}).get(split, {}).get(name)
+    return float(value) if isinstance(value, (int, float)) else None
 
 
 def _exit_with(message: str, code: int) -> NoReturn:
@@ -93,13 +119,31 @@ def _add_user_config_dirs_to_path(hydra_cfg: Any) -> None:
             sys.path.insert(0, directory)
 
 
-def _run_in_new_process(hydra_cfg: Any) -> None:
-    command = [sys.executable, "-m", "dualtrain", *hydra_cfg.overrides.task]
+def _job_command(hydra_cfg: Any, overrides: list[str], run_dir: Path) -> list[str]:
+    """`python -m dualtrain` with this job's overrides, `overrides` replacing any of the same key,
+    the user's config directories, and `run_dir` as hydra.run.dir."""
+    replaced = {_override_key(o) for o in overrides}
+    task = [o for o in hydra_cfg.overrides.task if _override_key(o) not in replaced]
+    command = [sys.executable, "-m", "dualtrain", *task, *overrides]
     for directory in _user_config_dirs(hydra_cfg):
         command += ["--config-dir", directory]
     command += [o for o in hydra_cfg.overrides.hydra if o.startswith("hydra.searchpath")]
-    output_dir = str(hydra_cfg.runtime.output_dir).replace("\\", "\\\\").replace("'", "\\'")
-    command.append(f"hydra.run.dir='{output_dir}'")
-    code = subprocess.call(command)
+    escaped = str(run_dir).replace("\\", "\\\\").replace("'", "\\'")
+    command.append(f"hydra.run.dir='{escaped}'")
+    return command
+
+
+def _override_key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def _run_job_in_new_process(hydra_cfg: Any, cfg: DictConfig) -> float | None:
+    output_dir = Path(hydra_cfg.runtime.output_dir)
+    code = subprocess.call(_job_command(hydra_cfg, [], output_dir))
     if code != 0:
         sys.exit(code)  # the job already printed its error; stop the sweep as Hydra would
+    try:
+        summary = json.loads((output_dir / "summary.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return None  # a job that writes no summary (eval, parity) has no monitored value
+    return monitored_value(summary, str(OmegaConf.select(cfg, "checkpoint.monitor")))

@@ -17,7 +17,7 @@ from dualtrain.errors import ConfigError
 
 BACKENDS = ("torch", "tf")
 MODES = ("train", "eval", "export", "parity")
-AVAILABLE_MODES = ("train", "eval")  # export and parity arrive in later versions
+AVAILABLE_MODES = ("train", "eval", "parity")  # export arrives in a later version
 JIT_CHOICES = ("auto", "true", "false")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LOGGERS = ("jsonl", "csv", "console", "tensorboard")  # the options of configs/logger/
@@ -82,6 +82,13 @@ class CheckpointSettings:
 
 
 @dataclass(frozen=True)
+class ParitySettings:
+    steps: int  # optimizer steps trained on each backend
+    rtol: float  # the largest relative difference of per-step losses that passes
+    worker: bool = False  # set by parity mode for the one-backend runs it starts
+
+
+@dataclass(frozen=True)
 class Settings:
     mode: str
     seed: int
@@ -94,6 +101,7 @@ class Settings:
     checkpoint: CheckpointSettings
     run_dir: Path
     config_yaml: str = ""  # the composed config, kept for checkpoints and logs
+    parity: ParitySettings = field(default_factory=lambda: ParitySettings(100, 1e-5))
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], run_dir: Path, config_yaml: str = "") -> Settings:
@@ -132,6 +140,12 @@ class Settings:
             raise ConfigError(
                 "mode=eval needs checkpoint.path=<run directory or checkpoint directory>"
             )
+        parity = _parity_settings(_section(cfg, "parity"))
+        if mode == "parity" and not parity.worker and (checkpoint.path or checkpoint.init_from):
+            raise ConfigError(
+                "mode=parity builds its own initial weights and gives them to both backends; "
+                "drop checkpoint.path and init_from"
+            )
         max_steps = _integer(trainer, "max_steps", "trainer.max_steps", minimum=-1)
         if max_steps == 0:
             raise ConfigError(
@@ -169,7 +183,21 @@ class Settings:
             checkpoint=checkpoint,
             run_dir=Path(run_dir),
             config_yaml=config_yaml,
+            parity=parity,
         )
+
+
+def _parity_settings(parity: Mapping[str, Any]) -> ParitySettings:
+    rtol = _number(parity.get("rtol"))
+    if rtol is None or not 0 <= rtol < 1:
+        raise ConfigError(
+            f"parity.rtol must be a number >= 0 and < 1 such as 1e-5; got {parity.get('rtol')!r}"
+        )
+    return ParitySettings(
+        steps=_integer(parity, "steps", "parity.steps", minimum=1),
+        rtol=rtol,
+        worker=_boolean(parity, "worker", "parity.worker"),
+    )
 
 
 def _logger_settings(logger: Mapping[str, Any]) -> LoggerSettings:

@@ -56,6 +56,12 @@ class Engine(ABC):
         self._seed_framework(seed)
         self.model = self.recipe.build_model(self.data.info)
         self._check_model()
+        # mode=parity compares the backends step by step; their random numbers come from different
+        # generators, so the layers that draw them in training are switched off and reported.
+        self.made_deterministic: list[dict[str, Any]] = []
+        self.stochastic_layers: list[str] = []
+        if self.settings.mode == "parity":
+            self.made_deterministic, self.stochastic_layers = make_deterministic(self.model)
         self.loss_fn = self.recipe.loss()
         self.metrics = self.recipe.metrics()
         self.train_loss = keras.metrics.Mean(name="loss")
@@ -192,6 +198,38 @@ def make_optimizer(settings: OptimizerSettings) -> keras.optimizers.Optimizer:
         return cls(learning_rate=settings.lr, **settings.params)
     except (TypeError, ValueError) as err:
         raise ConfigError(f"optimizer={settings.name}: {err}") from None
+
+
+# The attribute that sets how much noise a layer adds in training: Dropout, SpatialDropout*,
+# GaussianDropout and AlphaDropout (`rate`), Attention (`dropout`), GaussianNoise (`stddev`).
+_NOISE_ATTRIBUTES = ("rate", "dropout", "stddev")
+
+
+def make_deterministic(model: keras.Model) -> tuple[list[dict[str, Any]], list[str]]:
+    """Sets the noise of every layer that draws random numbers in training to zero.
+
+    Returns what was changed (layer, class, attribute, old value) and the random layers it could
+    not switch off (augmentation layers, a recipe's own), which will keep the backends apart.
+    """
+    changed: list[dict[str, Any]] = []
+    left: list[str] = []
+    # Keras has no public walk over nested layers; _flatten_layers is what its own summary uses.
+    for layer in model._flatten_layers(include_self=False, recursive=True):
+        if not getattr(layer, "_seed_generators", None):
+            continue  # draws no random numbers
+        attribute = next(
+            (a for a in _NOISE_ATTRIBUTES if type(getattr(layer, a, None)) in (int, float)), None
+        )
+        if attribute is None:
+            left.append(f"{layer.name} ({type(layer).__name__})")
+            continue
+        value = getattr(layer, attribute)
+        if value:
+            setattr(layer, attribute, 0.0)
+            changed.append(
+                {"layer": layer.name, "class": type(layer).__name__, attribute: float(value)}
+            )
+    return changed, left
 
 
 def _arrays(variables: list[Any]) -> dict[str, np.ndarray]:
