@@ -124,9 +124,10 @@ def _job_command(hydra_cfg: Any, overrides: list[str], run_dir: Path) -> list[st
     the user's config directories, and `run_dir` as hydra.run.dir."""
     replaced = {_override_key(o) for o in overrides}
     task = [o for o in hydra_cfg.overrides.task if _override_key(o) not in replaced]
-    command = [sys.executable, "-m", "dualtrain", *task, *overrides]
-    for directory in _user_config_dirs(hydra_cfg):
+    command = [sys.executable, "-m", "dualtrain"]
+    for directory in _user_config_dirs(hydra_cfg):  # options before the overrides (argparse)
         command += ["--config-dir", directory]
+    command += [*task, *overrides]
     command += [o for o in hydra_cfg.overrides.hydra if o.startswith("hydra.searchpath")]
     escaped = str(run_dir).replace("\\", "\\\\").replace("'", "\\'")
     command.append(f"hydra.run.dir='{escaped}'")

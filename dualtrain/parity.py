@@ -69,7 +69,9 @@ def compare_backends(settings: Settings, command_for: CommandFor) -> dict[str, A
         raise RunError(
             f"parity failed: the per-step losses differ by up to {report['max_rel_diff']:.3g} "
             f"(relative, step {report['max_rel_diff_step']}), more than parity.rtol="
-            f"{settings.parity.rtol:g}; see {run_dir / 'parity.json'}"
+            f"{settings.parity.rtol:g}, from step {report['first_step_over_rtol']} on; before "
+            f"it they agreed within {report['max_rel_diff_before']:.2g}; see "
+            f"{run_dir / 'parity.json'} and docs/parity.md"
         )
     return report
 
@@ -169,6 +171,7 @@ def parity_report(
     worst = max(range(len(diffs)), key=diffs.__getitem__)
     max_rel = diffs[worst]
     passed = max_rel <= settings.parity.rtol
+    over = next((i for i, d in enumerate(diffs) if d > settings.parity.rtol), None)
     speed = {b: summaries[b].get("train_samples_per_sec") for b in backends}
     return {
         "status": "passed" if passed else "failed",
@@ -181,6 +184,10 @@ def parity_report(
         "max_rel_diff": max_rel,
         "max_rel_diff_step": worst + 1,
         "max_abs_diff": max(abs(a - b) for a, b in zip(first, second, strict=True)),
+        # Rounding differences (~1e-7) can flip a ReLU or max-pool decision; from then on the
+        # runs drift apart. A jump from agreement marks such a flip, steady growth a real drift.
+        "first_step_over_rtol": None if over is None else over + 1,
+        "max_rel_diff_before": max(diffs[:over], default=0.0) if over is not None else max_rel,
         "initial_weights": {"built_by": init.get("backend"), "checkpoint": str(run_dir / INIT)},
         "made_deterministic": init.get("made_deterministic", []),
         "stochastic_layers": init.get("stochastic_layers", []),
@@ -212,7 +219,7 @@ def write_report(run_dir: Path, report: dict[str, Any]) -> None:
 
 def plot_parity(report: dict[str, Any], path: Path) -> None:
     """Per-step losses of both backends, and their relative difference against rtol."""
-    from dualtrain.plots import pyplot
+    from dualtrain.plots import log_y, pyplot
 
     plt = pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
@@ -221,7 +228,7 @@ def plot_parity(report: dict[str, Any], path: Path) -> None:
         speed = report["train_samples_per_sec"][backend]
         label = f"{backend} ({speed:,.0f} samples/s)" if speed else backend
         top.plot(steps, report["losses"][backend], style, label=label)
-    top.set_yscale("log")
+    log_y(top)
     top.set_ylabel("train loss")
     top.legend()
     top.set_title(
@@ -252,6 +259,11 @@ def format_report(report: dict[str, Any], run_dir: Path) -> str:
         f"  largest relative loss difference {report['max_rel_diff']:.3g} at step "
         f"{report['max_rel_diff_step']} (parity.rtol {report['rtol']:g})",
     ]
+    if report["first_step_over_rtol"] is not None:
+        lines.append(
+            f"  above rtol from step {report['first_step_over_rtol']} on; before it within "
+            f"{report['max_rel_diff_before']:.2g}"
+        )
     if report["made_deterministic"]:
         switched = ", ".join(
             f"{c['layer']} ({c['class']} {k}={v:g} -> 0)"

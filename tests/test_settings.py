@@ -28,6 +28,7 @@ def settings(*overrides: str) -> Settings:
 def test_defaults_are_cnn_on_torch() -> None:
     s = settings()
     assert (s.recipe.name, s.backend.name, s.mode) == ("cnn", "torch", "train")
+    assert (s.parity.steps, s.parity.rtol, s.parity.worker) == (100, 1e-5, False)
     assert s.data.source == "dualtrain.data.sources:digits"
     assert s.trainer.max_steps == -1
     assert s.backend.jit_compile == "auto"
@@ -88,8 +89,16 @@ def test_python_data_requires_a_source() -> None:
         ),
         ("mode=bogus", "mode must be one of train, eval, export, parity; got 'bogus'"),
         (
-            "mode=parity",
-            "mode=parity is not available in this version; available modes: train, eval",
+            "mode=export",
+            "mode=export is not available in this version; available modes: train, eval, parity",
+        ),
+        ("parity.steps=0", "parity.steps must be a positive integer; got 0"),
+        ("parity.rtol=-1", "parity.rtol must be a number >= 0 and < 1 such as 1e-5; got -1"),
+        ("parity.rtol=loose", "parity.rtol must be a number >= 0 and < 1 such as 1e-5"),
+        ("parity.worker=maybe", "parity.worker must be true or false; got 'maybe'"),
+        (
+            "mode=parity init_from=.",
+            "mode=parity builds its own initial weights and gives them to both backends",
         ),
         ("mode=eval", "mode=eval needs checkpoint.path=<run directory or checkpoint directory>"),
         ("seed=-3", "seed must be an integer >= 0; got -3"),
@@ -114,7 +123,8 @@ def test_python_data_requires_a_source() -> None:
 def test_bad_values_are_config_errors(override: str, message: str) -> None:
     with pytest.raises(ConfigError) as err:
         settings(
-            override, *(["logger.histograms_every=5"] if override.startswith("logger=") else [])
+            *override.split(),
+            *(["logger.histograms_every=5"] if override.startswith("logger=") else []),
         )
     assert message in str(err.value)
     assert "\n" not in str(err.value)

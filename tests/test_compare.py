@@ -1,0 +1,95 @@
+"""Runs side by side: the sweep comparison after a multirun, `python -m dualtrain.compare`, and
+Hydra's Optuna sweeper optimizing what each run returns."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import yaml
+
+from tests.conftest import REPO, TINY, run_cli
+
+PNG = b"\x89PNG\r\n\x1a\n"
+
+
+@pytest.fixture(scope="module")
+def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    sweep = tmp_path_factory.mktemp("sweep")
+    result = run_cli("-m", "backend=torch,tf", *TINY, f"hydra.sweep.dir={sweep}")
+    assert result.returncode == 0, result.stderr[-3000:]
+    return sweep
+
+
+def test_multirun_runs_each_backend_in_its_own_process(sweep: Path) -> None:
+    for job, backend in (("0", "torch"), ("1", "tf")):
+        summary = json.loads((sweep / job / "summary.json").read_text())
+        assert (summary["status"], summary["backend"]) == ("completed", backend)
+
+
+def test_the_sweep_directory_gets_a_comparison(sweep: Path) -> None:
+    rows = json.loads((sweep / "comparison.json").read_text())
+    assert [r["run"] for r in rows] == ["backend=torch", "backend=tf"]  # what tells them apart
+    for row, job in zip(rows, ("0", "1"), strict=True):
+        summary = json.loads((sweep / job / "summary.json").read_text())
+        assert row["backend"] == summary["backend"] and row["status"] == "completed"
+        assert row["val/accuracy"] == summary["final"]["val"]["accuracy"]
+        assert row["val/loss"] == summary["final"]["val"]["loss"]
+        assert row["samples/s"] == summary["train_samples_per_sec"] > 0
+        assert row["steps"] == summary["steps"] == 8  # 205 train samples / 64 -> 4 steps x 2
+    table = (sweep / "comparison.md").read_text().splitlines()
+    assert table[0].startswith("| run | backend | recipe | status | steps | val/loss |")
+    assert table[2].startswith("| backend=torch | torch | cnn | completed | 8 |")
+    assert (sweep / "comparison.png").read_bytes().startswith(PNG)
+
+
+def test_compare_prints_a_table_and_draws_the_curves(sweep: Path, tmp_path: Path) -> None:
+    png, table = tmp_path / "curves.png", tmp_path / "table.json"
+    result = subprocess.run(
+        [sys.executable, "-m", "dualtrain.compare", str(sweep / "1"), str(sweep / "0"),
+         "--png", str(png), "--json", str(table)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert lines[0].startswith("| run | backend |")
+    assert lines[2].startswith("| backend=tf | tf | cnn | completed |")  # in the order given
+    assert lines[3].startswith("| backend=torch | torch | cnn | completed |")
+    assert png.read_bytes().startswith(PNG)
+    assert [r["backend"] for r in json.loads(table.read_text())] == ["tf", "torch"]
+
+
+def test_compare_of_a_directory_without_runs_is_one_line_exit_2(tmp_path: Path) -> None:
+    result = subprocess.run(
+        [sys.executable, "-m", "dualtrain.compare", str(tmp_path)],
+        cwd=REPO, capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 2
+    assert result.stderr.strip() == (
+        f"dualtrain: error: {tmp_path} holds no run (no metrics.jsonl or summary.json in it or "
+        "below it); give run directories or sweep directories"
+    )
+
+
+def test_optuna_search_maximizes_what_the_runs_return(tmp_path: Path) -> None:
+    sweep = tmp_path / "optuna"
+    result = run_cli(
+        "-m", "hparams_search=cnn_optuna", "hydra.sweeper.n_trials=3", *TINY,
+        f"hydra.sweep.dir={sweep}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    accuracies = []
+    for job in ("0", "1", "2"):
+        summary = json.loads((sweep / job / "summary.json").read_text())
+        assert summary["status"] == "completed"
+        accuracies.append(summary["final"]["val"]["accuracy"])
+        # Each trial ran the parameters the sampler chose.
+        overrides = yaml.safe_load((sweep / job / ".hydra" / "overrides.yaml").read_text())
+        assert any(o.startswith("optimizer.lr=") for o in overrides)
+    # The sweeper maximized checkpoint.monitor=val/accuracy, as each run returned it.
+    results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
+    assert results["best_value"] == pytest.approx(max(accuracies))
+    assert len(json.loads((sweep / "comparison.json").read_text())) == 3
