@@ -289,7 +289,8 @@ def format_report(report: dict[str, Any], run_dir: Path) -> str:
     rows.append(("samples/s", *(_speed(report["train_samples_per_sec"][b]) for b in backends)))
     widths = [max(len(row[i]) for row in rows) for i in range(len(rows[0]))]
     for row in rows:
-        lines.append("  " + "  ".join(cell.ljust(w) for cell, w in zip(row, widths, strict=True)))
+        cells = (cell.ljust(w) for cell, w in zip(row, widths, strict=True))
+        lines.append(("  " + "  ".join(cells)).rstrip())
     lines.append(f"  report: {run_dir / 'parity.json'}, {run_dir / 'parity.png'}")
     return "\n".join(lines)
 
