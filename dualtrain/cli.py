@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from dualtrain.checkpoint import find_checkpoint
 from dualtrain.errors import ConfigError, DualtrainError
 from dualtrain.settings import Settings
 
@@ -77,18 +78,34 @@ def run(settings: Settings, command_for: CommandFor | None = None) -> dict[str, 
     """Runs the job that `mode` names and returns its result (for train, the summary).
 
     `command_for(overrides, run_dir)` makes the command line of a job in a new process; parity
-    mode starts one per backend with it.
+    and export start one per backend with it.
     """
-    from dualtrain import parity
+    from dualtrain import export, parity
     from dualtrain import run as jobs
 
+    if settings.mode == "eval":
+        return jobs.evaluate(settings)
+    if settings.mode == "export" and settings.export.worker:
+        return export.run_worker(settings)
+    if settings.mode == "parity" and settings.parity.worker:
+        return parity.run_worker(settings)
+    if settings.mode == "train" and not settings.export.formats:
+        return jobs.train(settings)
+    if command_for is None:
+        raise ValueError(
+            f"mode={settings.mode} with export.formats starts processes: give command_for"
+        )
     if settings.mode == "parity":
-        if settings.parity.worker:
-            return parity.run_worker(settings)
-        if command_for is None:
-            raise ValueError("parity mode starts processes: give command_for")
         return parity.compare_backends(settings, command_for)
-    return {"train": jobs.train, "eval": jobs.evaluate}[settings.mode](settings)
+    if settings.mode == "export":
+        source = find_checkpoint(Path(str(settings.checkpoint.path)))
+        return export.export_checkpoint(settings, source, command_for)
+    summary = jobs.train(settings)
+    # The final weights, as the run's newest checkpoint holds them.
+    summary["export"] = export.export_checkpoint(
+        settings, find_checkpoint(settings.run_dir), command_for
+    )
+    return summary
 
 
 def monitored_value(result: dict[str, Any], monitor: str) -> float | None:

@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING, Any
 
 from dualtrain import __version__
 from dualtrain.checkpoint import (
+    Checkpoint,
     Checkpointer,
     find_checkpoint,
     newest_checkpoints,
@@ -74,7 +75,9 @@ def train(settings: Settings) -> dict[str, Any]:
             engine, state, sources, weights_only=settings.checkpoint.init_from is not None
         )
         checkpointer = None
-        if writes and (settings.checkpoint.every_n_epochs or settings.checkpoint.every_n_steps):
+        # Export starts from the final checkpoint, so a run that exports always saves one.
+        saves = settings.checkpoint.every_n_epochs or settings.checkpoint.every_n_steps
+        if writes and (saves or settings.export.formats):
             checkpointer = Checkpointer(
                 run_dir / "checkpoints",
                 settings.checkpoint,
@@ -122,27 +125,15 @@ def train(settings: Settings) -> dict[str, Any]:
 def evaluate(settings: Settings) -> dict[str, Any]:
     """mode=eval: the val metrics of a checkpoint's weights, on this process's backend, whichever
     backend wrote the checkpoint. Writes eval.json into the run directory and returns it."""
-    source = find_checkpoint(Path(str(settings.checkpoint.path)))
-    select_backend(settings.backend.name)
-    checkpoint = read_checkpoint(source)
-    record = checkpoint.trainer
-    if record.get("recipe") != settings.recipe.name:
-        raise ConfigError(
-            f"{source} was written by recipe={record.get('recipe')}; evaluate it with "
-            f"recipe={record.get('recipe')} (and the data it was trained on)"
-        )
-    data = load_data(settings.data, settings.seed)
-    engine = engine_class(settings.backend.name)(settings, load_recipe(settings.recipe), data)
-    engine.setup()
-    engine.restore(checkpoint.model, None)
+    engine, checkpoint, source = load_trained(settings)
     result = {
         "backend": settings.backend.name,
         "recipe": settings.recipe.name,
         "checkpoint": str(source.resolve()),
-        "checkpoint_backend": record["backend"],
+        "checkpoint_backend": checkpoint.trainer["backend"],
         "checkpoint_step": checkpoint.step,
         "split": "val",
-        "samples": len(data.val),
+        "samples": len(engine.data.val),
         "metrics": engine.evaluate(),
     }
     settings.run_dir.mkdir(parents=True, exist_ok=True)
@@ -152,6 +143,25 @@ def evaluate(settings: Settings) -> dict[str, Any]:
         f"dualtrain eval of {source} (step {checkpoint.step}) on {settings.backend.name}: {shown}"
     )
     return result
+
+
+def load_trained(settings: Settings) -> tuple[Engine, Checkpoint, Path]:
+    """An engine on this process's backend with the weights of `checkpoint.path` (written by
+    either backend), for eval and export; also the checkpoint and its directory."""
+    source = find_checkpoint(Path(str(settings.checkpoint.path)))
+    select_backend(settings.backend.name)
+    checkpoint = read_checkpoint(source)
+    record = checkpoint.trainer
+    if record.get("recipe") != settings.recipe.name:
+        raise ConfigError(
+            f"{source} was written by recipe={record.get('recipe')}; use it with "
+            f"recipe={record.get('recipe')} (and the data it was trained on)"
+        )
+    data = load_data(settings.data, settings.seed)
+    engine = engine_class(settings.backend.name)(settings, load_recipe(settings.recipe), data)
+    engine.setup()
+    engine.restore(checkpoint.model, None)
+    return engine, checkpoint, source
 
 
 @contextlib.contextmanager

@@ -17,10 +17,11 @@ from dualtrain.errors import ConfigError
 
 BACKENDS = ("torch", "tf")
 MODES = ("train", "eval", "export", "parity")
-AVAILABLE_MODES = ("train", "eval", "parity")  # export arrives in a later version
 JIT_CHOICES = ("auto", "true", "false")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 LOGGERS = ("jsonl", "csv", "console", "tensorboard")  # the options of configs/logger/
+EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "torch")
+TFLITE_QUANTIZE = ("none", "dynamic", "float16")
 # Keys of a data config that the loader uses itself; all other keys go to the data source function.
 DATA_LOADER_KEYS = ("source", "batch_size", "val_fraction", "num_workers")
 
@@ -89,6 +90,13 @@ class ParitySettings:
 
 
 @dataclass(frozen=True)
+class ExportSettings:
+    formats: tuple[str, ...]  # of EXPORT_FORMATS; written by mode=export or at the end of training
+    tflite_quantize: str = "none"  # none | dynamic | float16
+    worker: bool = False  # set by export for the one-backend processes it starts
+
+
+@dataclass(frozen=True)
 class Settings:
     mode: str
     seed: int
@@ -102,6 +110,7 @@ class Settings:
     run_dir: Path
     config_yaml: str = ""  # the composed config, kept for checkpoints and logs
     parity: ParitySettings = field(default_factory=lambda: ParitySettings(100, 1e-5))
+    export: ExportSettings = field(default_factory=lambda: ExportSettings(()))
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], run_dir: Path, config_yaml: str = "") -> Settings:
@@ -111,11 +120,6 @@ class Settings:
             ConfigError: naming the first bad key, its value and what would be right.
         """
         mode = _choice(cfg, "mode", MODES)
-        if mode not in AVAILABLE_MODES:
-            raise ConfigError(
-                f"mode={mode} is not available in this version; available modes: "
-                + ", ".join(AVAILABLE_MODES)
-            )
         backend = _section(cfg, "backend")
         recipe = _section(cfg, "recipe")
         data = _section(cfg, "data")
@@ -136,9 +140,15 @@ class Settings:
             raise ConfigError(f"recipe.model must be a mapping of keyword arguments; got {model!r}")
 
         checkpoint = _checkpoint_settings(_section(cfg, "checkpoint"), cfg.get("init_from"))
-        if mode == "eval" and checkpoint.path is None:
+        if mode in ("eval", "export") and checkpoint.path is None:
             raise ConfigError(
-                "mode=eval needs checkpoint.path=<run directory or checkpoint directory>"
+                f"mode={mode} needs checkpoint.path=<run directory or checkpoint directory>"
+            )
+        export = _export_settings(_section(cfg, "export"))
+        if mode == "export" and not export.formats:
+            raise ConfigError(
+                "mode=export needs export.formats, e.g. "
+                "export.formats=[saved_model,tflite,onnx,torch]"
             )
         parity = _parity_settings(_section(cfg, "parity"))
         if mode == "parity" and not parity.worker and (checkpoint.path or checkpoint.init_from):
@@ -184,7 +194,26 @@ class Settings:
             run_dir=Path(run_dir),
             config_yaml=config_yaml,
             parity=parity,
+            export=export,
         )
+
+
+def _export_settings(export: Mapping[str, Any]) -> ExportSettings:
+    formats = export.get("formats")
+    if isinstance(formats, str):
+        formats = [formats]
+    if not isinstance(formats, list) or any(f not in EXPORT_FORMATS for f in formats):
+        raise ConfigError(
+            f"export.formats must be a list of {', '.join(EXPORT_FORMATS)}, e.g. "
+            f"export.formats=[saved_model,onnx]; got {formats!r}"
+        )
+    return ExportSettings(
+        formats=tuple(dict.fromkeys(formats)),
+        tflite_quantize=_choice(
+            export, "tflite_quantize", TFLITE_QUANTIZE, "export.tflite_quantize"
+        ),
+        worker=_boolean(export, "worker", "export.worker"),
+    )
 
 
 def _parity_settings(parity: Mapping[str, Any]) -> ParitySettings:

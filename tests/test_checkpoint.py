@@ -196,7 +196,7 @@ def test_eval_of_a_checkpoint_from_another_recipe_names_it(tmp_path: Path) -> No
     result = run_cli("recipe=mlp", "mode=eval", f"checkpoint.path={trained}",
                      f"hydra.run.dir={tmp_path / 'eval'}")  # fmt: skip
     assert result.returncode == 2
-    assert "was written by recipe=cnn; evaluate it with recipe=cnn" in result.stderr
+    assert "was written by recipe=cnn; use it with recipe=cnn" in result.stderr
 
 
 def test_a_keras_file_is_not_a_checkpoint_and_is_never_loaded(tmp_path: Path) -> None:

@@ -1,0 +1,154 @@
+"""Export: every format from a checkpoint of either backend, each checked in its own runtime."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import run_cli
+
+FORMATS = ["saved_model", "tflite", "onnx", "torch"]
+# Small runs: few samples and steps keep the matrix inside CI's time; the checks compare the
+# exported model with the Keras model on the same weights, so accuracy does not matter here.
+SMALL = {
+    "cnn": ["recipe=cnn", "data=synthetic", "data.num_samples=300", "trainer.max_epochs=1"],
+    "mlp": ["recipe=mlp", "trainer.max_epochs=1"],
+}
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
+    runs = {}
+    for recipe, overrides in SMALL.items():
+        for backend in ("torch", "tf"):
+            run_dir = tmp_path_factory.mktemp(f"{recipe}-{backend}")
+            result = run_cli(
+                *overrides, f"backend={backend}", "logger.progress=false",
+                f"hydra.run.dir={run_dir}",
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr[-3000:]
+            runs[(recipe, backend)] = run_dir
+    return runs
+
+
+def _export(run: Path, out: Path, recipe: str, *overrides: str):  # type: ignore[no-untyped-def]
+    return run_cli(
+        "mode=export", f"checkpoint.path={run}", *SMALL[recipe], f"hydra.run.dir={out}",
+        *overrides,
+    )  # fmt: skip
+
+
+@pytest.mark.parametrize("trained_on", ["torch", "tf"])
+@pytest.mark.parametrize("recipe", ["cnn", "mlp"])
+def test_every_format_from_either_backend_matches_the_keras_model(
+    recipe: str, trained_on: str, trained: dict[tuple[str, str], Path], tmp_path: Path
+) -> None:
+    run = trained[(recipe, trained_on)]
+    result = _export(run, tmp_path, recipe, f"export.formats=[{','.join(FORMATS)}]")
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "export" / "report.json").read_text())
+    assert report["checkpoint_backend"] == trained_on and report["recipe"] == recipe
+    summary = json.loads((run / "summary.json").read_text())
+    assert report["checkpoint_step"] == summary["steps"]  # the final weights
+    names = {"cnn": ("image", [8, 8, 1]), "mlp": ("features", [30])}
+    input_name, shape = names[recipe]
+    for name in FORMATS:
+        entry = report["formats"][name]
+        assert entry["status"] == "ok", entry
+        assert entry["exported_on"] == {"saved_model": "tf", "tflite": "tf"}.get(name, "torch")
+        # float32 formats: outputs within 1e-4 of the Keras model's (export.TOLERANCE; measured
+        # differences are below 1e-6) for a batch of 1 and a batch of 37: the batch is dynamic.
+        assert entry["max_abs_diff"] <= 1e-4 and entry["batch_sizes_checked"] == [1, 37]
+        assert entry["val_accuracy"] == entry["keras_val_accuracy"]
+        assert entry["size_bytes"] > 0 and entry["latency_ms_per_batch"] > 0
+        assert (tmp_path / entry["path"]).exists()
+        # The Keras model on the exporting backend, with weights from the other one, scores what
+        # the training run scored: to a borderline sample, as float32 rounding may tip one.
+        assert abs(entry["keras_val_accuracy"] - summary["final"]["val"]["accuracy"]) <= 0.01
+    saved_model = report["formats"]["saved_model"]
+    assert saved_model["signature"] == "serving_default"
+    assert saved_model["inputs"] == {input_name: [None, *shape]}
+    assert saved_model["outputs"] == ["logits"]
+    tflite = report["formats"]["tflite"]
+    assert tflite["input_shape_signature"] == [-1, *shape] and tflite["quantize"] == "none"
+    assert tflite["signatures"]["serving_default"]["inputs"] == [input_name]
+    onnx = report["formats"]["onnx"]
+    assert onnx["input"] == input_name and onnx["outputs"] == ["logits"]
+    assert onnx["input_shape"] == ["batch", *shape] and onnx["opset"] >= 17
+    assert (tmp_path / "export" / "torch" / "model.pt2").is_file()
+
+
+@pytest.mark.parametrize("quantize", ["dynamic", "float16"])
+def test_quantized_tflite_reports_its_accuracy_change(
+    quantize: str, trained: dict[tuple[str, str], Path], tmp_path: Path
+) -> None:
+    run = trained[("cnn", "tf")]
+    result = _export(
+        run, tmp_path, "cnn", "export.formats=[tflite]", f"export.tflite_quantize={quantize}"
+    )
+    assert result.returncode == 0, result.stderr[-3000:]
+    entry = json.loads((tmp_path / "export" / "report.json").read_text())["formats"]["tflite"]
+    assert entry["quantize"] == quantize and entry["check"] == "val accuracy change"
+    assert entry["val_accuracy_change"] == pytest.approx(
+        entry["val_accuracy"] - entry["keras_val_accuracy"]
+    )
+    # Quantized weights move the outputs, but not far: measured below 1e-2 on this model.
+    assert 0 < entry["max_abs_diff"] < 0.1
+    assert "val accuracy" in result.stdout
+
+
+def test_a_training_run_exports_its_final_weights(tmp_path: Path) -> None:
+    result = run_cli(
+        *SMALL["mlp"], "backend=tf", "export.formats=[onnx]", "checkpoint.every_n_epochs=0",
+        "logger.progress=false", f"hydra.run.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads((tmp_path / "export" / "report.json").read_text())
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert report["checkpoint_backend"] == "tf" and report["checkpoint_step"] == summary["steps"]
+    assert report["formats"]["onnx"]["status"] == "ok"
+    assert (tmp_path / "export" / "onnx" / "model.onnx").is_file()
+
+
+def test_a_missing_package_fails_its_format_and_the_others_are_written(
+    trained: dict[tuple[str, str], Path], tmp_path: Path
+) -> None:
+    # onnxruntime made unimportable, as on a machine without it.
+    fake = tmp_path / "site"
+    (fake / "onnxruntime").mkdir(parents=True)
+    (fake / "onnxruntime" / "__init__.py").write_text(
+        "raise ModuleNotFoundError(\"No module named 'onnxruntime'\", name='onnxruntime')\n"
+    )
+    out = tmp_path / "out"
+    result = run_cli(
+        "mode=export", f"checkpoint.path={trained[('mlp', 'torch')]}", *SMALL["mlp"],
+        "export.formats=[onnx,torch]", f"hydra.run.dir={out}",
+        env={"PYTHONPATH": str(fake)},
+    )  # fmt: skip
+    assert result.returncode == 1
+    last = result.stderr.strip().splitlines()[-1]
+    assert last == (
+        "dualtrain: error: export failed for onnx (onnx: needs the onnxruntime package: "
+        "pip install -c constraints.txt 'dualtrain[export]'); written: torch; see "
+        f"{out / 'export' / 'report.json'}"
+    )
+    assert "Traceback" not in result.stderr
+    formats = json.loads((out / "export" / "report.json").read_text())["formats"]
+    assert formats["onnx"]["status"] == "failed" and formats["torch"]["status"] == "ok"
+    assert (out / "export" / "torch" / "model.pt2").is_file()
+
+
+def test_a_checkpoint_of_another_recipe_is_refused(
+    trained: dict[tuple[str, str], Path], tmp_path: Path
+) -> None:
+    result = run_cli(
+        "mode=export", f"checkpoint.path={trained[('mlp', 'tf')]}", *SMALL["cnn"],
+        "export.formats=[torch]", f"hydra.run.dir={tmp_path}",
+    )  # fmt: skip
+    assert result.returncode == 2  # a usage error, found before any framework starts
+    assert result.stderr.strip() == (
+        f"dualtrain: error: {trained[('mlp', 'tf')] / 'checkpoints' / 'step-000000015'} was "
+        "written by recipe=mlp; use it with recipe=mlp (and the data it was trained on)"
+    )
