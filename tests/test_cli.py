@@ -55,7 +55,7 @@ def test_help_lists_groups_and_options_without_importing_a_framework(tmp_path: P
         ("mode=predict", "mode must be one of train, eval, export, parity; got 'predict'"),
         (
             "mode=export",
-            "mode=export is not available in this version; available modes: train, eval, parity",
+            "mode=export needs checkpoint.path=<run directory or checkpoint directory>",
         ),
     ],
 )

@@ -90,7 +90,20 @@ def test_python_data_requires_a_source() -> None:
         ("mode=bogus", "mode must be one of train, eval, export, parity; got 'bogus'"),
         (
             "mode=export",
-            "mode=export is not available in this version; available modes: train, eval, parity",
+            "mode=export needs checkpoint.path=<run directory or checkpoint directory>",
+        ),
+        (
+            "mode=export checkpoint.path=.",
+            "mode=export needs export.formats, e.g. export.formats=[saved_model,tflite,onnx,torch]",
+        ),
+        (
+            "export.formats=[keras]",
+            "export.formats must be a list of saved_model, tflite, onnx, torch, e.g. "
+            "export.formats=[saved_model,onnx]; got ['keras']",
+        ),
+        (
+            "export.tflite_quantize=int8",
+            "export.tflite_quantize must be one of none, dynamic, float16; got 'int8'",
         ),
         ("parity.steps=0", "parity.steps must be a positive integer; got 0"),
         ("parity.rtol=-1", "parity.rtol must be a number >= 0 and < 1 such as 1e-5; got -1"),
