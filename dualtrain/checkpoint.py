@@ -161,6 +161,11 @@ class Checkpointer:
         for leftover in self.dir.glob(".step-*"):
             shutil.rmtree(leftover, ignore_errors=True)
 
+    def saves_after_step(self, state: Any, epoch_ends: bool) -> bool:
+        """Whether `after_step` will save now (not at an epoch end: `after_epoch` does)."""
+        every = self.settings.every_n_steps
+        return bool(every) and state.step % every == 0 and not epoch_ends
+
     def after_step(self, engine: Any, state: Any, epoch_ends: bool) -> None:
         if self.settings.every_n_steps and state.step % self.settings.every_n_steps == 0:
             if epoch_ends:  # saved once, after the epoch's validation, by after_epoch
@@ -195,6 +200,7 @@ class Checkpointer:
             "step_in_epoch": state.step_in_epoch,  # steps done of the epoch under way
             "final_train": state.final_train,
             "final_val": state.final_val,
+            "skipped_steps": state.skipped_steps,
             "monitor": self.settings.monitor,
             "monitor_value": self._monitored(state),
             "train_loss_state": engine.train_loss_state(),

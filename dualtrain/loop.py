@@ -7,18 +7,22 @@ every `trainer.log_every_n_steps` steps, so values leave the device rarely.
 from __future__ import annotations
 
 import itertools
+import logging
 import math
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
-from dualtrain.errors import Interrupted
+from dualtrain.errors import Interrupted, RunError
 from dualtrain.logging import Logger
 from dualtrain.settings import TrainerSettings
 
 if TYPE_CHECKING:
     from dualtrain.checkpoint import Checkpointer
-    from dualtrain.engines.base import Engine
+    from dualtrain.engines.base import Batch, Engine
+
+log = logging.getLogger("dualtrain")
 
 
 @dataclass
@@ -34,6 +38,8 @@ class LoopState:
     steady_seconds: float = 0.0  # ...and the train time they took (eval excluded)
     first_epoch_samples: int = 0  # fallback for one-epoch runs: samples after the first step...
     first_epoch_seconds: float = 0.0  # ...and their time
+    skipped_steps: int = 0  # steps skipped for a NaN or Inf loss (trainer.on_nonfinite=skip)
+    nonfinite_seen: int = 0  # of them, those this process's engine counted and the loop reported
     train_seconds: float = 0.0  # time in train epochs, validation excluded
     logging_seconds: float = 0.0  # the part of it spent reading values and writing logs
     checkpoint_seconds: float = 0.0  # time spent saving checkpoints
@@ -66,8 +72,10 @@ def fit(
 ) -> None:
     """Trains for `trainer.max_epochs` epochs or `trainer.max_steps` steps; validates each epoch."""
     batch_size = engine.settings.data.batch_size
-    steps_per_epoch = math.ceil(len(engine.data.train) / batch_size)
+    num_batches = batches_per_epoch(trainer, len(engine.data.train), batch_size)
+    steps_per_epoch = math.ceil(num_batches / trainer.grad_accum_steps)
     first_epoch = state.epochs  # of this process: its time includes tracing and compiling
+    engine.start_at(state.step)
     for epoch in range(state.epochs, trainer.max_epochs):
         if _done(state, trainer):
             break
@@ -83,9 +91,11 @@ def fit(
         epoch_samples = samples_since_log = 0
         # Lines are logged at multiples of log_every_n_steps and at epoch ends.
         unlogged = min(state.step % trainer.log_every_n_steps, skip)
-        for batch in itertools.islice(engine.train_batches(epoch), skip, None):
-            engine.train_step(batch)
-            size = engine.batch_size(batch)
+        batches = itertools.islice(engine.train_batches(epoch), num_batches)
+        groups = _groups(batches, trainer.grad_accum_steps)
+        for group in itertools.islice(groups, skip, None):
+            engine.train_step(group)
+            size = sum(engine.batch_size(batch) for batch in group)
             state.step += 1
             state.step_in_epoch += 1
             epoch_samples += size
@@ -96,24 +106,31 @@ def fit(
                 first_batch = size
             logger.advance(1)
             if state.step % trainer.log_every_n_steps == 0:
-                last_log = _log_train(engine, logger, state, epoch, samples_since_log, last_log)
+                last_log = _log_train(
+                    engine, trainer, logger, state, epoch, samples_since_log, last_log
+                )
                 samples_since_log = unlogged = 0
             if histograms_every and state.step % histograms_every == 0:
                 started = time.perf_counter()
                 logger.log_histograms(engine.histograms(), state.step)
                 state.logging_seconds += time.perf_counter() - started
             if checkpointer is not None:
-                checkpointer.after_step(engine, state, state.step_in_epoch == steps_per_epoch)
+                epoch_ends = state.step_in_epoch == steps_per_epoch
+                if checkpointer.saves_after_step(state, epoch_ends):
+                    _check_finite(engine, trainer, state)  # a bad step never reaches a checkpoint
+                checkpointer.after_step(engine, state, epoch_ends)
             if stop is not None and stop.signum is not None:
                 if unlogged:
-                    _log_train(engine, logger, state, epoch, samples_since_log, last_log)
+                    _log_train(engine, trainer, logger, state, epoch, samples_since_log, last_log)
                 if checkpointer is not None:
                     checkpointer.finish(engine, state)
                 raise Interrupted(stop.signum, state.step, saved=checkpointer is not None)
             if _done(state, trainer):
                 break
         if unlogged:
-            last_log = _log_train(engine, logger, state, epoch, samples_since_log, last_log)
+            last_log = _log_train(
+                engine, trainer, logger, state, epoch, samples_since_log, last_log
+            )
         epoch_end = time.perf_counter()
         state.train_seconds += epoch_end - epoch_start
         if epoch == first_epoch:
@@ -130,9 +147,63 @@ def fit(
         state.epochs = epoch + 1
         state.step_in_epoch = 0
         if checkpointer is not None:
+            _check_finite(engine, trainer, state)
             checkpointer.after_epoch(engine, state)
+    _check_finite(engine, trainer, state)
     if checkpointer is not None:
         checkpointer.finish(engine, state)
+
+
+def planned_steps(trainer: TrainerSettings, num_samples: int, batch_size: int) -> int:
+    """The optimizer steps a run will take: what `cosine` schedules decay over by default."""
+    total = steps_per_epoch(trainer, num_samples, batch_size) * trainer.max_epochs
+    return min(total, trainer.max_steps) if trainer.max_steps > 0 else total
+
+
+def batches_per_epoch(trainer: TrainerSettings, num_samples: int, batch_size: int) -> int:
+    """The train batches an epoch uses: all, or `trainer.limit_train_batches` of them."""
+    full = math.ceil(num_samples / batch_size)
+    limit = trainer.limit_train_batches
+    if isinstance(limit, int):
+        return min(full, limit)
+    return max(1, int(full * limit))
+
+
+def steps_per_epoch(trainer: TrainerSettings, num_samples: int, batch_size: int) -> int:
+    """Optimizer steps per epoch: `grad_accum_steps` batches make one (the last may have fewer)."""
+    return math.ceil(batches_per_epoch(trainer, num_samples, batch_size) / trainer.grad_accum_steps)
+
+
+def _groups(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
+    """Consecutive batches in lists of `size` (the last may be shorter): one optimizer step each."""
+    iterator = iter(batches)
+    while group := list(itertools.islice(iterator, size)):
+        yield group
+
+
+def _check_finite(engine: Engine, trainer: TrainerSettings, state: LoopState) -> None:
+    """Reports steps the engine skipped for a NaN or Inf loss; with on_nonfinite=stop, stops.
+
+    Raises:
+        RunError: naming the first such step, before anything is saved after it.
+    """
+    count, first = engine.nonfinite_steps()
+    if count <= state.nonfinite_seen:
+        return
+    new = count - state.nonfinite_seen
+    state.nonfinite_seen = count
+    state.skipped_steps += new
+    if trainer.on_nonfinite == "stop":
+        raise RunError(
+            f"the loss was NaN or Inf at step {first} (trainer.on_nonfinite=stop); the run stops "
+            "and no checkpoint holds that step; lower optimizer.lr, clip gradients with "
+            "trainer.grad_clip_norm, or skip such steps with trainer.on_nonfinite=skip"
+        )
+    log.warning(
+        "skipped %d step(s) with a NaN or Inf loss (first at step %d; trainer.on_nonfinite=skip)",
+        new,
+        first,
+    )
 
 
 def _done(state: LoopState, trainer: TrainerSettings) -> bool:
@@ -140,10 +211,17 @@ def _done(state: LoopState, trainer: TrainerSettings) -> bool:
 
 
 def _log_train(
-    engine: Engine, logger: Logger, state: LoopState, epoch: int, samples: int, since: float
+    engine: Engine,
+    trainer: TrainerSettings,
+    logger: Logger,
+    state: LoopState,
+    epoch: int,
+    samples: int,
+    since: float,
 ) -> float:
     started = time.perf_counter()
     values = engine.train_metrics()  # the device sync happens here, before the clock is read
+    _check_finite(engine, trainer, state)
     now = time.perf_counter()
     values["samples_per_sec"] = samples / max(now - since, 1e-9)
     state.final_train = values

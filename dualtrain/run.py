@@ -111,6 +111,7 @@ def train(settings: Settings) -> dict[str, Any]:
             "train_seconds": state.train_seconds,
             "logging_seconds": state.logging_seconds,
             "checkpoint_seconds": state.checkpoint_seconds,
+            "skipped_steps": state.skipped_steps,
             "final": {"train": state.final_train, "val": state.final_val},
             "jit_compile": engine.jit_compile if engine is not None else None,
             "seed": settings.seed,
@@ -225,6 +226,7 @@ def _load_checkpoint(
         state.step_in_epoch = int(record["step_in_epoch"])
         state.final_train = dict(record["final_train"])
         state.final_val = dict(record["final_val"])
+        state.skipped_steps = int(record.get("skipped_steps", 0))
         log.info(
             "resumed from %s (written by %s): step %d, epoch %d",
             source,

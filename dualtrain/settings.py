@@ -19,6 +19,8 @@ BACKENDS = ("torch", "tf")
 MODES = ("train", "eval", "export", "parity")
 JIT_CHOICES = ("auto", "true", "false")
 OPTIMIZERS = ("adam", "adamw", "sgd")
+SCHEDULERS = ("constant", "step", "cosine", "warmup_cosine")
+ON_NONFINITE = ("stop", "skip")
 LOGGERS = ("jsonl", "csv", "console", "tensorboard")  # the options of configs/logger/
 EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "torch")
 TFLITE_QUANTIZE = ("none", "dynamic", "float16")
@@ -56,10 +58,27 @@ class OptimizerSettings:
 
 
 @dataclass(frozen=True)
+class SchedulerSettings:
+    """How the learning rate moves from `optimizer.lr`, counted in optimizer steps."""
+
+    name: str = "constant"  # constant | step | cosine | warmup_cosine
+    step_size: int = 1000  # step: multiply the lr by `gamma` every `step_size` steps
+    gamma: float = 0.1
+    warmup_steps: int = 0  # warmup_cosine: linear from 0 to lr over these steps
+    decay_steps: int | None = None  # cosine, warmup_cosine: null = the rest of the run
+    alpha: float = 0.0  # cosine floor, as a fraction of lr
+
+
+@dataclass(frozen=True)
 class TrainerSettings:
     max_epochs: int
     max_steps: int  # -1: no limit
     log_every_n_steps: int
+    grad_accum_steps: int = 1  # batches whose summed gradients make one optimizer step
+    grad_clip_norm: float | None = None  # clip the gradients' global norm
+    grad_clip_value: float | None = None  # clip each gradient element to [-v, v]
+    on_nonfinite: str = "stop"  # stop | skip: a step whose loss is NaN or Inf
+    limit_train_batches: int | float = 1.0  # per epoch: a count (int) or a share (float)
 
 
 @dataclass(frozen=True)
@@ -110,6 +129,7 @@ class Settings:
     run_dir: Path
     config_yaml: str = ""  # the composed config, kept for checkpoints and logs
     parity: ParitySettings = field(default_factory=lambda: ParitySettings(100, 1e-5))
+    scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     export: ExportSettings = field(default_factory=lambda: ExportSettings(()))
 
     @classmethod
@@ -182,13 +202,8 @@ class Settings:
                 lr=_positive_float(optimizer, "lr", "optimizer.lr"),
                 params={k: v for k, v in optimizer.items() if k not in ("name", "lr")},
             ),
-            trainer=TrainerSettings(
-                max_epochs=_integer(trainer, "max_epochs", "trainer.max_epochs", minimum=1),
-                max_steps=max_steps,
-                log_every_n_steps=_integer(
-                    trainer, "log_every_n_steps", "trainer.log_every_n_steps", minimum=1
-                ),
-            ),
+            trainer=_trainer_settings(trainer, max_steps),
+            scheduler=_scheduler_settings(_section(cfg, "scheduler")),
             logger=_logger_settings(logger),
             checkpoint=checkpoint,
             run_dir=Path(run_dir),
@@ -214,6 +229,74 @@ def _export_settings(export: Mapping[str, Any]) -> ExportSettings:
         ),
         worker=_boolean(export, "worker", "export.worker"),
     )
+
+
+def _trainer_settings(trainer: Mapping[str, Any], max_steps: int) -> TrainerSettings:
+    clip_norm = _optional_positive(trainer, "grad_clip_norm", "trainer.grad_clip_norm")
+    clip_value = _optional_positive(trainer, "grad_clip_value", "trainer.grad_clip_value")
+    if clip_norm is not None and clip_value is not None:
+        raise ConfigError(
+            "trainer.grad_clip_norm and trainer.grad_clip_value exclude each other; set one"
+        )
+    limit = trainer.get("limit_train_batches", 1.0)
+    if isinstance(limit, bool) or not (
+        (isinstance(limit, int) and limit >= 1) or (isinstance(limit, float) and 0 < limit <= 1)
+    ):
+        raise ConfigError(
+            "trainer.limit_train_batches must be a number of batches (an integer >= 1) or a "
+            f"share of them (a number in (0, 1], e.g. 0.25); got {limit!r}"
+        )
+    return TrainerSettings(
+        max_epochs=_integer(trainer, "max_epochs", "trainer.max_epochs", minimum=1),
+        max_steps=max_steps,
+        log_every_n_steps=_integer(
+            trainer, "log_every_n_steps", "trainer.log_every_n_steps", minimum=1
+        ),
+        grad_accum_steps=_integer(trainer, "grad_accum_steps", "trainer.grad_accum_steps", 1),
+        grad_clip_norm=clip_norm,
+        grad_clip_value=clip_value,
+        on_nonfinite=_choice(trainer, "on_nonfinite", ON_NONFINITE, "trainer.on_nonfinite"),
+        limit_train_batches=limit,
+    )
+
+
+def _scheduler_settings(scheduler: Mapping[str, Any]) -> SchedulerSettings:
+    name = _choice(scheduler, "name", SCHEDULERS, "scheduler")
+    known = {"name", "step_size", "gamma", "warmup_steps", "decay_steps", "alpha"}
+    unknown = sorted(set(scheduler) - known)
+    if unknown:
+        raise ConfigError(
+            f"scheduler={name} has no key {unknown[0]}; its keys: {', '.join(sorted(known))}"
+        )
+    decay = scheduler.get("decay_steps")
+    if decay is not None:
+        _integer(scheduler, "decay_steps", "scheduler.decay_steps", minimum=1)
+    gamma = _number(scheduler.get("gamma", 0.1))
+    alpha = _number(scheduler.get("alpha", 0.0))
+    if gamma is None or not 0 < gamma <= 1:
+        raise ConfigError(
+            f"scheduler.gamma must be a number in (0, 1]; got {scheduler.get('gamma')!r}"
+        )
+    if alpha is None or not 0 <= alpha <= 1:
+        raise ConfigError(
+            f"scheduler.alpha must be a number in [0, 1]; got {scheduler.get('alpha')!r}"
+        )
+    return SchedulerSettings(
+        name=name,
+        step_size=_integer({"v": scheduler.get("step_size", 1000)}, "v", "scheduler.step_size", 1),
+        gamma=gamma,
+        warmup_steps=_integer(
+            {"v": scheduler.get("warmup_steps", 0)}, "v", "scheduler.warmup_steps", 0
+        ),
+        decay_steps=decay,
+        alpha=alpha,
+    )
+
+
+def _optional_positive(cfg: Mapping[str, Any], key: str, label: str) -> float | None:
+    if cfg.get(key) is None:
+        return None
+    return _positive_float(cfg, key, label)
 
 
 def _parity_settings(parity: Mapping[str, Any]) -> ParitySettings:

@@ -18,8 +18,14 @@ import numpy as np
 
 from dualtrain.data import ArrayDataset, DataSplits
 from dualtrain.errors import ConfigError, RunError
+from dualtrain.loop import planned_steps
 from dualtrain.recipe import Recipe
-from dualtrain.settings import OptimizerSettings, Settings
+from dualtrain.settings import (
+    OptimizerSettings,
+    SchedulerSettings,
+    Settings,
+    TrainerSettings,
+)
 
 Batch = Any  # a (features, labels) pair of framework tensors
 
@@ -67,8 +73,22 @@ class Engine(ABC):
         self.train_loss = keras.metrics.Mean(name="loss")
         self.val_loss = keras.metrics.Mean(name="loss")
         self.trainable_variables = list(self.model.trainable_variables)
-        self.optimizer = make_optimizer(self.settings.optimizer)
+        self.optimizer = make_optimizer(
+            self.settings.optimizer,
+            self.settings.trainer,
+            self.settings.scheduler,
+            planned_steps(
+                self.settings.trainer, len(self.data.train), self.settings.data.batch_size
+            ),
+        )
         self.optimizer.build(self.trainable_variables)
+        # Steps whose loss was NaN or Inf: how many, and the first (a global step number). Kept on
+        # the device and read with the logged values, so checking costs no extra sync on tf.
+        self._steps_run = keras.Variable(0, dtype="int64", trainable=False, name="steps_run")
+        self._nonfinite = keras.Variable(0, dtype="int64", trainable=False, name="nonfinite")
+        self._first_nonfinite = keras.Variable(
+            -1, dtype="int64", trainable=False, name="first_nonfinite"
+        )
         self._make_steps()
 
     # -- what each backend implements, in the order a run uses it --------------------------------
@@ -103,8 +123,11 @@ class Engine(ABC):
         """The val split in its fixed order, as framework tensors on the device."""
 
     @abstractmethod
-    def train_step(self, batch: Batch) -> None:
-        """One optimizer step. Nothing leaves the device: the loss goes into `train_loss`, and the
+    def train_step(self, batches: list[Batch]) -> None:
+        """One optimizer step on the summed gradients of `batches` (more than one with
+        `trainer.grad_accum_steps`), each weighted by its share of the samples, so the step equals
+        one on their concatenation. A step whose loss is not finite changes nothing but the
+        non-finite record. Nothing leaves the device: the loss goes into `train_loss`, and the
         gradients, when histograms want them, into `_last_gradients`."""
 
     @abstractmethod
@@ -116,6 +139,27 @@ class Engine(ABC):
     @staticmethod
     def batch_size(batch: Batch) -> int:
         return int(batch[0].shape[0])
+
+    def start_at(self, step: int) -> None:
+        """Sets the step counter the non-finite record names steps by (after a resume)."""
+        self._steps_run.assign(step)
+
+    def nonfinite_steps(self) -> tuple[int, int | None]:
+        """How many steps this process skipped for a NaN or Inf loss, and the first of them."""
+        first = int(keras.ops.convert_to_numpy(self._first_nonfinite.value))
+        count = int(keras.ops.convert_to_numpy(self._nonfinite.value))
+        return count, (first if first >= 0 else None)
+
+    def _record_nonfinite(self) -> None:
+        """In the step, in place of the update: counts the step, and names it if it is the first."""
+        self._nonfinite.assign(self._nonfinite.value + 1)
+        self._first_nonfinite.assign(
+            keras.ops.where(
+                self._first_nonfinite.value < 0,
+                self._steps_run.value + 1,
+                self._first_nonfinite.value,
+            )
+        )
 
     def train_metrics(self) -> dict[str, float]:
         """Mean train loss since the last call, and the current lr; the only device sync."""
@@ -191,13 +235,55 @@ class Engine(ABC):
             )
 
 
-def make_optimizer(settings: OptimizerSettings) -> keras.optimizers.Optimizer:
-    """A Keras optimizer: the same update rule and state layout on both backends."""
+def make_optimizer(
+    settings: OptimizerSettings,
+    trainer: TrainerSettings,
+    scheduler: SchedulerSettings,
+    total_steps: int,
+) -> keras.optimizers.Optimizer:
+    """A Keras optimizer with its lr schedule and gradient clipping: the same update rule and
+    state layout on both backends."""
     cls = getattr(keras.optimizers, _OPTIMIZERS[settings.name])
+    clipping: dict[str, float] = {}
+    if trainer.grad_clip_norm is not None:
+        clipping["global_clipnorm"] = trainer.grad_clip_norm
+    if trainer.grad_clip_value is not None:
+        clipping["clipvalue"] = trainer.grad_clip_value
     try:
-        return cls(learning_rate=settings.lr, **settings.params)
+        return cls(
+            learning_rate=learning_rate(settings.lr, scheduler, total_steps),
+            **clipping,
+            **settings.params,
+        )
     except (TypeError, ValueError) as err:
         raise ConfigError(f"optimizer={settings.name}: {err}") from None
+
+
+def learning_rate(lr: float, scheduler: SchedulerSettings, total_steps: int) -> Any:
+    """`optimizer.lr` as the Keras schedule that `scheduler` names (a float when constant).
+
+    Keras schedules count the optimizer's iterations, which are optimizer steps here: a step with
+    accumulated gradients is one `apply` call.
+    """
+    schedules = keras.optimizers.schedules
+    if scheduler.name == "step":
+        return schedules.ExponentialDecay(
+            lr, decay_steps=scheduler.step_size, decay_rate=scheduler.gamma, staircase=True
+        )
+    if scheduler.name == "cosine":
+        return schedules.CosineDecay(
+            lr, decay_steps=scheduler.decay_steps or max(1, total_steps), alpha=scheduler.alpha
+        )
+    if scheduler.name == "warmup_cosine":
+        warmup = scheduler.warmup_steps
+        return schedules.CosineDecay(
+            0.0,
+            decay_steps=scheduler.decay_steps or max(1, total_steps - warmup),
+            alpha=scheduler.alpha,
+            warmup_target=lr,
+            warmup_steps=warmup,
+        )
+    return lr
 
 
 # The attribute that sets how much noise a layer adds in training: Dropout, SpatialDropout*,

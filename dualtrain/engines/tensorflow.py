@@ -2,7 +2,8 @@
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
+from typing import Any
 
 import numpy as np
 import tensorflow as tf
@@ -35,15 +36,17 @@ class TensorFlowEngine(Engine):
     def _make_steps(self) -> None:
         # A batch dimension of None: the last, smaller batch of an epoch reuses the one trace.
         train = self.data.train
-        signature = [
+        self._batch_signature = [
             tf.TensorSpec((None, *train.x.shape[1:]), train.x.dtype),
             tf.TensorSpec((None, *train.y.shape[1:]), train.y.dtype),
         ]
-        self._train_fn = tf.function(
-            self._train_step, input_signature=signature, jit_compile=self.jit_compile
-        )
+        # One traced step per number of accumulated batches (grad_accum_steps, and the fewer that
+        # may end an epoch).
+        self._train_fns: dict[int, Callable[..., Any]] = {}
         self._eval_fn = tf.function(
-            self._eval_step_impl, input_signature=signature, jit_compile=self.jit_compile
+            self._eval_step_impl,
+            input_signature=self._batch_signature,
+            jit_compile=self.jit_compile,
         )
         # One graph call instead of several eager ops per log line; traced here, not in the loop.
         self._read_train_fn = tf.function(self._read_train_values)
@@ -57,21 +60,41 @@ class TensorFlowEngine(Engine):
     def val_batches(self) -> Iterable[Batch]:
         return self._pipeline(self._val_arrays, self._batch_order(self.data.val, None))
 
-    def train_step(self, batch: Batch) -> None:
-        self._last_gradients = self._train_fn(*batch)
+    def train_step(self, batches: list[Batch]) -> None:
+        count = len(batches)
+        if count not in self._train_fns:
+            self._train_fns[count] = tf.function(
+                self._train_step,
+                input_signature=self._batch_signature * count,
+                jit_compile=self.jit_compile,
+            )
+        self._last_gradients = self._train_fns[count](*(t for batch in batches for t in batch))
 
     def _eval_step(self, batch: Batch) -> None:
         self._eval_fn(*batch)
 
     # -- the steps -------------------------------------------------------------------------------
 
-    def _train_step(self, x: tf.Tensor, y: tf.Tensor) -> list[tf.Tensor] | None:
-        with tf.GradientTape() as tape:
-            y_pred = self.model(x, training=True)
-            loss = self.loss_fn(y, y_pred)
-        grads = tape.gradient(loss, self.trainable_variables)
-        self.optimizer.apply(grads, self.trainable_variables)
-        self.train_loss.update_state(loss, sample_weight=tf.shape(x)[0])
+    def _train_step(self, *tensors: tf.Tensor) -> list[tf.Tensor] | None:
+        batches = list(zip(tensors[0::2], tensors[1::2], strict=True))
+        total = tf.add_n([tf.shape(x)[0] for x, _ in batches])
+        grads: list[Any] = [None] * len(self.trainable_variables)
+        loss = tf.zeros(())
+        for x, y in batches:  # unrolled: one tape per batch, so only one batch's activations live
+            share = tf.cast(tf.shape(x)[0], tf.float32) / tf.cast(total, tf.float32)
+            with tf.GradientTape() as tape:
+                batch_loss = self.loss_fn(y, self.model(x, training=True)) * share
+            batch_grads = tape.gradient(batch_loss, self.trainable_variables)
+            grads = [_add(a, b) for a, b in zip(grads, batch_grads, strict=True)]
+            loss += batch_loss
+
+        def update() -> None:
+            self.optimizer.apply(grads, self.trainable_variables)
+            self.train_loss.update_state(loss, sample_weight=total)
+
+        # In the graph: the loss is checked without leaving the device.
+        tf.cond(tf.math.is_finite(loss), update, self._record_nonfinite)
+        self._steps_run.assign(self._steps_run.value + 1)
         return grads if self._keep_gradients else None
 
     def _eval_step_impl(self, x: tf.Tensor, y: tf.Tensor) -> None:
@@ -94,6 +117,12 @@ class TensorFlowEngine(Engine):
             .map(lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE)
         )
+
+
+def _add(total: tf.Tensor | None, grad: tf.Tensor | None) -> tf.Tensor | None:
+    if grad is None:
+        return total
+    return grad if total is None else total + grad
 
 
 def _as_constants(split: ArrayDataset) -> tuple[tf.Tensor, tf.Tensor]:

@@ -51,24 +51,33 @@ class TorchEngine(Engine):
         self._val_loader.sampler.order = self._batch_order(self.data.val, None)  # type: ignore[attr-defined]
         return self._to_device(self._val_loader)
 
-    def train_step(self, batch: Batch) -> None:
-        self._last_gradients = self._train_fn(*batch)
+    def train_step(self, batches: list[Batch]) -> None:
+        self._last_gradients = self._train_fn(batches)
 
     def _eval_step(self, batch: Batch) -> None:
         self._eval_fn(*batch)
 
     # -- the steps -------------------------------------------------------------------------------
 
-    def _train_step(self, x: torch.Tensor, y: torch.Tensor) -> list[torch.Tensor] | None:
-        y_pred = self.model(x, training=True)
-        loss = self.loss_fn(y, y_pred)
+    def _train_step(self, batches: list[Batch]) -> list[torch.Tensor] | None:
+        total = sum(int(x.shape[0]) for x, _ in batches)
         for variable in self.trainable_variables:
             variable.value.grad = None
-        loss.backward()
+        loss = torch.zeros((), device=self.device)
+        for x, y in batches:
+            share = x.shape[0] / total  # exactly 1.0 for a single batch
+            batch_loss = self.loss_fn(y, self.model(x, training=True)) * share
+            batch_loss.backward()  # autograd sums the gradients of the batches
+            loss = loss + batch_loss.detach()
         grads = [variable.value.grad for variable in self.trainable_variables]
         with torch.no_grad():
-            self.optimizer.apply(grads, self.trainable_variables)
-            self.train_loss.update_state(loss, sample_weight=x.shape[0])
+            # Eager: the finiteness check reads the loss (a device sync, cheap on a CPU).
+            if torch.isfinite(loss):
+                self.optimizer.apply(grads, self.trainable_variables)
+                self.train_loss.update_state(loss, sample_weight=total)
+            else:
+                self._record_nonfinite()
+            self._steps_run.assign(self._steps_run.value + 1)
         return grads if self._keep_gradients else None
 
     @torch.no_grad()

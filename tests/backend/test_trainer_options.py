@@ -1,0 +1,152 @@
+"""Trainer options on this process's backend: lr schedules, gradient clipping and accumulation,
+non-finite losses, limited epochs."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import keras
+import numpy as np
+import pytest
+
+from dualtrain.checkpoint import newest_checkpoints, read_checkpoint
+from dualtrain.data import ArrayDataset, load_data
+from dualtrain.engines import engine_class
+from dualtrain.errors import RunError
+from dualtrain.recipe import load_recipe
+from dualtrain.run import train
+from tests.backend.conftest import BACKEND, make_settings
+from tests.backend.nonfinite import OVERFLOW_SAMPLE
+
+SMALL = ["data=synthetic", "data.num_samples=320", "trainer.max_epochs=2", "logger=[jsonl]"]
+
+
+def train_lines(run_dir: Path, key: str = "loss") -> list[float]:
+    lines = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
+    return [line[key] for line in lines if line["split"] == "train"]
+
+
+@pytest.mark.parametrize(
+    "scheduler,expected",
+    [
+        ("scheduler=constant", lambda t: 0.01),
+        (
+            "scheduler=step scheduler.step_size=3 scheduler.gamma=0.5",
+            lambda t: 0.01 * 0.5 ** (t // 3),
+        ),
+        # decay_steps null: the whole run, 8 steps here (2 epochs of 4 batches).
+        ("scheduler=cosine", lambda t: 0.01 * 0.5 * (1 + math.cos(math.pi * min(t, 8) / 8))),
+        (
+            "scheduler=warmup_cosine scheduler.warmup_steps=4",
+            lambda t: (
+                0.01 * t / 4 if t <= 4 else 0.01 * 0.5 * (1 + math.cos(math.pi * (t - 4) / 4))
+            ),
+        ),
+    ],
+)
+def test_lr_schedules_follow_their_formula_and_are_logged(
+    scheduler: str, expected: object, tmp_path: Path
+) -> None:
+    train(
+        make_settings(
+            tmp_path, *SMALL, *scheduler.split(), "optimizer.lr=0.01", "trainer.log_every_n_steps=1"
+        )
+    )
+    logged = train_lines(tmp_path, "lr")
+    assert len(logged) == 8  # 256 train samples / 64 -> 4 batches per epoch
+    # The lr logged at step t is the one the next update uses: the schedule at t steps done.
+    # float32 schedule arithmetic: 1e-6 relative.
+    for step, lr in enumerate(logged, start=1):
+        assert lr == pytest.approx(expected(step), rel=1e-5, abs=1e-9), step  # type: ignore[operator]
+
+
+def _one_sgd_step(tmp_path: Path, *overrides: str) -> tuple[float, int]:
+    """The norm of the update that one plain SGD step (lr 1) makes, and the parameter count."""
+    settings = make_settings(
+        tmp_path, *SMALL, "optimizer=sgd", "optimizer.lr=1.0", "optimizer.momentum=0.0", *overrides
+    )
+    engine = engine_class(BACKEND)(
+        settings, load_recipe(settings.recipe), load_data(settings.data, 0)
+    )
+    engine.setup()
+    before = [keras.ops.convert_to_numpy(v.value).copy() for v in engine.trainable_variables]
+    engine.train_step([next(iter(engine.train_batches(0)))])
+    after = [keras.ops.convert_to_numpy(v.value) for v in engine.trainable_variables]
+    deltas = [(a - b).astype(np.float64) for a, b in zip(after, before, strict=True)]
+    return float(np.sqrt(sum(np.sum(d**2) for d in deltas))), sum(d.size for d in deltas)
+
+
+def test_gradient_clipping_by_global_norm_and_by_value(tmp_path: Path) -> None:
+    free, count = _one_sgd_step(tmp_path / "free")
+    assert free > 0.5  # so that clipping to 0.1 changes something
+    # lr 1: the update is the clipped gradient, whose global norm is the clip norm (float32).
+    clipped, _ = _one_sgd_step(tmp_path / "norm", "trainer.grad_clip_norm=0.1")
+    assert clipped == pytest.approx(0.1, rel=1e-4)
+    # Every element moves by at most 1e-4: the norm is at most 1e-4 * sqrt(parameter count).
+    by_value, _ = _one_sgd_step(tmp_path / "value", "trainer.grad_clip_value=1e-4")
+    assert 0 < by_value <= 1e-4 * math.sqrt(count) * (1 + 1e-5)
+
+
+def test_accumulated_batches_step_like_one_large_batch(tmp_path: Path) -> None:
+    common = [*SMALL, "recipe.model.dropout=0.0", "trainer.log_every_n_steps=1"]
+    train(make_settings(tmp_path / "large", *common, "data.batch_size=64"))
+    summary = train(
+        make_settings(
+            tmp_path / "accum", *common, "data.batch_size=16", "trainer.grad_accum_steps=4"
+        )
+    )
+    large, accumulated = train_lines(tmp_path / "large"), train_lines(tmp_path / "accum")
+    # The batch order is one permutation cut into batches, so 4 batches of 16 hold the samples of
+    # one of 64, and the steps and their counts match.
+    assert summary["steps"] == len(large) == len(accumulated) == 8
+    # Sums in another order: float32 rounding, grown over 10 Adam steps, stays below 1e-5.
+    np.testing.assert_allclose(accumulated, large, rtol=1e-5)
+
+
+def _nan_run(tmp_path: Path, *overrides: str):  # type: ignore[no-untyped-def]
+    return make_settings(
+        tmp_path, "recipe.name=nonfinite", "recipe.module=tests.backend.nonfinite", "~recipe.model",
+        "data=python", "data.source=tests.backend.nonfinite:load_data", "data.batch_size=32",
+        "trainer.max_epochs=2", "logger=[jsonl]", *overrides,
+    )  # fmt: skip
+
+
+def _nan_step(epoch: int) -> int:
+    """The global step (5 per epoch) whose batch holds the overflowing sample, in the seeded
+    order: step 3 in epoch 0, so steps 1 and 2 are good and checkpointed."""
+    batches = ArrayDataset(np.zeros((160, 1)), np.zeros(160)).batches(32, seed=0, epoch=epoch)
+    return epoch * 5 + next(i for i, b in enumerate(batches) if OVERFLOW_SAMPLE in b) + 1
+
+
+def test_a_nonfinite_loss_stops_the_run_before_a_checkpoint_holds_it(tmp_path: Path) -> None:
+    settings = _nan_run(tmp_path, "checkpoint.every_n_steps=1")
+    bad = _nan_step(0)
+    with pytest.raises(RunError) as err:
+        train(settings)
+    assert str(err.value).startswith(
+        f"the loss was NaN or Inf at step {bad} (trainer.on_nonfinite=stop); the run stops"
+    )
+    summary = json.loads((tmp_path / "summary.json").read_text())
+    assert summary["status"] == "failed" and summary["skipped_steps"] == 1
+    saved = newest_checkpoints(tmp_path / "checkpoints")
+    assert saved and read_checkpoint(saved[0]).step == bad - 1  # the last good step
+    for name, value in read_checkpoint(saved[0]).model.items():
+        assert np.all(np.isfinite(value)), name
+
+
+def test_skip_leaves_the_weights_as_they_were_and_counts_the_steps(tmp_path: Path) -> None:
+    summary = train(_nan_run(tmp_path, "trainer.on_nonfinite=skip", "trainer.log_every_n_steps=1"))
+    assert summary["status"] == "completed" and summary["steps"] == 10
+    assert summary["skipped_steps"] == 2  # the overflowing sample's batch, once per epoch
+    assert all(math.isfinite(v) for v in summary["final"]["val"].values())
+    # Only finite steps reach the logged loss.
+    assert all(math.isfinite(v) for v in train_lines(tmp_path))
+
+
+@pytest.mark.parametrize("limit,steps", [("2", 4), ("0.5", 4)])
+def test_limit_train_batches(limit: str, steps: int, tmp_path: Path) -> None:
+    # 256 train samples / 64: 4 batches per epoch; 2 of them, or half of them.
+    summary = train(make_settings(tmp_path, *SMALL, f"trainer.limit_train_batches={limit}"))
+    assert (summary["steps"], summary["epochs"]) == (steps, 2)
