@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from dualtrain.callbacks import Callback, TrainingRun
 from dualtrain.errors import ConfigError, RunError
 from dualtrain.settings import CheckpointSettings
 
@@ -142,7 +143,7 @@ def restore_python_rng(state: list[Any]) -> None:
     random.setstate((state[0], tuple(state[1]), state[2]))
 
 
-class Checkpointer:
+class Checkpointer(Callback):
     """Saves checkpoints as the loop asks, under `<run_dir>/checkpoints/`, and prunes them.
 
     Each save is a new directory `step-<step>`, never overwritten. With `save_last`, `last` is a
@@ -152,6 +153,8 @@ class Checkpointer:
     place.
     """
 
+    saves_checkpoints = True
+
     def __init__(self, checkpoints_dir: Path, settings: CheckpointSettings, record: dict[str, Any]):
         self.dir = checkpoints_dir
         self.settings = settings
@@ -160,6 +163,21 @@ class Checkpointer:
         # Leftovers of a save that a kill interrupted: this run is the directory's only writer.
         for leftover in self.dir.glob(".step-*"):
             shutil.rmtree(leftover, ignore_errors=True)
+
+    # -- as a callback: a NaN or Inf step is looked for before each save, so none is saved --
+
+    def on_step_end(self, run: TrainingRun, epoch_ends: bool) -> None:
+        if self.saves_after_step(run.state, epoch_ends):
+            run.check_finite()
+        self.after_step(run.engine, run.state, epoch_ends)
+
+    def on_epoch_end(self, run: TrainingRun, epoch: int) -> None:
+        run.check_finite()
+        self.after_epoch(run.engine, run.state)
+
+    def on_train_end(self, run: TrainingRun) -> None:
+        run.check_finite()
+        self.finish(run.engine, run.state)
 
     def saves_after_step(self, state: Any, epoch_ends: bool) -> bool:
         """Whether `after_step` will save now (not at an epoch end: `after_epoch` does)."""

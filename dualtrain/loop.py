@@ -10,16 +10,16 @@ import itertools
 import logging
 import math
 import time
-from collections.abc import Iterable, Iterator
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
+from dualtrain.callbacks import Callback, TrainingRun
 from dualtrain.errors import Interrupted, RunError
 from dualtrain.logging import Logger
 from dualtrain.settings import TrainerSettings
 
 if TYPE_CHECKING:
-    from dualtrain.checkpoint import Checkpointer
     from dualtrain.engines.base import Batch, Engine
 
 log = logging.getLogger("dualtrain")
@@ -38,6 +38,7 @@ class LoopState:
     steady_seconds: float = 0.0  # ...and the train time they took (eval excluded)
     first_epoch_samples: int = 0  # fallback for one-epoch runs: samples after the first step...
     first_epoch_seconds: float = 0.0  # ...and their time
+    stop_reason: str | None = None  # set by a callback that ended training early
     skipped_steps: int = 0  # steps skipped for a NaN or Inf loss (trainer.on_nonfinite=skip)
     nonfinite_seen: int = 0  # of them, those this process's engine counted and the loop reported
     train_seconds: float = 0.0  # time in train epochs, validation excluded
@@ -67,17 +68,26 @@ def fit(
     logger: Logger,
     state: LoopState,
     histograms_every: int = 0,
-    checkpointer: Checkpointer | None = None,
+    callbacks: Sequence[Callback] = (),
     stop: StopRequest | None = None,
 ) -> None:
-    """Trains for `trainer.max_epochs` epochs or `trainer.max_steps` steps; validates each epoch."""
+    """Trains for `trainer.max_epochs` epochs or `trainer.max_steps` steps; validates each epoch.
+
+    `callbacks` (the checkpointer among them) run at the loop's fixed points; one may end training
+    after an epoch (`TrainingRun.stop`).
+    """
     batch_size = engine.settings.data.batch_size
     num_batches = batches_per_epoch(trainer, len(engine.data.train), batch_size)
     steps_per_epoch = math.ceil(num_batches / trainer.grad_accum_steps)
     first_epoch = state.epochs  # of this process: its time includes tracing and compiling
     engine.start_at(state.step)
+    run = TrainingRun(
+        engine, state, trainer, logger, check_finite=lambda: _check_finite(engine, trainer, state)
+    )
+    for callback in callbacks:
+        callback.on_train_begin(run)
     for epoch in range(state.epochs, trainer.max_epochs):
-        if _done(state, trainer):
+        if _done(state, trainer) or state.stop_reason:
             break
         # A run resumed mid-epoch skips the batches it already trained on (same seeded order).
         skip = state.step_in_epoch
@@ -85,6 +95,8 @@ def fit(
         if trainer.max_steps > 0:
             total = min(total, trainer.max_steps - state.step)
         logger.start_epoch(epoch, trainer.max_epochs, total)
+        for callback in callbacks:
+            callback.on_epoch_begin(run, epoch)
         epoch_start = last_log = time.perf_counter()
         after_first_step = 0.0
         first_batch = 0
@@ -114,17 +126,15 @@ def fit(
                 started = time.perf_counter()
                 logger.log_histograms(engine.histograms(), state.step)
                 state.logging_seconds += time.perf_counter() - started
-            if checkpointer is not None:
-                epoch_ends = state.step_in_epoch == steps_per_epoch
-                if checkpointer.saves_after_step(state, epoch_ends):
-                    _check_finite(engine, trainer, state)  # a bad step never reaches a checkpoint
-                checkpointer.after_step(engine, state, epoch_ends)
+            for callback in callbacks:
+                callback.on_step_end(run, state.step_in_epoch == steps_per_epoch)
             if stop is not None and stop.signum is not None:
                 if unlogged:
                     _log_train(engine, trainer, logger, state, epoch, samples_since_log, last_log)
-                if checkpointer is not None:
-                    checkpointer.finish(engine, state)
-                raise Interrupted(stop.signum, state.step, saved=checkpointer is not None)
+                for callback in callbacks:
+                    callback.on_train_end(run)
+                saved = any(callback.saves_checkpoints for callback in callbacks)
+                raise Interrupted(stop.signum, state.step, saved=saved)
             if _done(state, trainer):
                 break
         if unlogged:
@@ -142,16 +152,19 @@ def fit(
         state.final_val = engine.evaluate()
         logger.log_metrics("val", state.final_val, state.step, epoch)
         logger.end_epoch()
+        for callback in callbacks:
+            callback.on_validation_end(run, state.final_val)
         if state.step_in_epoch < steps_per_epoch:
             break  # stopped by max_steps inside the epoch: it is not complete
         state.epochs = epoch + 1
         state.step_in_epoch = 0
-        if checkpointer is not None:
-            _check_finite(engine, trainer, state)
-            checkpointer.after_epoch(engine, state)
+        for callback in callbacks:
+            callback.on_epoch_end(run, epoch)
+    if state.stop_reason:
+        log.info("%s", state.stop_reason)
     _check_finite(engine, trainer, state)
-    if checkpointer is not None:
-        checkpointer.finish(engine, state)
+    for callback in callbacks:
+        callback.on_train_end(run)
 
 
 def planned_steps(trainer: TrainerSettings, num_samples: int, batch_size: int) -> int:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dualtrain import __version__
+from dualtrain.callbacks import Callback, create_callbacks
 from dualtrain.checkpoint import (
     Checkpoint,
     Checkpointer,
@@ -74,26 +75,29 @@ def train(settings: Settings) -> dict[str, Any]:
         _load_checkpoint(
             engine, state, sources, weights_only=settings.checkpoint.init_from is not None
         )
-        checkpointer = None
+        callbacks: list[Callback] = []
         # Export starts from the final checkpoint, so a run that exports always saves one.
         saves = settings.checkpoint.every_n_epochs or settings.checkpoint.every_n_steps
         if writes and (saves or settings.export.formats):
-            checkpointer = Checkpointer(
-                run_dir / "checkpoints",
-                settings.checkpoint,
-                record={
-                    "backend": settings.backend.name,
-                    "recipe": settings.recipe.name,
-                    "seed": settings.seed,
-                    "config": settings.config_yaml,
-                    "versions": _versions(settings.backend.name),
-                },
+            callbacks.append(
+                Checkpointer(
+                    run_dir / "checkpoints",
+                    settings.checkpoint,
+                    record={
+                        "backend": settings.backend.name,
+                        "recipe": settings.recipe.name,
+                        "seed": settings.seed,
+                        "config": settings.config_yaml,
+                        "versions": _versions(settings.backend.name),
+                    },
+                )
             )
+        callbacks += create_callbacks(settings.callbacks)
         logger.log_hparams(hparams(settings), settings.config_yaml)
         with _stop_on_signals() as stop:
             fit(
                 engine, settings.trainer, logger, state, settings.logger.histograms_every,
-                checkpointer, stop,
+                callbacks, stop,
             )  # fmt: skip
         status = "completed"
     except (KeyboardInterrupt, Interrupted):
@@ -112,6 +116,7 @@ def train(settings: Settings) -> dict[str, Any]:
             "logging_seconds": state.logging_seconds,
             "checkpoint_seconds": state.checkpoint_seconds,
             "skipped_steps": state.skipped_steps,
+            "stop_reason": state.stop_reason,
             "final": {"train": state.final_train, "val": state.final_val},
             "jit_compile": engine.jit_compile if engine is not None else None,
             "seed": settings.seed,

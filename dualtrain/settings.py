@@ -130,6 +130,8 @@ class Settings:
     config_yaml: str = ""  # the composed config, kept for checkpoints and logs
     parity: ParitySettings = field(default_factory=lambda: ParitySettings(100, 1e-5))
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
+    # name -> {"_target_": "package.module.Class", **keyword arguments}
+    callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)
     export: ExportSettings = field(default_factory=lambda: ExportSettings(()))
 
     @classmethod
@@ -204,6 +206,7 @@ class Settings:
             ),
             trainer=_trainer_settings(trainer, max_steps),
             scheduler=_scheduler_settings(_section(cfg, "scheduler")),
+            callbacks=_callback_specs(cfg.get("callbacks") or {}),
             logger=_logger_settings(logger),
             checkpoint=checkpoint,
             run_dir=Path(run_dir),
@@ -291,6 +294,21 @@ def _scheduler_settings(scheduler: Mapping[str, Any]) -> SchedulerSettings:
         decay_steps=decay,
         alpha=alpha,
     )
+
+
+def _callback_specs(callbacks: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(callbacks, Mapping):
+        raise ConfigError(
+            f"callbacks must be a mapping of name: {{_target_: ...}}; got {callbacks!r}"
+        )
+    specs = {}
+    for name, spec in callbacks.items():
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("_target_"), str):
+            raise ConfigError(
+                f"callbacks.{name} must have _target_: <package.module.Class>; got {spec!r}"
+            )
+        specs[str(name)] = dict(spec)
+    return specs
 
 
 def _optional_positive(cfg: Mapping[str, Any], key: str, label: str) -> float | None:

@@ -103,6 +103,10 @@ class TorchEngine(Engine):
             num_workers=workers,
             persistent_workers=workers > 0,
             pin_memory=self.device.type == "cuda",
+            # Each new iterator draws a seed for its workers; from its own generator, not from
+            # torch's global RNG, which dropout draws from and checkpoints restore: otherwise a run
+            # resumed mid-epoch, or a validation pass, would shift every later dropout mask.
+            generator=torch.Generator().manual_seed(self.settings.seed),
         )
 
     def _to_device(self, loader: DataLoader) -> Iterator[Batch]:

@@ -6,11 +6,13 @@ from __future__ import annotations
 import json
 import math
 from pathlib import Path
+from typing import ClassVar
 
 import keras
 import numpy as np
 import pytest
 
+from dualtrain.callbacks import Callback, TrainingRun
 from dualtrain.checkpoint import newest_checkpoints, read_checkpoint
 from dualtrain.data import ArrayDataset, load_data
 from dualtrain.engines import engine_class
@@ -150,3 +152,71 @@ def test_limit_train_batches(limit: str, steps: int, tmp_path: Path) -> None:
     # 256 train samples / 64: 4 batches per epoch; 2 of them, or half of them.
     summary = train(make_settings(tmp_path, *SMALL, f"trainer.limit_train_batches={limit}"))
     assert (summary["steps"], summary["epochs"]) == (steps, 2)
+
+
+def test_early_stopping_ends_the_run_when_the_metric_stalls(tmp_path: Path) -> None:
+    # min_delta 10: after the first validation nothing counts as an improvement, so with
+    # patience 2 the run stops after the 3rd epoch of 6.
+    summary = train(
+        make_settings(
+            tmp_path,
+            *SMALL,
+            "trainer.max_epochs=6",
+            "callbacks=early_stopping",
+            "callbacks.early_stopping.patience=2",
+            "callbacks.early_stopping.min_delta=10",
+        )
+    )
+    assert summary["status"] == "completed" and summary["epochs"] == 3
+    assert summary["stop_reason"].startswith(
+        "early stopping: val/loss did not improve by more than 10 for 2 validations"
+    )
+
+
+class Recorder(Callback):
+    """Records the hooks the loop calls, in order."""
+
+    calls: ClassVar[list[tuple[str, ...]]] = []
+
+    def __init__(self, tag: str) -> None:
+        self.tag = tag
+
+    def on_train_begin(self, run: TrainingRun) -> None:
+        self.calls.append((self.tag, "train_begin", str(run.state.step)))
+
+    def on_epoch_begin(self, run: TrainingRun, epoch: int) -> None:
+        self.calls.append(("epoch_begin", str(epoch)))
+
+    def on_step_end(self, run: TrainingRun, epoch_ends: bool) -> None:
+        self.calls.append(("step_end", str(run.state.step), str(epoch_ends)))
+
+    def on_validation_end(self, run: TrainingRun, metrics: dict[str, float]) -> None:
+        self.calls.append(("validation_end", *sorted(metrics)))
+
+    def on_epoch_end(self, run: TrainingRun, epoch: int) -> None:
+        self.calls.append(("epoch_end", str(epoch)))
+
+    def on_train_end(self, run: TrainingRun) -> None:
+        self.calls.append(("train_end", str(run.state.step)))
+
+
+def test_a_callback_from_config_sees_every_hook_in_order(tmp_path: Path) -> None:
+    Recorder.calls.clear()
+    train(
+        make_settings(
+            tmp_path,
+            *SMALL,
+            f"+callbacks.recorder._target_={__name__}.Recorder",
+            "+callbacks.recorder.tag=mine",
+        )
+    )
+
+    def epoch(first: int) -> list[tuple[str, ...]]:
+        return [("step_end", str(s), str(s % 4 == 0)) for s in range(first, first + 4)]
+
+    assert Recorder.calls == [
+        ("mine", "train_begin", "0"),
+        ("epoch_begin", "0"), *epoch(1), ("validation_end", "accuracy", "loss"), ("epoch_end", "0"),
+        ("epoch_begin", "1"), *epoch(5), ("validation_end", "accuracy", "loss"), ("epoch_end", "1"),
+        ("train_end", "8"),
+    ]  # fmt: skip

@@ -1,0 +1,158 @@
+"""Callbacks: code that runs at fixed points of the loop, on either backend.
+
+Checkpointing and early stopping are callbacks themselves; a recipe or a user adds their own from
+config, as Hydra-style `_target_` entries of the `callbacks` group:
+
+    # my_recipes/callbacks/print_lr.yaml
+    print_lr:
+      _target_: my_callbacks.PrintLr    # a subclass of dualtrain.callbacks.Callback
+      every: 100                        # keyword arguments of its constructor
+
+    python -m dualtrain --config-dir my_recipes callbacks=[early_stopping,print_lr]
+
+A callback sees the run through `TrainingRun`: the engine (model, optimizer), the loop's state
+(step, epochs, last values) and the logger; it may ask the run to stop after the current epoch.
+"""
+
+from __future__ import annotations
+
+import importlib
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+from dualtrain.errors import ConfigError
+
+if TYPE_CHECKING:
+    from dualtrain.engines.base import Engine
+    from dualtrain.logging import Logger
+    from dualtrain.loop import LoopState
+    from dualtrain.settings import TrainerSettings
+
+
+@dataclass
+class TrainingRun:
+    """What a callback sees of the run under way."""
+
+    engine: Engine
+    state: LoopState
+    trainer: TrainerSettings
+    logger: Logger
+    check_finite: Callable[[], None]  # raises if a NaN or Inf loss must stop the run
+
+    def stop(self, reason: str) -> None:
+        """Ends training after the current epoch; `reason` goes to the log and summary.json."""
+        self.state.stop_reason = reason
+
+
+class Callback:
+    """Hooks called by the loop, in this order: train begin, then per epoch: epoch begin, step
+    end after every optimizer step, validation end with the val metrics, epoch end (a complete
+    epoch only); train end at the end, also after Ctrl-C or SIGTERM."""
+
+    saves_checkpoints = False  # True for the checkpointer: an interrupted run says it saved
+
+    def on_train_begin(self, run: TrainingRun) -> None:
+        pass
+
+    def on_epoch_begin(self, run: TrainingRun, epoch: int) -> None:
+        pass
+
+    def on_step_end(self, run: TrainingRun, epoch_ends: bool) -> None:
+        pass
+
+    def on_validation_end(self, run: TrainingRun, metrics: dict[str, float]) -> None:
+        pass
+
+    def on_epoch_end(self, run: TrainingRun, epoch: int) -> None:
+        pass
+
+    def on_train_end(self, run: TrainingRun) -> None:
+        pass
+
+
+class EarlyStopping(Callback):
+    """Stops training when a val metric has not improved for `patience` validations.
+
+    Args:
+        monitor: `val/<name>`, a value the recipe logs (val/loss, val/accuracy).
+        mode: `min` or `max`: whether lower or higher is better.
+        patience: validations without improvement before the run stops.
+        min_delta: the least change that counts as an improvement.
+    """
+
+    def __init__(
+        self,
+        monitor: str = "val/loss",
+        mode: str = "min",
+        patience: int = 3,
+        min_delta: float = 0.0,
+    ) -> None:
+        split, _, name = monitor.partition("/")
+        if split != "val" or not name:
+            raise ConfigError(
+                "callbacks.early_stopping.monitor must be a val value such as val/loss; "
+                f"got {monitor!r}"
+            )
+        if mode not in ("min", "max"):
+            raise ConfigError(f"callbacks.early_stopping.mode must be min or max; got {mode!r}")
+        if not isinstance(patience, int) or patience < 1:
+            raise ConfigError(
+                f"callbacks.early_stopping.patience must be a positive integer; got {patience!r}"
+            )
+        self.monitor, self.name, self.mode = monitor, name, mode
+        self.patience, self.min_delta = patience, abs(float(min_delta))
+        self.best = math.inf if mode == "min" else -math.inf
+        self.wait = 0
+
+    def on_validation_end(self, run: TrainingRun, metrics: dict[str, float]) -> None:
+        if self.name not in metrics:
+            raise ConfigError(
+                f"callbacks.early_stopping.monitor={self.monitor} is not logged; choose one of "
+                + ", ".join(f"val/{n}" for n in metrics)
+            )
+        value = metrics[self.name]
+        better = (
+            value < self.best - self.min_delta
+            if self.mode == "min"
+            else value > self.best + self.min_delta
+        )
+        if better:
+            self.best, self.wait = value, 0
+            return
+        self.wait += 1
+        if self.wait >= self.patience:
+            run.stop(
+                f"early stopping: {self.monitor} did not improve by more than {self.min_delta:g} "
+                f"for {self.patience} validations (best {self.best:.6g})"
+            )
+
+
+def create_callbacks(specs: dict[str, dict[str, Any]]) -> list[Callback]:
+    """Builds the callbacks of the `callbacks` config: name -> {_target_: dotted.Class, kwargs}.
+
+    Raises:
+        ConfigError: for a target that cannot be imported or is not a Callback.
+    """
+    callbacks = []
+    for name, spec in specs.items():
+        target = spec.get("_target_")
+        module_name, _, attribute = str(target).rpartition(".")
+        try:
+            cls = getattr(importlib.import_module(module_name), attribute)
+        except (ImportError, AttributeError, ValueError):
+            raise ConfigError(
+                f"callbacks.{name}._target_={target} cannot be imported; give a dotted path to a "
+                "Callback class, e.g. dualtrain.callbacks.EarlyStopping"
+            ) from None
+        if not (isinstance(cls, type) and issubclass(cls, Callback)):
+            raise ConfigError(
+                f"callbacks.{name}._target_={target} is not a dualtrain.callbacks.Callback class"
+            )
+        kwargs = {k: v for k, v in spec.items() if k != "_target_"}
+        try:
+            callbacks.append(cls(**kwargs))
+        except TypeError as err:
+            raise ConfigError(f"callbacks.{name}: {err}") from None
+    return callbacks
