@@ -103,7 +103,9 @@ def fit(
         epoch_samples = samples_since_log = 0
         # Lines are logged at multiples of log_every_n_steps and at epoch ends.
         unlogged = min(state.step % trainer.log_every_n_steps, skip)
-        batches = itertools.islice(engine.train_batches(epoch), num_batches)
+        # debug=overfit: the same batches (epoch 0's first ones) every epoch.
+        order = 0 if trainer.overfit_batches else epoch
+        batches = itertools.islice(engine.train_batches(order), num_batches)
         groups = _groups(batches, trainer.grad_accum_steps)
         for group in itertools.islice(groups, skip, None):
             engine.train_step(group)
@@ -149,7 +151,9 @@ def fit(
         else:
             state.steady_samples += epoch_samples
             state.steady_seconds += epoch_end - epoch_start
-        state.final_val = engine.evaluate()
+        state.final_val = engine.evaluate(
+            batches_per_epoch(trainer, len(engine.data.val), batch_size, "val")
+        )
         logger.log_metrics("val", state.final_val, state.step, epoch)
         logger.end_epoch()
         for callback in callbacks:
@@ -173,10 +177,15 @@ def planned_steps(trainer: TrainerSettings, num_samples: int, batch_size: int) -
     return min(total, trainer.max_steps) if trainer.max_steps > 0 else total
 
 
-def batches_per_epoch(trainer: TrainerSettings, num_samples: int, batch_size: int) -> int:
-    """The train batches an epoch uses: all, or `trainer.limit_train_batches` of them."""
+def batches_per_epoch(
+    trainer: TrainerSettings, num_samples: int, batch_size: int, split: str = "train"
+) -> int:
+    """The batches an epoch trains on (or a validation reads): all, or `limit_<split>_batches`
+    of them; with `overfit_batches`, that many train batches."""
     full = math.ceil(num_samples / batch_size)
-    limit = trainer.limit_train_batches
+    if split == "train" and trainer.overfit_batches:
+        return min(full, trainer.overfit_batches)
+    limit = trainer.limit_train_batches if split == "train" else trainer.limit_val_batches
     if isinstance(limit, int):
         return min(full, limit)
     return max(1, int(full * limit))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import logging
 import os
@@ -47,11 +48,16 @@ def train(settings: Settings) -> dict[str, Any]:
     select_backend(settings.backend.name)  # before anything below imports Keras
     run_dir = settings.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    # Only rank 0 writes (RANK is set by torchrun; a single process is rank 0).
-    writes = int(os.environ.get("RANK", "0")) == 0
+    # Only rank 0 writes (RANK is set by torchrun; a single process is rank 0). debug=fast_dev_run
+    # writes nothing either, and shows its lines on the console only.
+    rank0 = int(os.environ.get("RANK", "0")) == 0
+    writes = rank0 and not settings.trainer.fast_dev_run
+    logger_settings = settings.logger
+    if rank0 and settings.trainer.fast_dev_run:
+        logger_settings = dataclasses.replace(logger_settings, loggers=("console",))
     logger = (
-        create_loggers(settings.logger, run_dir, settings.backend.name)
-        if writes
+        create_loggers(logger_settings, run_dir, settings.backend.name)
+        if rank0
         else LoggerGroup([])
     )
     state = LoopState()

@@ -79,6 +79,9 @@ class TrainerSettings:
     grad_clip_value: float | None = None  # clip each gradient element to [-v, v]
     on_nonfinite: str = "stop"  # stop | skip: a step whose loss is NaN or Inf
     limit_train_batches: int | float = 1.0  # per epoch: a count (int) or a share (float)
+    limit_val_batches: int | float = 1.0  # per validation: a count (int) or a share (float)
+    overfit_batches: int = 0  # > 0: the same first N batches every epoch (debug=overfit)
+    fast_dev_run: bool = False  # write nothing: no checkpoints, logs or summary (debug=...)
 
 
 @dataclass(frozen=True)
@@ -241,14 +244,17 @@ def _trainer_settings(trainer: Mapping[str, Any], max_steps: int) -> TrainerSett
         raise ConfigError(
             "trainer.grad_clip_norm and trainer.grad_clip_value exclude each other; set one"
         )
-    limit = trainer.get("limit_train_batches", 1.0)
-    if isinstance(limit, bool) or not (
-        (isinstance(limit, int) and limit >= 1) or (isinstance(limit, float) and 0 < limit <= 1)
-    ):
-        raise ConfigError(
-            "trainer.limit_train_batches must be a number of batches (an integer >= 1) or a "
-            f"share of them (a number in (0, 1], e.g. 0.25); got {limit!r}"
-        )
+    limits = {}
+    for key in ("limit_train_batches", "limit_val_batches"):
+        limit = trainer.get(key, 1.0)
+        if isinstance(limit, bool) or not (
+            (isinstance(limit, int) and limit >= 1) or (isinstance(limit, float) and 0 < limit <= 1)
+        ):
+            raise ConfigError(
+                f"trainer.{key} must be a number of batches (an integer >= 1) or a share of "
+                f"them (a number in (0, 1], e.g. 0.25); got {limit!r}"
+            )
+        limits[key] = limit
     return TrainerSettings(
         max_epochs=_integer(trainer, "max_epochs", "trainer.max_epochs", minimum=1),
         max_steps=max_steps,
@@ -259,7 +265,14 @@ def _trainer_settings(trainer: Mapping[str, Any], max_steps: int) -> TrainerSett
         grad_clip_norm=clip_norm,
         grad_clip_value=clip_value,
         on_nonfinite=_choice(trainer, "on_nonfinite", ON_NONFINITE, "trainer.on_nonfinite"),
-        limit_train_batches=limit,
+        limit_train_batches=limits["limit_train_batches"],
+        limit_val_batches=limits["limit_val_batches"],
+        overfit_batches=_integer(
+            {"v": trainer.get("overfit_batches", 0)}, "v", "trainer.overfit_batches", 0
+        ),
+        fast_dev_run=_boolean(
+            {"v": trainer.get("fast_dev_run", False)}, "v", "trainer.fast_dev_run"
+        ),
     )
 
 

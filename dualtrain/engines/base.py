@@ -8,6 +8,7 @@ forward, loss, gradients, optimizer update, loss tracking.
 
 from __future__ import annotations
 
+import itertools
 import random
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable
@@ -209,11 +210,11 @@ class Engine(ABC):
                 arrays[f"gradients/{variable.path}"] = keras.ops.convert_to_numpy(grad)
         return arrays
 
-    def evaluate(self) -> dict[str, float]:
-        """Loss and recipe metrics over the whole val split."""
+    def evaluate(self, max_batches: int | None = None) -> dict[str, float]:
+        """Loss and recipe metrics over the val split (its first `max_batches` batches)."""
         for metric in [self.val_loss, *self.metrics]:
             metric.reset_state()
-        for batch in self.val_batches():
+        for batch in itertools.islice(self.val_batches(), max_batches):
             self._eval_step(batch)
         values = {"loss": _number(self.val_loss.result())}
         values.update({m.name: _number(m.result()) for m in self.metrics})
