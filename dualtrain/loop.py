@@ -106,30 +106,34 @@ def fit(
         # debug=overfit: the same batches (epoch 0's first ones) every epoch.
         order = 0 if trainer.overfit_batches else epoch
         batches = itertools.islice(engine.train_batches(order), num_batches)
-        groups = _groups(batches, trainer.grad_accum_steps)
-        for group in itertools.islice(groups, skip, None):
-            engine.train_step(group)
-            size = sum(engine.batch_size(batch) for batch in group)
-            state.step += 1
-            state.step_in_epoch += 1
-            epoch_samples += size
-            samples_since_log += size
-            unlogged += 1
-            if not after_first_step:
-                after_first_step = time.perf_counter()
-                first_batch = size
-            logger.advance(1)
-            if state.step % trainer.log_every_n_steps == 0:
-                last_log = _log_train(
-                    engine, trainer, logger, state, epoch, samples_since_log, last_log
-                )
-                samples_since_log = unlogged = 0
-            if histograms_every and state.step % histograms_every == 0:
-                started = time.perf_counter()
-                logger.log_histograms(engine.histograms(), state.step)
-                state.logging_seconds += time.perf_counter() - started
-            for callback in callbacks:
-                callback.on_step_end(run, state.step_in_epoch == steps_per_epoch)
+        groups = itertools.islice(_groups(batches, trainer.grad_accum_steps), skip, None)
+        # backend.steps_per_execution: several steps per engine call, ending at its multiples, so
+        # logging and saving (at multiples of it too) see the state after the step they name.
+        per_call = engine.settings.backend.steps_per_execution
+        while chunk := list(itertools.islice(groups, _chunk_size(state, trainer, per_call))):
+            engine.train_steps(chunk)
+            for group in chunk:
+                size = sum(engine.batch_size(batch) for batch in group)
+                state.step += 1
+                state.step_in_epoch += 1
+                epoch_samples += size
+                samples_since_log += size
+                unlogged += 1
+                if not after_first_step:
+                    after_first_step = time.perf_counter()
+                    first_batch = size
+                logger.advance(1)
+                if state.step % trainer.log_every_n_steps == 0:
+                    last_log = _log_train(
+                        engine, trainer, logger, state, epoch, samples_since_log, last_log
+                    )
+                    samples_since_log = unlogged = 0
+                if histograms_every and state.step % histograms_every == 0:
+                    started = time.perf_counter()
+                    logger.log_histograms(engine.histograms(), state.step)
+                    state.logging_seconds += time.perf_counter() - started
+                for callback in callbacks:
+                    callback.on_step_end(run, state.step_in_epoch == steps_per_epoch)
             if stop is not None and stop.signum is not None:
                 if unlogged:
                     _log_train(engine, trainer, logger, state, epoch, samples_since_log, last_log)
@@ -137,8 +141,6 @@ def fit(
                     callback.on_train_end(run)
                 saved = any(callback.saves_checkpoints for callback in callbacks)
                 raise Interrupted(stop.signum, state.step, saved=saved)
-            if _done(state, trainer):
-                break
         if unlogged:
             last_log = _log_train(
                 engine, trainer, logger, state, epoch, samples_since_log, last_log
@@ -194,6 +196,14 @@ def batches_per_epoch(
 def steps_per_epoch(trainer: TrainerSettings, num_samples: int, batch_size: int) -> int:
     """Optimizer steps per epoch: `grad_accum_steps` batches make one (the last may have fewer)."""
     return math.ceil(batches_per_epoch(trainer, num_samples, batch_size) / trainer.grad_accum_steps)
+
+
+def _chunk_size(state: LoopState, trainer: TrainerSettings, per_call: int) -> int:
+    """Steps for the next engine call: up to the next multiple of `per_call`, within max_steps."""
+    size = per_call - state.step % per_call
+    if trainer.max_steps > 0:
+        size = min(size, trainer.max_steps - state.step)
+    return max(size, 0)
 
 
 def _groups(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:

@@ -32,6 +32,7 @@ DATA_LOADER_KEYS = ("source", "batch_size", "val_fraction", "num_workers")
 class BackendSettings:
     name: str
     jit_compile: str  # "auto" | "true" | "false"
+    steps_per_execution: int = 1  # optimizer steps per compiled call (tf; torch runs them eagerly)
 
 
 @dataclass(frozen=True)
@@ -186,11 +187,17 @@ class Settings:
             raise ConfigError(
                 "trainer.max_steps must be -1 (no limit) or a positive integer; got 0"
             )
+        steps_per_execution = _integer(
+            {"v": backend.get("steps_per_execution", 1)}, "v", "backend.steps_per_execution", 1
+        )
+        _check_multiples(steps_per_execution, trainer, cfg.get("checkpoint") or {}, logger)
         return cls(
             mode=mode,
             seed=_integer(cfg, "seed", "seed", minimum=0),
             backend=BackendSettings(
-                name=_choice(backend, "name", BACKENDS, "backend"), jit_compile=jit
+                name=_choice(backend, "name", BACKENDS, "backend"),
+                jit_compile=jit,
+                steps_per_execution=steps_per_execution,
             ),
             recipe=RecipeSettings(
                 name=_text(recipe, "recipe.name"), module=recipe_module, model=dict(model)
@@ -235,6 +242,27 @@ def _export_settings(export: Mapping[str, Any]) -> ExportSettings:
         ),
         worker=_boolean(export, "worker", "export.worker"),
     )
+
+
+def _check_multiples(
+    per_call: int,
+    trainer: Mapping[str, Any],
+    checkpoint: Mapping[str, Any],
+    logger: Mapping[str, Any],
+) -> None:
+    """With several steps per call, what happens every N steps must fall on a call's end."""
+    if per_call == 1:
+        return
+    for label, value in (
+        ("trainer.log_every_n_steps", trainer.get("log_every_n_steps")),
+        ("checkpoint.every_n_steps", checkpoint.get("every_n_steps")),
+        ("logger.histograms_every", logger.get("histograms_every")),
+    ):
+        if isinstance(value, int) and value and value % per_call:
+            raise ConfigError(
+                f"{label}={value} must be a multiple of backend.steps_per_execution={per_call}: "
+                "values are read and saved only between calls"
+            )
 
 
 def _trainer_settings(trainer: Mapping[str, Any], max_steps: int) -> TrainerSettings:

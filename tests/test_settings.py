@@ -107,6 +107,10 @@ def test_python_data_requires_a_source() -> None:
         ),
         ("parity.steps=0", "parity.steps must be a positive integer; got 0"),
         (
+            "backend.steps_per_execution=4 trainer.log_every_n_steps=10",
+            "trainer.log_every_n_steps=10 must be a multiple of backend.steps_per_execution=4",
+        ),
+        (
             "trainer.grad_clip_norm=1 trainer.grad_clip_value=1",
             "trainer.grad_clip_norm and trainer.grad_clip_value exclude each other; set one",
         ),

@@ -131,6 +131,12 @@ class Engine(ABC):
         non-finite record. Nothing leaves the device: the loss goes into `train_loss`, and the
         gradients, when histograms want them, into `_last_gradients`."""
 
+    def train_steps(self, groups: list[list[Batch]]) -> None:
+        """Several optimizer steps, one per group of batches (`backend.steps_per_execution`).
+        Eager torch runs them one by one; the tf engine runs them in one graph call."""
+        for batches in groups:
+            self.train_step(batches)
+
     @abstractmethod
     def _eval_step(self, batch: Batch) -> None:
         """Updates `val_loss` and the recipe's metrics with one batch."""

@@ -43,6 +43,7 @@ class TensorFlowEngine(Engine):
         # One traced step per number of accumulated batches (grad_accum_steps, and the fewer that
         # may end an epoch).
         self._train_fns: dict[int, Callable[..., Any]] = {}
+        self._multi_step_fns: dict[tuple[int, ...], Callable[..., Any]] = {}
         self._eval_fn = tf.function(
             self._eval_step_impl,
             input_signature=self._batch_signature,
@@ -69,6 +70,32 @@ class TensorFlowEngine(Engine):
                 jit_compile=self.jit_compile,
             )
         self._last_gradients = self._train_fns[count](*(t for batch in batches for t in batch))
+
+    def train_steps(self, groups: list[list[Batch]]) -> None:
+        if len(groups) == 1:
+            self.train_step(groups[0])
+            return
+        # One graph for the whole run of steps (unrolled): one Python-to-graph call instead of
+        # several. Traced once per shape of the run (the last of an epoch may be shorter).
+        shape = tuple(len(batches) for batches in groups)
+        if shape not in self._multi_step_fns:
+            self._multi_step_fns[shape] = tf.function(
+                self._multi_step(shape),
+                input_signature=self._batch_signature * sum(shape),
+                jit_compile=self.jit_compile,
+            )
+        flat = (t for batches in groups for batch in batches for t in batch)
+        self._last_gradients = self._multi_step_fns[shape](*flat)
+
+    def _multi_step(self, shape: tuple[int, ...]) -> Callable[..., list[tf.Tensor] | None]:
+        def steps(*tensors: tf.Tensor) -> list[tf.Tensor] | None:
+            start, grads = 0, None
+            for count in shape:
+                grads = self._train_step(*tensors[start : start + 2 * count])
+                start += 2 * count
+            return grads  # the last step's, for histograms
+
+        return steps
 
     def _eval_step(self, batch: Batch) -> None:
         self._eval_fn(*batch)

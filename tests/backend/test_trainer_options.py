@@ -236,3 +236,14 @@ def test_overfit_learns_a_few_batches_by_heart(tmp_path: Path) -> None:
     summary = train(make_settings(tmp_path, "debug=overfit", "trainer.max_epochs=25"))
     assert summary["steps"] == 100
     assert summary["final"]["train"]["loss"] < 0.1
+
+
+def test_steps_per_execution_trains_the_same_steps(tmp_path: Path) -> None:
+    common = [*SMALL, "trainer.max_epochs=3", "trainer.log_every_n_steps=2"]
+    train(make_settings(tmp_path / "one", *common))
+    summary = train(make_settings(tmp_path / "two", *common, "backend.steps_per_execution=2"))
+    # 4 steps per epoch in calls of 2 (on tf one graph each): the same steps, the same values.
+    assert summary["steps"] == 12
+    np.testing.assert_allclose(
+        train_lines(tmp_path / "two"), train_lines(tmp_path / "one"), rtol=1e-6
+    )
