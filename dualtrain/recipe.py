@@ -5,8 +5,13 @@ A recipe is a Python module written once with Keras 3 layers, `keras.ops`, `kera
 
 - `build_model(data: DataInfo, **model) -> keras.Model`   (required; `model` is `recipe.model`)
 - `loss() -> keras.losses.Loss` or any `(y_true, y_pred) -> scalar` written in `keras.ops`
-                                                           (required)
+                                                           (required, unless `phases` is defined)
 - `metrics() -> list[keras.metrics.Metric]`                (optional; names appear as `val/<name>`)
+- `phases(model) -> list[Phase]`                           (optional: the recipe's own training
+  step, as a sequence of phases, each with its loss, its variables and its own optimizer; the
+  engines compute the gradients. Without it, the step is one phase: `loss` on all variables.)
+- `update_metrics(metrics, model, x, y)`                   (optional, with `phases`: how val
+  metrics are updated; by default `metric.update_state(y, model(x, training=False))`)
 
 and, if it brings its own data, any function named by `data.source` (see `data=python`).
 Importing the module imports Keras, so recipes are loaded only after the backend is chosen.
@@ -16,13 +21,32 @@ from __future__ import annotations
 
 import importlib
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
 
 from dualtrain.data import DataInfo
 from dualtrain.errors import RunError
 from dualtrain.settings import RecipeSettings
+
+
+@dataclass(frozen=True)
+class Phase:
+    """One part of a training step, written once with `keras.ops`.
+
+    Args:
+        name: names its logged loss (`<name>_loss`) and its optimizer.
+        loss: `(model, x, y, training) -> scalar`; runs the model itself, so a phase can use any
+            part of it (a GAN's generator and discriminator) and any target (an autoencoder's x).
+        variables: `model -> variables` this phase updates; None: all trainable variables.
+        optimizer: this phase's optimizer options over the `optimizer` config, e.g.
+            `{"lr": 2e-4, "beta_1": 0.5}`.
+    """
+
+    name: str
+    loss: Callable[[Any, Any, Any, bool], Any]
+    variables: Callable[[Any], list[Any]] | None = None
+    optimizer: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -45,6 +69,33 @@ class Recipe:
     def loss(self) -> Callable[[Any, Any], Any]:
         return self.module.loss()
 
+    @property
+    def has_phases(self) -> bool:
+        return callable(getattr(self.module, "phases", None))
+
+    def phases(self, model: Any) -> list[Phase]:
+        """The recipe's phases, or the one supervised phase: `loss` on all variables."""
+        if not self.has_phases:
+            loss_fn = self.loss()
+            return [Phase("model", lambda m, x, y, training: loss_fn(y, m(x, training=training)))]
+        phases = list(self.module.phases(model))
+        names = [phase.name for phase in phases]
+        if not phases or len(set(names)) != len(names):
+            raise RunError(
+                f"recipe {self.name}: phases() must return one or more Phase objects with "
+                f"distinct names; got {names}"
+            )
+        return phases
+
+    def update_metrics(self, metrics: list[Any], model: Any, x: Any, y: Any) -> None:
+        custom = getattr(self.module, "update_metrics", None)
+        if custom is not None:
+            custom(metrics, model, x, y)
+            return
+        y_pred = model(x, training=False)
+        for metric in metrics:
+            metric.update_state(y, y_pred)
+
     def metrics(self) -> list[Any]:
         make = getattr(self.module, "metrics", None)
         return list(make()) if make is not None else []
@@ -53,9 +104,10 @@ class Recipe:
 def load_recipe(settings: RecipeSettings) -> Recipe:
     """Imports the recipe module and checks that it defines what a recipe must."""
     module = importlib.import_module(settings.module)
-    missing = [
-        name for name in ("build_model", "loss") if not callable(getattr(module, name, None))
-    ]
+    required = (
+        ("build_model",) if callable(getattr(module, "phases", None)) else ("build_model", "loss")
+    )
+    missing = [name for name in required if not callable(getattr(module, name, None))]
     if missing:
         raise RunError(
             f"recipe {settings.name}: module {settings.module} must define "

@@ -8,6 +8,7 @@ forward, loss, gradients, optimizer update, loss tracking.
 
 from __future__ import annotations
 
+import dataclasses
 import itertools
 import random
 from abc import ABC, abstractmethod
@@ -40,7 +41,7 @@ class Engine(ABC):
     # Set by each backend's `_make_steps`.
     _train_fn: Callable[..., Any]
     _eval_fn: Callable[..., Any]
-    _read_train_fn: Callable[[], tuple[Any, Any]]
+    _read_train_fn: Callable[[], tuple[Any, Any, list[Any]]]
 
     def __init__(self, settings: Settings, recipe: Recipe, data: DataSplits) -> None:
         self.settings = settings
@@ -49,7 +50,7 @@ class Engine(ABC):
         self.jit_compile = self._resolve_jit(settings.backend.jit_compile)
         # Steps hand their gradients back only when histograms want them.
         self._keep_gradients = settings.logger.histograms_every > 0
-        self._last_gradients: list[Any] | None = None
+        self._last_gradients: dict[str, Any] | None = None  # variable path -> gradient
 
     # -- set-up ----------------------------------------------------------------------------------
 
@@ -69,20 +70,43 @@ class Engine(ABC):
         self.stochastic_layers: list[str] = []
         if self.settings.mode == "parity":
             self.made_deterministic, self.stochastic_layers = make_deterministic(self.model)
-        self.loss_fn = self.recipe.loss()
+        # The training step is a sequence of phases, each with its loss, variables and optimizer;
+        # a plain recipe has one: its loss on all trainable variables.
+        self.phases = self.recipe.phases(self.model)
+        self._supervised = not self.recipe.has_phases
+        self.loss_fn = self.recipe.loss() if self._supervised else None
         self.metrics = self.recipe.metrics()
         self.train_loss = keras.metrics.Mean(name="loss")
         self.val_loss = keras.metrics.Mean(name="loss")
+        # Per-phase means, logged as <phase>_loss when there are several phases.
+        several = len(self.phases) > 1
+        self.phase_train_losses = [
+            keras.metrics.Mean(name=f"{p.name}_loss") for p in self.phases if several
+        ]
+        self.phase_val_losses = [
+            keras.metrics.Mean(name=f"{p.name}_loss") for p in self.phases if several
+        ]
+        self.phase_variables = [
+            list(p.variables(self.model) if p.variables else self.model.trainable_variables)
+            for p in self.phases
+        ]
         self.trainable_variables = list(self.model.trainable_variables)
-        self.optimizer = make_optimizer(
-            self.settings.optimizer,
-            self.settings.trainer,
-            self.settings.scheduler,
-            planned_steps(
-                self.settings.trainer, len(self.data.train), self.settings.data.batch_size
-            ),
+        total_steps = planned_steps(
+            self.settings.trainer, len(self.data.train), self.settings.data.batch_size
         )
-        self.optimizer.build(self.trainable_variables)
+        self.optimizers = [
+            make_optimizer(
+                _phase_optimizer(self.settings.optimizer, phase.optimizer),
+                self.settings.trainer,
+                self.settings.scheduler,
+                total_steps,
+                name=f"{phase.name}_optimizer" if several else None,
+            )
+            for phase in self.phases
+        ]
+        for optimizer, variables in zip(self.optimizers, self.phase_variables, strict=True):
+            optimizer.build(variables)
+        self.optimizer = self.optimizers[0]  # its lr is the one logged
         # Steps whose loss was NaN or Inf: how many, and the first (a global step number). Kept on
         # the device and read with the logged values, so checking costs no extra sync on tf.
         self._steps_run = keras.Variable(0, dtype="int64", trainable=False, name="steps_run")
@@ -169,19 +193,29 @@ class Engine(ABC):
         )
 
     def train_metrics(self) -> dict[str, float]:
-        """Mean train loss since the last call, and the current lr; the only device sync."""
-        loss, lr = self._read_train_fn()
-        return {"loss": _number(loss), "lr": _number(lr)}
+        """Mean train loss since the last call (all phases'), the current lr, and with several
+        phases each one's mean loss; the only device sync."""
+        loss, lr, phase_losses = self._read_train_fn()
+        values = {"loss": _number(loss), "lr": _number(lr)}
+        for metric, value in zip(self.phase_train_losses, phase_losses, strict=True):
+            values[metric.name] = _number(value)
+        return values
 
-    def _read_train_values(self) -> tuple[Any, Any]:
-        """The mean train loss since the last read and the lr, as tensors; resets the mean."""
-        values = (self.train_loss.result(), self.optimizer.learning_rate)
-        self.train_loss.reset_state()
+    def _read_train_values(self) -> tuple[Any, Any, list[Any]]:
+        """The mean train loss since the last read, the lr and the phases' mean losses, as
+        tensors; resets the means."""
+        values = (
+            self.train_loss.result(),
+            self.optimizer.learning_rate,
+            [m.result() for m in self.phase_train_losses],
+        )
+        for metric in [self.train_loss, *self.phase_train_losses]:
+            metric.reset_state()
         return values
 
     def checkpoint_arrays(self) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
         """Model and optimizer variables as NumPy arrays by Keras variable path."""
-        return _arrays(self.model.variables), _arrays(self.optimizer.variables)
+        return _arrays(self.model.variables), _arrays(self._optimizer_variables())
 
     def restore(
         self, model: dict[str, np.ndarray], optimizer: dict[str, np.ndarray] | None
@@ -193,7 +227,10 @@ class Engine(ABC):
         """
         _assign(self.model.variables, model, "model")
         if optimizer is not None:
-            _assign(self.optimizer.variables, optimizer, "optimizer")
+            _assign(self._optimizer_variables(), optimizer, "optimizer")
+
+    def _optimizer_variables(self) -> list[Any]:
+        return [v for optimizer in self.optimizers for v in optimizer.variables]
 
     def train_loss_state(self) -> list[float]:
         """The running train-loss mean's (total, count), so a resumed run logs the same means."""
@@ -209,22 +246,46 @@ class Engine(ABC):
             f"weights/{v.path}": keras.ops.convert_to_numpy(v.value)
             for v in self.trainable_variables
         }
-        for variable, grad in zip(
-            self.trainable_variables, self._last_gradients or [], strict=False
-        ):
-            if grad is not None:
-                arrays[f"gradients/{variable.path}"] = keras.ops.convert_to_numpy(grad)
+        for path, grad in (self._last_gradients or {}).items():
+            arrays[f"gradients/{path}"] = keras.ops.convert_to_numpy(grad)
         return arrays
 
     def evaluate(self, max_batches: int | None = None) -> dict[str, float]:
         """Loss and recipe metrics over the val split (its first `max_batches` batches)."""
-        for metric in [self.val_loss, *self.metrics]:
+        for metric in [self.val_loss, *self.phase_val_losses, *self.metrics]:
             metric.reset_state()
         for batch in itertools.islice(self.val_batches(), max_batches):
             self._eval_step(batch)
         values = {"loss": _number(self.val_loss.result())}
+        values.update({m.name: _number(m.result()) for m in self.phase_val_losses})
         values.update({m.name: _number(m.result()) for m in self.metrics})
         return values
+
+    def _evaluate_batch(self, x: Any, y: Any, size: Any) -> None:
+        """The eval step's work, the same on both backends (inside no-grad or tf.function)."""
+        if self._supervised:  # one forward pass for the loss and the metrics
+            y_pred = self.model(x, training=False)
+            assert self.loss_fn is not None
+            self.val_loss.update_state(self.loss_fn(y, y_pred), sample_weight=size)
+            for metric in self.metrics:
+                metric.update_state(y, y_pred)
+            return
+        losses = [phase.loss(self.model, x, y, False) for phase in self.phases]
+        self.val_loss.update_state(keras.ops.sum(keras.ops.stack(losses)), sample_weight=size)
+        for metric, loss in zip(self.phase_val_losses, losses, strict=False):
+            metric.update_state(loss, sample_weight=size)
+        self.recipe.update_metrics(self.metrics, self.model, x, y)
+
+    def _gradients_by_path(self, grads: list[list[Any]]) -> dict[str, Any] | None:
+        """The phases' gradients by variable path, kept only when histograms want them."""
+        if not self._keep_gradients:
+            return None
+        return {
+            v.path: g
+            for variables, phase_grads in zip(self.phase_variables, grads, strict=True)
+            for v, g in zip(variables, phase_grads, strict=True)
+            if g is not None
+        }
 
     def _batch_order(self, split: ArrayDataset, epoch: int | None) -> list[np.ndarray]:
         """Index arrays of each batch: shuffled by (seed, epoch) for training, fixed for val."""
@@ -242,11 +303,19 @@ class Engine(ABC):
             )
 
 
+def _phase_optimizer(settings: OptimizerSettings, options: dict[str, Any]) -> OptimizerSettings:
+    """The `optimizer` config with a phase's own options over it."""
+    options = dict(options)
+    lr = float(options.pop("lr", settings.lr))
+    return dataclasses.replace(settings, lr=lr, params={**settings.params, **options})
+
+
 def make_optimizer(
     settings: OptimizerSettings,
     trainer: TrainerSettings,
     scheduler: SchedulerSettings,
     total_steps: int,
+    name: str | None = None,
 ) -> keras.optimizers.Optimizer:
     """A Keras optimizer with its lr schedule and gradient clipping: the same update rule and
     state layout on both backends."""
@@ -256,10 +325,12 @@ def make_optimizer(
         clipping["global_clipnorm"] = trainer.grad_clip_norm
     if trainer.grad_clip_value is not None:
         clipping["clipvalue"] = trainer.grad_clip_value
+    naming = {"name": name} if name else {}
     try:
         return cls(
             learning_rate=learning_rate(settings.lr, scheduler, total_steps),
             **clipping,
+            **naming,
             **settings.params,
         )
     except (TypeError, ValueError) as err:

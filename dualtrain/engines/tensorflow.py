@@ -87,8 +87,8 @@ class TensorFlowEngine(Engine):
         flat = (t for batches in groups for batch in batches for t in batch)
         self._last_gradients = self._multi_step_fns[shape](*flat)
 
-    def _multi_step(self, shape: tuple[int, ...]) -> Callable[..., list[tf.Tensor] | None]:
-        def steps(*tensors: tf.Tensor) -> list[tf.Tensor] | None:
+    def _multi_step(self, shape: tuple[int, ...]) -> Callable[..., dict[str, tf.Tensor] | None]:
+        def steps(*tensors: tf.Tensor) -> dict[str, tf.Tensor] | None:
             start, grads = 0, None
             for count in shape:
                 grads = self._train_step(*tensors[start : start + 2 * count])
@@ -102,33 +102,46 @@ class TensorFlowEngine(Engine):
 
     # -- the steps -------------------------------------------------------------------------------
 
-    def _train_step(self, *tensors: tf.Tensor) -> list[tf.Tensor] | None:
+    def _train_step(self, *tensors: tf.Tensor) -> dict[str, tf.Tensor] | None:
         batches = list(zip(tensors[0::2], tensors[1::2], strict=True))
         total = tf.add_n([tf.shape(x)[0] for x, _ in batches])
-        grads: list[Any] = [None] * len(self.trainable_variables)
-        loss = tf.zeros(())
-        for x, y in batches:  # unrolled: one tape per batch, so only one batch's activations live
-            share = tf.cast(tf.shape(x)[0], tf.float32) / tf.cast(total, tf.float32)
-            with tf.GradientTape() as tape:
-                batch_loss = self.loss_fn(y, self.model(x, training=True)) * share
-            batch_grads = tape.gradient(batch_loss, self.trainable_variables)
-            grads = [_add(a, b) for a, b in zip(grads, batch_grads, strict=True)]
-            loss += batch_loss
+        all_grads, losses = [], []
+        for phase, optimizer, variables in zip(
+            self.phases, self.optimizers, self.phase_variables, strict=True
+        ):
+            # Phases run in order, in the same graph: each sees the updates of the ones before.
+            grads: list[Any] = [None] * len(variables)
+            loss = tf.zeros(())
+            for x, y in batches:  # unrolled: one tape per batch, one batch's activations live
+                share = tf.cast(tf.shape(x)[0], tf.float32) / tf.cast(total, tf.float32)
+                with tf.GradientTape() as tape:
+                    batch_loss = phase.loss(self.model, x, y, True) * share
+                batch_grads = tape.gradient(batch_loss, variables)
+                grads = [_add(a, b) for a, b in zip(grads, batch_grads, strict=True)]
+                loss += batch_loss
 
-        def update() -> None:
-            self.optimizer.apply(grads, self.trainable_variables)
-            self.train_loss.update_state(loss, sample_weight=total)
+            def update(
+                optimizer: Any = optimizer, grads: Any = grads, variables: Any = variables
+            ) -> None:
+                optimizer.apply(grads, variables)
 
-        # In the graph: the loss is checked without leaving the device.
-        tf.cond(tf.math.is_finite(loss), update, self._record_nonfinite)
+            # In the graph: the loss is checked without leaving the device.
+            tf.cond(tf.math.is_finite(loss), update, lambda: None)
+            all_grads.append(grads)
+            losses.append(loss)
+
+        def track() -> None:
+            self.train_loss.update_state(tf.add_n(losses), sample_weight=total)
+            for metric, loss in zip(self.phase_train_losses, losses, strict=False):
+                metric.update_state(loss, sample_weight=total)
+
+        finite = tf.reduce_all([tf.math.is_finite(loss) for loss in losses])
+        tf.cond(finite, track, self._record_nonfinite)
         self._steps_run.assign(self._steps_run.value + 1)
-        return grads if self._keep_gradients else None
+        return self._gradients_by_path(all_grads)
 
     def _eval_step_impl(self, x: tf.Tensor, y: tf.Tensor) -> None:
-        y_pred = self.model(x, training=False)
-        self.val_loss.update_state(self.loss_fn(y, y_pred), sample_weight=tf.shape(x)[0])
-        for metric in self.metrics:
-            metric.update_state(y, y_pred)
+        self._evaluate_batch(x, y, tf.shape(x)[0])
 
     # -- data ------------------------------------------------------------------------------------
 

@@ -59,33 +59,42 @@ class TorchEngine(Engine):
 
     # -- the steps -------------------------------------------------------------------------------
 
-    def _train_step(self, batches: list[Batch]) -> list[torch.Tensor] | None:
+    def _train_step(self, batches: list[Batch]) -> dict[str, torch.Tensor] | None:
         total = sum(int(x.shape[0]) for x, _ in batches)
-        for variable in self.trainable_variables:
-            variable.value.grad = None
-        loss = torch.zeros((), device=self.device)
-        for x, y in batches:
-            share = x.shape[0] / total  # exactly 1.0 for a single batch
-            batch_loss = self.loss_fn(y, self.model(x, training=True)) * share
-            batch_loss.backward()  # autograd sums the gradients of the batches
-            loss = loss + batch_loss.detach()
-        grads = [variable.value.grad for variable in self.trainable_variables]
+        all_grads, losses = [], []
+        for phase, optimizer, variables in zip(
+            self.phases, self.optimizers, self.phase_variables, strict=True
+        ):
+            # Phases run in order: each sees the variables the phases before it updated.
+            grads: list[torch.Tensor | None] = [None] * len(variables)
+            loss = torch.zeros((), device=self.device)
+            for x, y in batches:
+                share = x.shape[0] / total  # exactly 1.0 for a single batch
+                batch_loss = phase.loss(self.model, x, y, True) * share
+                batch_grads = torch.autograd.grad(
+                    batch_loss, [v.value for v in variables], allow_unused=True
+                )
+                grads = [_add(a, b) for a, b in zip(grads, batch_grads, strict=True)]
+                loss = loss + batch_loss.detach()
+            with torch.no_grad():
+                # Eager: the finiteness check reads the loss (a device sync, cheap on a CPU).
+                if torch.isfinite(loss):
+                    optimizer.apply(grads, variables)
+            all_grads.append(grads)
+            losses.append(loss)
         with torch.no_grad():
-            # Eager: the finiteness check reads the loss (a device sync, cheap on a CPU).
-            if torch.isfinite(loss):
-                self.optimizer.apply(grads, self.trainable_variables)
-                self.train_loss.update_state(loss, sample_weight=total)
+            if all(torch.isfinite(loss) for loss in losses):
+                self.train_loss.update_state(sum(losses), sample_weight=total)
+                for metric, loss in zip(self.phase_train_losses, losses, strict=False):
+                    metric.update_state(loss, sample_weight=total)
             else:
                 self._record_nonfinite()
             self._steps_run.assign(self._steps_run.value + 1)
-        return grads if self._keep_gradients else None
+        return self._gradients_by_path(all_grads)
 
     @torch.no_grad()
     def _eval_step_impl(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        y_pred = self.model(x, training=False)
-        self.val_loss.update_state(self.loss_fn(y, y_pred), sample_weight=x.shape[0])
-        for metric in self.metrics:
-            metric.update_state(y, y_pred)
+        self._evaluate_batch(x, y, x.shape[0])
 
     # -- data ------------------------------------------------------------------------------------
 
@@ -112,6 +121,12 @@ class TorchEngine(Engine):
     def _to_device(self, loader: DataLoader) -> Iterator[Batch]:
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def _add(total: torch.Tensor | None, grad: torch.Tensor | None) -> torch.Tensor | None:
+    if grad is None:
+        return total
+    return grad if total is None else total + grad
 
 
 class _BatchedArrays(torch.utils.data.Dataset):

@@ -147,8 +147,9 @@ def run_worker(settings: Settings) -> dict[str, Any]:
     batch = val.x[: min(37, len(val))]
     reference = _keras_predict(model)
     expected = reference(batch)
-    classes = engine.data.info.num_classes
-    keras_accuracy = _accuracy(reference, val.x, val.y) if classes else None
+    # Val accuracy for classifiers: a model whose outputs are one score per class.
+    classifier = tuple(model.outputs[0].shape[1:]) == (engine.data.info.num_classes,)
+    keras_accuracy = _accuracy(reference, val.x, val.y) if classifier else None
     report_path = settings.run_dir / "export" / "report.json"
     for name in settings.export.formats:
         directory = settings.run_dir / "export" / name

@@ -247,3 +247,34 @@ def test_steps_per_execution_trains_the_same_steps(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         train_lines(tmp_path / "two"), train_lines(tmp_path / "one"), rtol=1e-6
     )
+
+
+def test_a_recipe_with_its_own_step_learns_on_this_backend(tmp_path: Path) -> None:
+    # The autoencoder's one phase: reconstruction error. Measured val MSE after 5 epochs:
+    # 0.0205 on torch, 0.0204 on tf; predicting the mean image gives 0.073.
+    summary = train(make_settings(tmp_path, "recipe=autoencoder", "trainer.max_epochs=5"))
+    assert summary["final"]["val"]["loss"] < 0.03
+    assert set(summary["final"]["val"]) == {"loss", "mae"}
+
+
+def test_phases_train_their_own_variables_with_their_own_optimizers(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, *SMALL, "recipe.name=two_phases", "recipe.module=tests.backend.two_phases",
+        "~recipe.model", "trainer.log_every_n_steps=4",
+    )  # fmt: skip
+    data = load_data(settings.data, settings.seed)
+    engine = engine_class(BACKEND)(settings, load_recipe(settings.recipe), data)
+    engine.setup()
+    before = {v.path: keras.ops.convert_to_numpy(v.value).copy() for v in engine.model.variables}
+    for batch in engine.train_batches(0):
+        engine.train_step([batch])
+    after = {v.path: keras.ops.convert_to_numpy(v.value) for v in engine.model.variables}
+    moved = {path for path in before if not np.array_equal(before[path], after[path])}
+    # Each phase updates its layer only; the layer in no phase stays as it was.
+    assert moved == {"first/kernel", "first/bias", "second/kernel", "second/bias"}
+    _, optimizer_arrays = engine.checkpoint_arrays()
+    assert {p.split("/")[0] for p in optimizer_arrays} == {"first_optimizer", "second_optimizer"}
+    assert [float(o.learning_rate) for o in engine.optimizers] == pytest.approx([0.002, 0.01])
+    values = engine.train_metrics()
+    # The step's loss is the phases' sum; each phase's mean is logged under its name.
+    assert values["loss"] == pytest.approx(values["first_loss"] + values["second_loss"], rel=1e-5)
