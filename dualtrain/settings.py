@@ -21,6 +21,7 @@ JIT_CHOICES = ("auto", "true", "false")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "step", "cosine", "warmup_cosine")
 ON_NONFINITE = ("stop", "skip")
+PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 LOGGERS = ("jsonl", "csv", "console", "tensorboard")  # the options of configs/logger/
 EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "torch")
 TFLITE_QUANTIZE = ("none", "dynamic", "float16")
@@ -33,6 +34,7 @@ class BackendSettings:
     name: str
     jit_compile: str  # "auto" | "true" | "false"
     steps_per_execution: int = 1  # optimizer steps per compiled call (tf; torch runs them eagerly)
+    precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16 (Keras dtype policies)
 
 
 @dataclass(frozen=True)
@@ -198,6 +200,9 @@ class Settings:
                 name=_choice(backend, "name", BACKENDS, "backend"),
                 jit_compile=jit,
                 steps_per_execution=steps_per_execution,
+                precision=_choice(
+                    {"v": backend.get("precision", "float32")}, "v", PRECISIONS, "backend.precision"
+                ),
             ),
             recipe=RecipeSettings(
                 name=_text(recipe, "recipe.name"), module=recipe_module, model=dict(model)

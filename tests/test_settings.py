@@ -107,6 +107,10 @@ def test_python_data_requires_a_source() -> None:
         ),
         ("parity.steps=0", "parity.steps must be a positive integer; got 0"),
         (
+            "backend.precision=float64",
+            "backend.precision must be one of float32, mixed_float16, mixed_bfloat16",
+        ),
+        (
             "backend.steps_per_execution=4 trainer.log_every_n_steps=10",
             "trainer.log_every_n_steps=10 must be a multiple of backend.steps_per_execution=4",
         ),

@@ -62,6 +62,9 @@ class Engine(ABC):
         random.seed(seed)
         np.random.seed(seed)
         self._seed_framework(seed)
+        # Mixed precision: layers compute in float16 or bfloat16, variables stay float32. Set for
+        # every build: Keras keeps the policy per process.
+        keras.config.set_dtype_policy(self.settings.backend.precision)
         self.model = self.recipe.build_model(self.data.info)
         self._check_model()
         # mode=parity compares the backends step by step; their random numbers come from different
@@ -104,6 +107,11 @@ class Engine(ABC):
             )
             for phase in self.phases
         ]
+        if self.settings.backend.precision == "mixed_float16":
+            # float16 gradients underflow: scale the loss up, the gradients back down, and skip
+            # (and lower the scale on) steps whose scaled gradients overflow. The same on both
+            # backends: Keras's LossScaleOptimizer plays the part of torch's GradScaler.
+            self.optimizers = [keras.optimizers.LossScaleOptimizer(o) for o in self.optimizers]
         for optimizer, variables in zip(self.optimizers, self.phase_variables, strict=True):
             optimizer.build(variables)
         self.optimizer = self.optimizers[0]  # its lr is the one logged

@@ -115,8 +115,9 @@ class TensorFlowEngine(Engine):
             for x, y in batches:  # unrolled: one tape per batch, one batch's activations live
                 share = tf.cast(tf.shape(x)[0], tf.float32) / tf.cast(total, tf.float32)
                 with tf.GradientTape() as tape:
-                    batch_loss = phase.loss(self.model, x, y, True) * share
-                batch_grads = tape.gradient(batch_loss, variables)
+                    batch_loss = tf.cast(phase.loss(self.model, x, y, True), tf.float32) * share
+                    scaled = optimizer.scale_loss(batch_loss)  # mixed_float16: loss scaling
+                batch_grads = tape.gradient(scaled, variables)
                 grads = [_add(a, b) for a, b in zip(grads, batch_grads, strict=True)]
                 loss += batch_loss
 

@@ -70,9 +70,11 @@ class TorchEngine(Engine):
             loss = torch.zeros((), device=self.device)
             for x, y in batches:
                 share = x.shape[0] / total  # exactly 1.0 for a single batch
-                batch_loss = phase.loss(self.model, x, y, True) * share
+                batch_loss = _float32(phase.loss(self.model, x, y, True)) * share
                 batch_grads = torch.autograd.grad(
-                    batch_loss, [v.value for v in variables], allow_unused=True
+                    optimizer.scale_loss(batch_loss),
+                    [v.value for v in variables],
+                    allow_unused=True,
                 )
                 grads = [_add(a, b) for a, b in zip(grads, batch_grads, strict=True)]
                 loss = loss + batch_loss.detach()
@@ -121,6 +123,11 @@ class TorchEngine(Engine):
     def _to_device(self, loader: DataLoader) -> Iterator[Batch]:
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def _float32(loss: torch.Tensor) -> torch.Tensor:
+    """Losses are tracked and summed in float32, whatever the layers compute in."""
+    return loss.float()
 
 
 def _add(total: torch.Tensor | None, grad: torch.Tensor | None) -> torch.Tensor | None:

@@ -278,3 +278,32 @@ def test_phases_train_their_own_variables_with_their_own_optimizers(tmp_path: Pa
     values = engine.train_metrics()
     # The step's loss is the phases' sum; each phase's mean is logged under its name.
     assert values["loss"] == pytest.approx(values["first_loss"] + values["second_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize(
+    "precision,dtype", [("mixed_bfloat16", "bfloat16"), ("mixed_float16", "float16")]
+)
+def test_mixed_precision_computes_in_16_bits_and_learns(
+    precision: str, dtype: str, tmp_path: Path
+) -> None:
+    settings = make_settings(
+        tmp_path, *SMALL, "recipe=mlp", "trainer.max_epochs=4", f"backend.precision={precision}"
+    )
+    try:
+        summary = train(settings)
+        engine = engine_class(BACKEND)(
+            settings, load_recipe(settings.recipe), load_data(settings.data, 0)
+        )
+        engine.setup()
+    finally:
+        keras.config.set_dtype_policy("float32")  # the policy is per process
+    dense = next(layer for layer in engine.model.layers if layer.name.startswith("dense"))
+    assert (dense.compute_dtype, dense.variable_dtype) == (dtype, "float32")
+    losses = train_lines(tmp_path)
+    assert all(math.isfinite(v) for v in losses)
+    # It learns as float32 does. Measured after 4 epochs (train loss from ~2.5; val accuracy,
+    # chance 0.1): float32 1.82-1.87 / 0.42-0.50; bfloat16 1.82-1.86 / 0.44-0.45; float16
+    # 1.82-1.84 / 0.44-0.48, on torch and tf.
+    assert losses[-1] < 0.8 * losses[0] and summary["final"]["val"]["accuracy"] > 0.3
+    if precision == "mixed_float16":
+        assert all(type(o).__name__ == "LossScaleOptimizer" for o in engine.optimizers)
