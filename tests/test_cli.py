@@ -35,9 +35,12 @@ def test_help_lists_groups_and_options_without_importing_a_framework(tmp_path: P
     assert result.returncode == 0, result.stderr
     for line in (
         "backend: tf, torch",
-        "recipe: cnn, mlp",
+        "recipe: autoencoder, cnn, mlp",
         "data: breast_cancer, digits, python, synthetic",
         "optimizer: adam, adamw, sgd",
+        "scheduler: constant, cosine, step, warmup_cosine",
+        "callbacks: early_stopping, none",
+        "debug: fast_dev_run, overfit",
     ):
         assert line in result.stdout
     assert "python -m dualtrain recipe=mlp backend=tf" in result.stdout
