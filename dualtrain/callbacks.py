@@ -20,6 +20,7 @@ import importlib
 import math
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from dualtrain.errors import ConfigError
@@ -40,6 +41,9 @@ class TrainingRun:
     trainer: TrainerSettings
     logger: Logger
     check_finite: Callable[[], None]  # raises if a NaN or Inf loss must stop the run
+    # Where a callback may write files of its own; None when the run writes nothing
+    # (debug=fast_dev_run, or a rank other than 0).
+    run_dir: Path | None = None
 
     def stop(self, reason: str) -> None:
         """Ends training after the current epoch; `reason` goes to the log and summary.json."""
@@ -63,7 +67,8 @@ class Callback:
         pass
 
     def on_validation_end(self, run: TrainingRun, metrics: dict[str, float]) -> None:
-        pass
+        """Values a callback adds to `metrics` are logged with the val metrics (as `val/<name>`)
+        and recorded in summary.json, as with Keras's `logs`."""
 
     def on_epoch_end(self, run: TrainingRun, epoch: int) -> None:
         pass

@@ -12,6 +12,7 @@ import math
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from dualtrain.callbacks import Callback, TrainingRun
@@ -70,11 +71,12 @@ def fit(
     histograms_every: int = 0,
     callbacks: Sequence[Callback] = (),
     stop: StopRequest | None = None,
+    run_dir: Path | None = None,
 ) -> None:
     """Trains for `trainer.max_epochs` epochs or `trainer.max_steps` steps; validates each epoch.
 
     `callbacks` (the checkpointer among them) run at the loop's fixed points; one may end training
-    after an epoch (`TrainingRun.stop`).
+    after an epoch (`TrainingRun.stop`). `run_dir`: where callbacks may write (None: nowhere).
     """
     batch_size = engine.settings.data.batch_size
     num_batches = batches_per_epoch(trainer, len(engine.data.train), batch_size)
@@ -82,7 +84,12 @@ def fit(
     first_epoch = state.epochs  # of this process: its time includes tracing and compiling
     engine.start_at(state.step)
     run = TrainingRun(
-        engine, state, trainer, logger, check_finite=lambda: _check_finite(engine, trainer, state)
+        engine,
+        state,
+        trainer,
+        logger,
+        check_finite=lambda: _check_finite(engine, trainer, state),
+        run_dir=run_dir,
     )
     for callback in callbacks:
         callback.on_train_begin(run)
@@ -156,10 +163,14 @@ def fit(
         state.final_val = engine.evaluate(
             batches_per_epoch(trainer, len(engine.data.val), batch_size, "val")
         )
-        logger.log_metrics("val", state.final_val, state.step, epoch)
-        logger.end_epoch()
-        for callback in callbacks:
-            callback.on_validation_end(run, state.final_val)
+        # Callbacks first: the values they add (a GAN's sample quality) are logged with the rest;
+        # the line is logged even if one of them fails.
+        try:
+            for callback in callbacks:
+                callback.on_validation_end(run, state.final_val)
+        finally:
+            logger.log_metrics("val", state.final_val, state.step, epoch)
+            logger.end_epoch()
         if state.step_in_epoch < steps_per_epoch:
             break  # stopped by max_steps inside the epoch: it is not complete
         state.epochs = epoch + 1

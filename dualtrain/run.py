@@ -7,7 +7,9 @@ import dataclasses
 import json
 import logging
 import os
+import random
 import signal
+import sys
 import threading
 import time
 from collections.abc import Iterator
@@ -81,7 +83,9 @@ def train(settings: Settings) -> dict[str, Any]:
         _load_checkpoint(
             engine, state, sources, weights_only=settings.checkpoint.init_from is not None
         )
-        callbacks: list[Callback] = []
+        # The config's callbacks run before the checkpointer, so a checkpoint records the values
+        # they add to the val metrics and the stop they ask for.
+        callbacks: list[Callback] = create_callbacks(settings.callbacks)
         # Export starts from the final checkpoint, so a run that exports always saves one.
         saves = settings.checkpoint.every_n_epochs or settings.checkpoint.every_n_steps
         if writes and (saves or settings.export.formats):
@@ -98,12 +102,11 @@ def train(settings: Settings) -> dict[str, Any]:
                     },
                 )
             )
-        callbacks += create_callbacks(settings.callbacks)
         logger.log_hparams(hparams(settings), settings.config_yaml)
         with _stop_on_signals() as stop:
             fit(
                 engine, settings.trainer, logger, state, settings.logger.histograms_every,
-                callbacks, stop,
+                callbacks, stop, run_dir if writes else None,
             )  # fmt: skip
         status = "completed"
     except (KeyboardInterrupt, Interrupted):
@@ -174,6 +177,44 @@ def load_trained(settings: Settings) -> tuple[Engine, Checkpoint, Path]:
     engine.setup()
     engine.restore(checkpoint.model, None)
     return engine, checkpoint, source
+
+
+def load_model(path: str | Path, backend: str | None = None) -> Any:
+    """The Keras model of a checkpoint, with its weights, for use in Python:
+
+        from dualtrain.run import load_model
+        classifier = load_model("outputs/cnn/torch/2026-11-24_10-00-00")  # run or checkpoint dir
+
+    The model is rebuilt by its recipe from the config the checkpoint records, on `backend`
+    (default: the Keras backend this process already runs, else the one that wrote it).
+    """
+    from omegaconf import OmegaConf
+
+    source = find_checkpoint(Path(path))
+    record = read_checkpoint(source).trainer
+    cfg: Any = OmegaConf.to_container(OmegaConf.create(record["config"]), resolve=True)
+    if backend is None:
+        keras = sys.modules.get("keras")
+        backend = record["backend"] if keras is None else _BACKEND_NAMES[keras.backend.backend()]
+    cfg.update(mode="eval", checkpoint={**cfg["checkpoint"], "path": str(source)})
+    cfg["backend"]["name"] = backend
+    settings = Settings.from_config(cfg, run_dir=source)
+    select_backend(backend)
+    from dualtrain.engines.base import assign_variables, fresh_layer_names
+
+    data = load_data(settings.data, settings.seed)
+    # Keras draws initializer seeds from Python's `random`: a run under way keeps its stream.
+    python_rng = random.getstate()
+    try:
+        with fresh_layer_names():
+            model = load_recipe(settings.recipe).build_model(data.info)
+    finally:
+        random.setstate(python_rng)
+    assign_variables(model.variables, read_checkpoint(source).model, "model")
+    return model
+
+
+_BACKEND_NAMES = {"torch": "torch", "tensorflow": "tf"}  # Keras's names -> dualtrain's
 
 
 @contextlib.contextmanager

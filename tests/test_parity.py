@@ -48,9 +48,11 @@ def test_every_shipped_recipe_agrees_across_backends(recipe: str, tmp_path: Path
     assert report["final_val"]["torch"]["loss"] == pytest.approx(
         report["final_val"]["tf"]["loss"], rel=1e-4
     )
-    # Dropout would draw different masks on each backend: switched off, and said so.
-    assert all(c["class"] == "Dropout" for c in report["made_deterministic"])
-    assert bool(report["made_deterministic"]) == (recipe in ("cnn", "mlp"))  # theirs have dropout
+    # Dropout would draw different masks on each backend, the gan's noise different codes:
+    # switched off, and said so.
+    noisy = {"cnn": "Dropout", "mlp": "Dropout", "gan": "LatentNoise"}
+    assert all(c["class"] == noisy[recipe] for c in report["made_deterministic"])
+    assert bool(report["made_deterministic"]) == (recipe in noisy)
     assert bool(report["made_deterministic"]) == (
         "switched off for the comparison" in result.stdout
     )

@@ -8,11 +8,12 @@ forward, loss, gradients, optimizer update, loss tracking.
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import itertools
 import random
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
 
 import keras
@@ -65,7 +66,8 @@ class Engine(ABC):
         # Mixed precision: layers compute in float16 or bfloat16, variables stay float32. Set for
         # every build: Keras keeps the policy per process.
         keras.config.set_dtype_policy(self.settings.backend.precision)
-        self.model = self.recipe.build_model(self.data.info)
+        with fresh_layer_names():
+            self.model = self.recipe.build_model(self.data.info)
         self._check_model()
         # mode=parity compares the backends step by step; their random numbers come from different
         # generators, so the layers that draw them in training are switched off and reported.
@@ -233,9 +235,9 @@ class Engine(ABC):
         Raises:
             RunError: naming the variables that the checkpoint and this model do not share.
         """
-        _assign(self.model.variables, model, "model")
+        assign_variables(self.model.variables, model, "model")
         if optimizer is not None:
-            _assign(self._optimizer_variables(), optimizer, "optimizer")
+            assign_variables(self._optimizer_variables(), optimizer, "optimizer")
 
     def _optimizer_variables(self) -> list[Any]:
         return [v for optimizer in self.optimizers for v in optimizer.variables]
@@ -404,11 +406,30 @@ def make_deterministic(model: keras.Model) -> tuple[list[dict[str, Any]], list[s
     return changed, left
 
 
+@contextlib.contextmanager
+def fresh_layer_names() -> Iterator[None]:
+    """Builds a model with the layer names a new process would give it.
+
+    Checkpoints name variables by path (`conv2d_1/kernel`), and Keras numbers auto-named layers
+    per process: a model built after another one (a second run in a notebook, a GAN's judge)
+    would get other numbers and not fit its checkpoints. Keras keeps the counters in its global
+    state with no public way to set them aside, so they are swapped out for the build.
+    """
+    from keras.src.backend.common import global_state
+
+    saved = global_state.get_global_attribute("object_name_uids")
+    global_state.set_global_attribute("object_name_uids", None)
+    try:
+        yield
+    finally:
+        global_state.set_global_attribute("object_name_uids", saved)
+
+
 def _arrays(variables: list[Any]) -> dict[str, np.ndarray]:
     return {v.path: keras.ops.convert_to_numpy(v.value) for v in variables}
 
 
-def _assign(variables: list[Any], arrays: dict[str, np.ndarray], what: str) -> None:
+def assign_variables(variables: list[Any], arrays: dict[str, np.ndarray], what: str) -> None:
     by_path = {v.path: v for v in variables}
     missing = sorted(set(by_path) - set(arrays))
     unexpected = sorted(set(arrays) - set(by_path))
