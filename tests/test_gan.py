@@ -27,6 +27,7 @@ def classifier(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return run_dir
 
 
+@pytest.mark.xdist_group("gan")  # one worker trains the classifier for both backends
 @pytest.mark.parametrize("backend", ["torch", "tf"])
 def test_gan_samples_look_like_digits(backend: str, classifier: Path, tmp_path: Path) -> None:
     result = run_cli(
