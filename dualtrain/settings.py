@@ -26,9 +26,8 @@ LOGGERS = ("jsonl", "csv", "console", "tensorboard")  # the options of configs/l
 EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "torch")
 TFLITE_QUANTIZE = ("none", "dynamic", "float16")
 # Keys of a data config that the loader uses itself; all other keys go to the data source function.
-DATA_LOADER_KEYS = (
-    "source", "batch_size", "val_fraction", "num_workers", "num_classes", "augmentation",
-)  # fmt: skip
+# (`num_classes`, where set, is also the number of classes the labels are checked against.)
+DATA_LOADER_KEYS = ("source", "batch_size", "val_fraction", "num_workers", "augmentation")
 ON_BAD_FILE = ("error", "skip")
 # data.augmentation keys: Keras preprocessing layers, applied to training batches only.
 AUGMENTATIONS = ("flip", "rotation", "zoom", "translation", "contrast", "brightness")
@@ -57,7 +56,6 @@ class DataSettings:
     val_fraction: float
     num_workers: int
     params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the source
-    num_classes: int | None = None  # None: from the data (class names, or the largest label + 1)
     augmentation: dict[str, Any] = field(default_factory=dict)  # AUGMENTATIONS key -> its factor
 
 
@@ -234,9 +232,8 @@ class Settings:
 
 
 def _data_settings(data: Mapping[str, Any], source: str) -> DataSettings:
-    num_classes = data.get("num_classes")
-    if num_classes is not None:
-        num_classes = _integer(data, "num_classes", "data.num_classes", minimum=2)
+    if data.get("num_classes") is not None:
+        _integer(data, "num_classes", "data.num_classes", minimum=2)
     for key in ("path", "val_path"):
         value = data.get(key)
         if key in data and value is None and key == "path":
@@ -263,7 +260,6 @@ def _data_settings(data: Mapping[str, Any], source: str) -> DataSettings:
         val_fraction=_fraction(data, "val_fraction", "data.val_fraction"),
         num_workers=_integer(data, "num_workers", "data.num_workers", minimum=0),
         params={k: v for k, v in data.items() if k not in DATA_LOADER_KEYS},
-        num_classes=num_classes,
         augmentation=_augmentation(data.get("augmentation")),
     )
 

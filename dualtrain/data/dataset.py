@@ -115,6 +115,10 @@ def load_data(
     accepted = inspect.signature(source).parameters
     given = {"seed": seed, "val_fraction": settings.val_fraction, "transform": transform}
     kwargs.update({key: value for key, value in given.items() if key in accepted})
+    # data.num_classes: the labels are checked against it; the source gets it if it takes it.
+    num_classes = kwargs.get("num_classes")
+    if "num_classes" not in accepted:
+        kwargs.pop("num_classes", None)
     try:
         result: SourceData | tuple[Any, ...] = source(**kwargs)
     except TypeError as err:
@@ -129,6 +133,10 @@ def load_data(
     for note in result.notes:
         log.warning(note)
     x, y = _features(result.x, result.said), _labels(result.y, result.said)
+    if num_classes is None and result.classes is not None:
+        num_classes = len(result.classes)
+    if num_classes is not None:  # before the split, which a stray label could break
+        _check_label_range(y, num_classes, result.said)
     if result.x_val is None:
         train_idx, val_idx = stratified_indices(y, settings.val_fraction, seed)
         whole = ArrayDataset(x, y)
@@ -142,13 +150,9 @@ def load_data(
                 f"{result.said} train samples of shape {train.x.shape[1:]} and val samples of "
                 f"shape {val.x.shape[1:]}; both splits need the same sample shape"
             )
-    num_classes = settings.num_classes
-    if num_classes is None and result.classes is not None:
-        num_classes = len(result.classes)
     if num_classes is None:
         num_classes = int(max(train.y.max(), val.y.max())) + 1
-    for split, said in ((train, result.said), (val, result.said + " (val)")):
-        _check_label_range(split.y, num_classes, said)
+    _check_label_range(val.y, num_classes, result.said + " (val)")
     info = DataInfo(
         input_shape=tuple(train.x.shape[1:]),
         num_classes=num_classes,
@@ -220,17 +224,17 @@ def _features(x: Any, said: str) -> Any:
             f"{said} features of dtype {x.dtype}; expected finite float features (NaN, Inf or "
             "non-float values are not accepted)"
         )
-    if isinstance(x, Rows) and x.finite_by_construction:
-        return x
-    for start, chunk in x.chunks() if isinstance(x, Rows) else [(0, x)]:
-        bad = np.argwhere(~np.isfinite(chunk))
-        if len(bad):
-            sample, *feature = (int(i) for i in bad[0])
-            raise RunError(
-                f"{said} NaN or Inf features, the first at sample {start + sample}, feature "
-                f"index {tuple(feature)}; expected finite float features: fix or drop those "
-                "samples"
-            )
+    if isinstance(x, Rows):
+        first_bad = x.summary().first_nonfinite  # one pass over the file, kept for moments()
+    else:
+        finite = np.isfinite(x)
+        first_bad = None if finite.all() else tuple(int(i) for i in np.argwhere(~finite)[0])
+    if first_bad is not None:
+        sample, *feature = first_bad
+        raise RunError(
+            f"{said} NaN or Inf features, the first at sample {sample}, feature index "
+            f"{tuple(feature)}; expected finite float features: fix or drop those samples"
+        )
     return x
 
 

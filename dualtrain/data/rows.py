@@ -11,6 +11,7 @@ import copy
 import os
 from abc import ABC, abstractmethod
 from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,6 +23,15 @@ from dualtrain.errors import RunError
 _CHUNK_BYTES = 32 * 2**20
 
 
+@dataclass(frozen=True)
+class RowsSummary:
+    """What one pass over a split finds: per-feature mean and variance, the first NaN or Inf."""
+
+    mean: np.ndarray
+    variance: np.ndarray
+    first_nonfinite: tuple[int, ...] | None  # (sample, *feature index)
+
+
 class Rows(ABC):
     """A split's features, read on demand. `rows` maps this split's sample i to a source row."""
 
@@ -29,6 +39,7 @@ class Rows(ABC):
         self.rows = np.arange(num_rows)
         self.row_shape = row_shape
         self.dtype = np.dtype(dtype)
+        self._summary: RowsSummary | None = None
 
     # Decoded images are finite by construction; files of floats are checked.
     finite_by_construction = False
@@ -61,6 +72,7 @@ class Rows(ABC):
         """The rows at `indices` of this split, still on disk."""
         part = copy.copy(self)
         part.rows = self.rows[np.asarray(indices)]
+        part._summary = None
         return part
 
     def chunks(self) -> Iterator[tuple[int, np.ndarray]]:
@@ -69,6 +81,26 @@ class Rows(ABC):
         step = max(1, _CHUNK_BYTES // row_bytes)
         for start in range(0, len(self), step):
             yield start, self[start : start + step]
+
+    def summary(self) -> RowsSummary:
+        """One pass over the split, chunk by chunk (cached): the data checks and the statistics
+        a model fits (`moments`) cost one read of the file, not two."""
+        if self._summary is not None:
+            return self._summary
+        total = np.zeros(self.row_shape, np.float64)
+        total_sq = np.zeros(self.row_shape, np.float64)
+        first_bad = None
+        for start, chunk in self.chunks():
+            finite = self.finite_by_construction or np.isfinite(chunk).all()
+            if first_bad is None and not finite:
+                sample, *feature = (int(i) for i in np.argwhere(~np.isfinite(chunk))[0])
+                first_bad = (start + sample, *feature)
+            total += chunk.sum(axis=0, dtype=np.float64)
+            total_sq += (chunk * chunk).sum(axis=0, dtype=np.float64)
+        mean = total / len(self)
+        variance = np.maximum(total_sq / len(self) - mean**2, 0.0)
+        self._summary = RowsSummary(mean.reshape(-1), variance.reshape(-1), first_bad)
+        return self._summary
 
 
 class NpyRows(Rows):
@@ -151,11 +183,5 @@ def moments(x: Any) -> tuple[np.ndarray, np.ndarray]:
     if isinstance(x, np.ndarray):
         flat = x.reshape(len(x), -1)
         return flat.mean(axis=0), flat.var(axis=0)
-    total = total_sq = None
-    for _, chunk in x.chunks():
-        flat = chunk.reshape(len(chunk), -1).astype("float64")
-        total = flat.sum(axis=0) if total is None else total + flat.sum(axis=0)
-        total_sq = (flat**2).sum(axis=0) if total_sq is None else total_sq + (flat**2).sum(axis=0)
-    assert total is not None and total_sq is not None
-    mean = total / len(x)
-    return mean, np.maximum(total_sq / len(x) - mean**2, 0.0)
+    summary = x.summary()
+    return summary.mean, summary.variance
