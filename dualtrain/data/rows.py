@@ -97,8 +97,9 @@ class Rows(ABC):
                 first_bad = (start + sample, *feature)
             total += chunk.sum(axis=0, dtype=np.float64)
             total_sq += (chunk * chunk).sum(axis=0, dtype=np.float64)
-        mean = total / len(self)
-        variance = np.maximum(total_sq / len(self) - mean**2, 0.0)
+        with np.errstate(invalid="ignore"):  # NaN in the data: reported, not warned about
+            mean = total / len(self)
+            variance = np.maximum(total_sq / len(self) - mean**2, 0.0)
         self._summary = RowsSummary(mean.reshape(-1), variance.reshape(-1), first_bad)
         return self._summary
 

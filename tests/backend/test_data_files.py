@@ -3,6 +3,7 @@ each format trains, augmentation touches training batches only, misfits are name
 
 from __future__ import annotations
 
+import json
 import sys
 import textwrap
 from pathlib import Path
@@ -14,7 +15,7 @@ from dualtrain.data import load_data
 from dualtrain.engines import engine_class
 from dualtrain.errors import RunError
 from dualtrain.recipe import load_recipe
-from dualtrain.run import train
+from dualtrain.run import evaluate, train
 from tests.backend.conftest import make_settings
 from tests.data_files import write_csv, write_image_folder, write_npy_folder
 
@@ -75,14 +76,28 @@ def test_image_folder_trains_with_augmentation_on_training_batches_only(tmp_path
     assert summary["final"]["val"]["accuracy"] >= 0.9
 
 
-def test_csv_trains_the_mlp(tmp_path: Path) -> None:
+def test_csv_trains_and_eval_reads_the_data_with_the_checkpoints_transform(
+    tmp_path: Path,
+) -> None:
     path = write_csv(tmp_path / "t.csv")
-    overrides = [
-        "recipe=mlp", "data=csv", f"data.path={path}", "data.target=kind",
-        "data.categorical=index", "trainer.max_epochs=5", *QUIET,
-    ]  # fmt: skip
-    summary = train(make_settings(tmp_path, *overrides))
-    assert summary["final"]["val"]["accuracy"] >= 0.95  # 0.98-1.0 in trials
+    csv = ["recipe=mlp", "data=csv", f"data.path={path}", "data.target=kind", "logger=[jsonl]"]
+    summary = train(
+        make_settings(tmp_path / "run", *csv, "data.categorical=index", "trainer.max_epochs=5")
+    )
+    accuracy = summary["final"]["val"]["accuracy"]
+    assert accuracy >= 0.95  # the label shows in all three columns: 0.98-1.0 in trials
+    record = json.loads((tmp_path / "run/checkpoints/last/trainer.json").read_text())
+    assert record["data_transform"]["columns"][2]["encoding"] == "index"
+    # Eval is given another file with the same columns: it applies the stored transform (the
+    # categorical setting included), it does not fit a new one.
+    write_csv(path, seed=1)
+    result = evaluate(make_settings(tmp_path / "eval", *csv, f"checkpoint.path={tmp_path}/run",
+                                    "mode=eval"))  # fmt: skip
+    assert result["samples"] == 60
+    refit = load_data(make_settings(tmp_path / "x", *csv).data, seed=0)
+    stored = load_data(make_settings(tmp_path / "x", *csv).data, 0, record["data_transform"])
+    assert refit.val.x.shape == (60, 5) and stored.val.x.shape == (60, 3)  # one-hot vs index
+    assert result["metrics"]["accuracy"] >= 0.9  # other rows of the same kind: 0.95-1.0
 
 
 @pytest.fixture
