@@ -51,12 +51,17 @@ def write_images(root: Path, count: int, seed: int = 0) -> None:
         Image.fromarray(pixels.astype("uint8")).save(folder / f"{i:05d}.jpg", quality=90)
 
 
-def write_decoded(root: Path, size: int, out: Path) -> None:
-    """The folder's images as image_folder decodes them, in its order, into one .npz."""
+def write_decoded(root: Path, size: int, out: Path) -> float:
+    """The folder's images as image_folder decodes them, in its order, into one .npz; returns
+    how many images a second one process decodes (read, decode, resize), for scale."""
     from dualtrain.data.images import image_folder
 
     data = image_folder(str(root), seed=0, image_size=(size, size))
-    np.savez(out, x=data.x[:], y=data.y)
+    started = time.perf_counter()
+    x = data.x[:]
+    rate = len(x) / (time.perf_counter() - started)
+    np.savez(out, x=x, y=data.y)
+    return rate
 
 
 def run(backend: str, kind: str, data: list[str], epochs: int, workers: int) -> dict[str, Any]:
@@ -94,7 +99,8 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         folder, decoded = Path(tmp) / "images", Path(tmp) / "decoded.npz"
         write_images(folder, args.images)
-        write_decoded(folder, args.size, decoded)
+        decode_rate = write_decoded(folder, args.size, decoded)
+        print(f"one process decodes {decode_rate:,.0f} images/s", file=sys.stderr)
         sources = {
             "folder": ["data=image_folder", f"data.path={folder}",
                        f"data.image_size=[{args.size},{args.size}]"],
