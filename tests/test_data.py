@@ -289,3 +289,25 @@ def test_image_folder_val_fraction_is_stratified_and_val_path_is_used(tmp_path: 
     )  # fmt: skip
     assert (len(data.train), len(data.val), data.info.input_shape) == (30, 4, (8, 8, 1))
     assert sorted(data.val.y.tolist()) == [1, 1, 2, 2]  # green and red, by the train classes
+
+
+def test_export_writes_the_checkpoints_data_transform_beside_the_models(tmp_path: Path) -> None:
+    from hydra import compose, initialize_config_module
+
+    from dualtrain.cli import settings_from_config
+    from dualtrain.export import export_checkpoint
+
+    checkpoint = tmp_path / "step-000000010"
+    checkpoint.mkdir()
+    transform = {"kind": "image_folder", "classes": ["daisy", "roses"], "image_size": [8, 8]}
+    (checkpoint / "trainer.json").write_text(
+        json.dumps({"recipe": "cnn", "data_transform": transform})
+    )
+    with initialize_config_module("dualtrain.configs", version_base="1.3"):
+        cfg = compose("train", overrides=["export.formats=[onnx]"])
+    settings = settings_from_config(cfg, tmp_path / "run")
+    # The export process itself is not the point here: a stand-in that does nothing.
+    with pytest.raises(RunError, match="export failed for onnx"):
+        export_checkpoint(settings, checkpoint, lambda overrides, run_dir: ["true"])
+    written = json.loads((tmp_path / "run" / "export" / "data_transform.json").read_text())
+    assert written == transform

@@ -80,6 +80,10 @@ def export_checkpoint(settings: Settings, source: Path, command_for: CommandFor)
     export_dir.mkdir(parents=True, exist_ok=True)
     report_path = export_dir / "report.json"
     report_path.unlink(missing_ok=True)
+    # What the data went through before the model (a CSV's encoding, a folder's class names):
+    # beside the exported models, for whoever feeds them.
+    if record.get("data_transform") is not None:
+        _write_report(export_dir / "data_transform.json", record["data_transform"])
     by_backend: dict[str, list[str]] = {}
     for name in settings.export.formats:
         by_backend.setdefault(FORMAT_BACKENDS[name], []).append(name)
