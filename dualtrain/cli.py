@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from dualtrain import distributed
 from dualtrain.checkpoint import find_checkpoint
 from dualtrain.errors import ConfigError, DualtrainError
 from dualtrain.settings import Settings
@@ -31,6 +32,8 @@ _PACKAGE_CONFIGS = Path(__file__).parent / "configs"
 
 def main() -> None:
     """`python -m dualtrain [overrides]`: see `--help`."""
+    # Under torchrun all ranks share one run directory (the default one is named by the time).
+    distributed.register_shared_now()
     _hydra_main()
 
 
