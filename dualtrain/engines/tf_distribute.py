@@ -22,6 +22,7 @@ Only the chief writes (`dualtrain.distributed.is_writer`). Collectives time out 
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable
 from typing import Any
 
@@ -38,6 +39,8 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
     """The tf engine with `backend.strategy=mirrored|multi_worker`."""
 
     def setup(self) -> None:
+        # tf.distribute logs every collective it builds at INFO; warnings and errors stay.
+        logging.getLogger("tensorflow").setLevel(logging.WARNING)
         self.strategy = self._make_strategy()
         _unscaled_keras_losses()
         # Gradients are reduced inside the replicas; histograms show weights only.
@@ -79,9 +82,18 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
         }
 
     def train_loss_state(self) -> list[float]:
-        # The metric's variables are sync-on-read: `numpy()` reads their sum over replicas (and
-        # assigning the sum back spreads it over them again).
-        return [float(v.numpy()) for v in self.train_loss.variables]
+        # Every replica adds the same global values (the step reduces them first), so each
+        # replica's copy of the sync-on-read variables already holds what one process would.
+        # Read locally: a synchronized read would be a collective, and only the chief saves.
+        return [
+            float(self.strategy.experimental_local_results(v.value)[0].numpy())
+            for v in self.train_loss.variables
+        ]
+
+    def restore_train_loss_state(self, values: list[float]) -> None:
+        for variable, value in zip(self.train_loss.variables, values, strict=True):
+            for local in self.strategy.experimental_local_results(variable.value):
+                local.assign(value)
 
     def _make_strategy(self) -> tf.distribute.Strategy:
         backend = self.settings.backend
