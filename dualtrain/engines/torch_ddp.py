@@ -34,6 +34,7 @@ import torch
 import torch.distributed as dist
 
 from dualtrain.data import ArrayDataset
+from dualtrain.distributed import restart_count
 from dualtrain.engines.base import Batch
 from dualtrain.engines.torch import TorchEngine
 from dualtrain.errors import RunError
@@ -56,22 +57,46 @@ class DistributedTorchEngine(TorchEngine):
     def distributed_info(self) -> dict[str, Any]:
         return {
             "world_size": self.world_size,
-            "backend": dist.get_backend(),
+            "backend": self.communication,
             "strategy": "torchrun",
             "rank": self.rank,
         }
 
     def _init_process_group(self) -> None:
-        timeout = self.settings.backend.collective_timeout_s
+        timeout = timedelta(seconds=self.settings.backend.collective_timeout_s)
+        self.communication = "nccl" if torch.cuda.is_available() else "gloo"
         if torch.cuda.is_available():
             # Before the model is built: Keras puts variables on the current device.
             torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
-        if not dist.is_initialized():
-            dist.init_process_group(
-                "nccl" if torch.cuda.is_available() else "gloo",
-                timeout=timedelta(seconds=timeout),
+        if dist.is_initialized():
+            return
+        options: dict[str, Any] = {}
+        if os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True":
+            # torchrun's agent keeps its store across elastic restarts, and with it the
+            # addresses that the previous attempt's ranks published: a restarted rank that reads
+            # them before its peers publish new ones connects to a dead address. A prefix per
+            # attempt keeps each attempt's keys apart.
+            agent_store = dist.TCPStore(
+                os.environ["MASTER_ADDR"],
+                int(os.environ["MASTER_PORT"]),
+                is_master=False,
+                timeout=timeout,
             )
-            atexit.register(_destroy_process_group)
+            options = {
+                "store": dist.PrefixStore(f"dualtrain/attempt-{restart_count()}/", agent_store),
+                "rank": self.rank,
+                "world_size": self.world_size,
+            }
+        try:
+            dist.init_process_group(self.communication, timeout=timeout, **options)
+        except (RuntimeError, ValueError) as err:
+            first = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            raise RunError(
+                f"rank {self.rank} of {self.world_size}: could not join the process group "
+                f"({self.communication}) within backend.collective_timeout_s="
+                f"{timeout.total_seconds():g} s: {first[:200]}"
+            ) from None
+        atexit.register(_destroy_process_group)
 
     # -- data: this rank's shard of each global batch ---------------------------------------------
 
