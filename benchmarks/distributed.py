@@ -136,12 +136,17 @@ def table(runs: list[dict[str, Any]]) -> str:
         )
         r["loss_diff_vs_one_process"] = diff
         ratio = r["train_samples_per_sec"] / one["train_samples_per_sec"]
-        load = "" if r["other_load"] is None else f"{r['other_load']:.2f} cores"
-        rows.append(
-            f"| {r['backend']} | {r['processes']} | {r['train_samples_per_sec']:,.0f} "
-            f"| {ratio:.2f}x | {diff:.1e} | {r['final_val'].get('accuracy', float('nan')):.4f} "
-            f"| {r['process_seconds']:.1f} | {load} |"
-        )
+        cells = [
+            r["backend"],
+            str(r["processes"]),
+            f"{r['train_samples_per_sec']:,.0f}",
+            f"{ratio:.2f}x",
+            f"{diff:.1e}",
+            f"{r['final_val'].get('accuracy', float('nan')):.4f}",
+            f"{r['process_seconds']:.1f}",
+            "" if r["other_load"] is None else f"{r['other_load']:.2f} cores",
+        ]
+        rows.append("| " + " | ".join(cells) + " |")
     return "\n".join(rows)
 
 
@@ -151,13 +156,7 @@ def main() -> None:
     parser.add_argument("--batch-size", type=int, default=32, help="the global batch")
     parser.add_argument("--out", type=Path, default=DEFAULT_OUT)
     options = parser.parse_args()
-    runs = []
-    for backend, processes in SETUPS:
-        runs.append(run(backend, processes, options.epochs, options.batch_size))
-        print(
-            f"{backend} x{processes}: {runs[-1]['train_samples_per_sec']:,.0f} samples/s",
-            file=sys.stderr,
-        )
+    runs = [run(b, n, options.epochs, options.batch_size) for b, n in SETUPS]
     print(table(runs))
     options.out.parent.mkdir(parents=True, exist_ok=True)
     options.out.write_text(

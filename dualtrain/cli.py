@@ -32,9 +32,11 @@ _PACKAGE_CONFIGS = Path(__file__).parent / "configs"
 
 def main() -> None:
     """`python -m dualtrain [overrides]`: see `--help`."""
-    # Under torchrun all ranks share one run directory (the default one is named by the time).
-    distributed.register_shared_now()
     _hydra_main()
+
+
+# The default run directory's ${shared_now:...}: under torchrun, one time (and dir) for all ranks.
+distributed.register_shared_now()
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")

@@ -64,26 +64,27 @@ def is_writer(strategy: str = "none") -> bool:
 
 
 def register_shared_now() -> None:
-    """Under torchrun, makes Hydra's `${now:...}` the same on every rank, so that all ranks share
-    one run directory (otherwise each rank's start second names its own directory).
+    """Registers the `${shared_now:<strftime pattern>}` resolver that names the default run
+    directory: Hydra's `${now:...}`, except that under torchrun every rank gets the same time, so
+    that all ranks share one run directory (with `now`, each rank's start second names its own).
 
-    The first rank to ask stores its start time in torchrun's agent store (the TCP store at
-    MASTER_ADDR:MASTER_PORT that `init_process_group` uses too); the others read it. The agent
-    keeps the store across elastic restarts, so restarted workers find the same directory, and
-    resume from its checkpoints. Imports torch, and only under torchrun.
+    Under torchrun the first rank to ask stores its start time in torchrun's agent store (the TCP
+    store at MASTER_ADDR:MASTER_PORT that the process group uses too); the others read it. The
+    agent keeps the store across elastic restarts, so restarted workers find the same directory
+    and resume from its checkpoints. Imports torch, and only under torchrun. (Hydra re-registers
+    `now` itself when it starts, hence a resolver of another name.)
     """
-    if not under_torchrun() or os.environ.get("TORCHELASTIC_USE_AGENT_STORE") != "True":
-        return  # no store to share through: give every rank the same hydra.run.dir
     from omegaconf import OmegaConf
 
-    shared: dict[str, float] = {}
+    shared = under_torchrun() and os.environ.get("TORCHELASTIC_USE_AGENT_STORE") == "True"
+    cache: dict[str, float] = {}
 
-    def now(pattern: str) -> str:
-        if "time" not in shared:
-            shared["time"] = _shared_start_time()
-        return datetime.fromtimestamp(shared["time"]).strftime(pattern)
+    def shared_now(pattern: str) -> str:
+        if "time" not in cache:
+            cache["time"] = _shared_start_time() if shared else time.time()
+        return datetime.fromtimestamp(cache["time"]).strftime(pattern)
 
-    OmegaConf.register_new_resolver("now", now, use_cache=True, replace=True)
+    OmegaConf.register_new_resolver("shared_now", shared_now, use_cache=True, replace=True)
 
 
 def _shared_start_time() -> float:
