@@ -99,6 +99,8 @@ def train(settings: Settings) -> dict[str, Any]:
                         "seed": settings.seed,
                         "config": settings.config_yaml,
                         "versions": _versions(settings.backend.name),
+                        # eval and export read the data with the transform training fitted
+                        "data_transform": data.transform,
                     },
                 )
             )
@@ -173,7 +175,7 @@ def load_trained(settings: Settings) -> tuple[Engine, Checkpoint, Path]:
             f"{source} was written by recipe={record.get('recipe')}; use it with "
             f"recipe={record.get('recipe')} (and the data it was trained on)"
         )
-    data = load_data(settings.data, settings.seed)
+    data = load_data(settings.data, settings.seed, record.get("data_transform"))
     engine = engine_class(settings.backend.name)(settings, load_recipe(settings.recipe), data)
     engine.setup()
     engine.restore(checkpoint.model, None)
@@ -203,7 +205,7 @@ def load_model(path: str | Path, backend: str | None = None) -> Any:
     select_backend(backend)
     from dualtrain.engines.base import assign_variables, fresh_layer_names
 
-    data = load_data(settings.data, settings.seed)
+    data = load_data(settings.data, settings.seed, record.get("data_transform"))
     # Keras draws initializer seeds from Python's `random`: a run under way keeps its stream.
     python_rng = random.getstate()
     try:

@@ -28,7 +28,12 @@ LOGGERS = ("jsonl", "csv", "console", "tensorboard")  # the options of configs/l
 EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "torch")
 TFLITE_QUANTIZE = ("none", "dynamic", "float16")
 # Keys of a data config that the loader uses itself; all other keys go to the data source function.
-DATA_LOADER_KEYS = ("source", "batch_size", "val_fraction", "num_workers")
+# (`num_classes`, where set, is also the number of classes the labels are checked against.)
+DATA_LOADER_KEYS = ("source", "batch_size", "val_fraction", "num_workers", "augmentation")
+ON_BAD_FILE = ("error", "skip")
+# data.augmentation keys: Keras preprocessing layers, applied to training batches only.
+AUGMENTATIONS = ("flip", "rotation", "zoom", "translation", "contrast", "brightness")
+FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
 
 
 @dataclass(frozen=True)
@@ -56,6 +61,7 @@ class DataSettings:
     val_fraction: float
     num_workers: int
     params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the source
+    augmentation: dict[str, Any] = field(default_factory=dict)  # AUGMENTATIONS key -> its factor
 
 
 @dataclass(frozen=True)
@@ -213,13 +219,7 @@ class Settings:
             recipe=RecipeSettings(
                 name=_text(recipe, "recipe.name"), module=recipe_module, model=dict(model)
             ),
-            data=DataSettings(
-                source=source,
-                batch_size=_integer(data, "batch_size", "data.batch_size", minimum=1),
-                val_fraction=_fraction(data, "val_fraction", "data.val_fraction"),
-                num_workers=_integer(data, "num_workers", "data.num_workers", minimum=0),
-                params={k: v for k, v in data.items() if k not in DATA_LOADER_KEYS},
-            ),
+            data=_data_settings(data, source),
             optimizer=OptimizerSettings(
                 name=_choice(optimizer, "name", OPTIMIZERS, "optimizer"),
                 lr=_positive_float(optimizer, "lr", "optimizer.lr"),
@@ -265,6 +265,67 @@ def _distribution(backend: Mapping[str, Any]) -> dict[str, Any]:
             "logical CPU device); set it back to 1"
         )
     return {"strategy": strategy, "collective_timeout_s": timeout, "cpu_replicas": replicas}
+
+
+def _data_settings(data: Mapping[str, Any], source: str) -> DataSettings:
+    if data.get("num_classes") is not None:
+        _integer(data, "num_classes", "data.num_classes", minimum=2)
+    for key in ("path", "val_path"):
+        value = data.get(key)
+        if key in data and value is None and key == "path":
+            raise ConfigError("data.path has no value; set it with data.path=<file or folder>")
+        if value is not None and (not isinstance(value, str) or not Path(value).exists()):
+            raise ConfigError(
+                f"data.{key}={value} does not exist; give the path of an existing file or folder"
+            )
+    if "on_bad_file" in data:
+        _choice(data, "on_bad_file", ON_BAD_FILE, "data.on_bad_file")
+    if "image_size" in data:
+        size = data.get("image_size")
+        if not (
+            isinstance(size, list)
+            and len(size) == 2
+            and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
+        ):
+            raise ConfigError(
+                f"data.image_size must be [height, width] in pixels, e.g. [64,64]; got {size!r}"
+            )
+    return DataSettings(
+        source=source,
+        batch_size=_integer(data, "batch_size", "data.batch_size", minimum=1),
+        val_fraction=_fraction(data, "val_fraction", "data.val_fraction"),
+        num_workers=_integer(data, "num_workers", "data.num_workers", minimum=0),
+        params={k: v for k, v in data.items() if k not in DATA_LOADER_KEYS},
+        augmentation=_augmentation(data.get("augmentation")),
+    )
+
+
+def _augmentation(value: Any) -> dict[str, Any]:
+    if value is None:
+        return {}
+    example = "e.g. data.augmentation={flip:horizontal,rotation:0.1,zoom:0.1}"
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"data.augmentation must be a mapping, {example}; got {value!r}")
+    chosen = {}
+    for name, factor in value.items():
+        if name not in AUGMENTATIONS:
+            raise ConfigError(
+                f"data.augmentation has no {name!r}; choose from {', '.join(AUGMENTATIONS)}, "
+                + example
+            )
+        if factor is None or factor is False:
+            continue  # switched off, e.g. data.augmentation.flip=null
+        if name == "flip":
+            _choice({"v": factor}, "v", FLIP_MODES, "data.augmentation.flip")
+        else:
+            number = _number(factor)
+            if number is None or not 0 < number < 1:
+                raise ConfigError(
+                    f"data.augmentation.{name} must be a factor in (0, 1) such as 0.1; "
+                    f"got {factor!r}"
+                )
+        chosen[str(name)] = factor
+    return chosen
 
 
 def _export_settings(export: Mapping[str, Any]) -> ExportSettings:

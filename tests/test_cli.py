@@ -36,7 +36,7 @@ def test_help_lists_groups_and_options_without_importing_a_framework(tmp_path: P
     for line in (
         "backend: tf, torch",
         "recipe: autoencoder, cnn, gan, mlp",
-        "data: breast_cancer, digits, python, synthetic",
+        "data: breast_cancer, csv, digits, image_folder, npz, python, synthetic",
         "optimizer: adam, adamw, sgd",
         "scheduler: constant, cosine, step, warmup_cosine",
         "callbacks: early_stopping, none",

@@ -8,24 +8,41 @@ from __future__ import annotations
 
 import importlib
 import inspect
+import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
+from dualtrain.data.rows import Rows
 from dualtrain.errors import RunError
 from dualtrain.settings import DataSettings
+
+log = logging.getLogger("dualtrain")
 
 
 @dataclass(frozen=True)
 class ArrayDataset:
-    """Features and labels of one split, with the order they are batched in."""
+    """Features and labels of one split, with the order they are batched in.
 
-    x: np.ndarray
+    `x` is a NumPy array in memory, or `Rows` that stay on disk and are read batch by batch
+    (`x[indices]` works on both); labels are always in memory.
+    """
+
+    x: Any  # np.ndarray | Rows
     y: np.ndarray
 
     def __len__(self) -> int:
         return len(self.x)
+
+    @property
+    def in_memory(self) -> bool:
+        return isinstance(self.x, np.ndarray)
+
+    def subset(self, indices: np.ndarray) -> ArrayDataset:
+        x = self.x[indices] if self.in_memory else self.x.subset(indices)
+        return ArrayDataset(x, self.y[indices])
 
     def batches(self, batch_size: int, seed: int | None = None, epoch: int = 0) -> list[np.ndarray]:
         """Returns the index arrays of each batch; shuffled by (seed, epoch) unless seed is None.
@@ -44,7 +61,10 @@ class DataInfo:
 
     input_shape: tuple[int, ...]
     num_classes: int
-    x_train: np.ndarray  # for layers that fit statistics on the train split (e.g. Normalization)
+    # For layers that fit statistics on the train split (e.g. Normalization); an array, or Rows
+    # on disk: `dualtrain.data.moments(x_train)` reads either.
+    x_train: Any
+    classes: tuple[str, ...] | None = None  # class names, where the data has them
 
 
 @dataclass(frozen=True)
@@ -52,63 +72,121 @@ class DataSplits:
     train: ArrayDataset
     val: ArrayDataset
     info: DataInfo
+    # What the source fitted on the train split (a CSV's encoding, a folder's class names), as
+    # JSON; checkpoints keep it, so eval and export read data the way training did.
+    transform: dict[str, Any] | None = None
 
 
-def load_data(settings: DataSettings, seed: int) -> DataSplits:
+@dataclass(frozen=True)
+class SourceData:
+    """What a file source returns: the arrays, and what describes them.
+
+    Args:
+        x, y: all samples, or the train split when `x_val` is given; `x` may be `Rows`.
+        x_val, y_val: the val split; None: a seeded stratified `data.val_fraction` of x, y.
+        said: how errors name the data, e.g. "data.path=train.npz has".
+        transform: what the source fitted on the train split (JSON), kept with checkpoints.
+        classes: class names; their number is the number of classes.
+        notes: lines for the run's log (e.g. files skipped).
+    """
+
+    x: Any
+    y: np.ndarray
+    said: str
+    x_val: Any = None
+    y_val: np.ndarray | None = None
+    transform: dict[str, Any] | None = None
+    classes: tuple[str, ...] | None = None
+    notes: tuple[str, ...] = ()
+
+
+def load_data(
+    settings: DataSettings, seed: int, transform: dict[str, Any] | None = None
+) -> DataSplits:
     """Calls the configured source and splits its arrays into train and val.
 
-    A source returns either `(x, y)`, split here into a seeded stratified val fraction, or
-    `(x_train, y_train, x_val, y_val)` when the data comes with its own val split.
+    A source returns `(x, y)`, split here into a seeded stratified val fraction, or
+    `(x_train, y_train, x_val, y_val)` when the data comes with its own val split, or a
+    `SourceData`. A source that takes `seed`, `val_fraction` or `transform` (the one a checkpoint
+    recorded, to be applied instead of fitting a new one) receives them.
     """
     source = _resolve(settings.source)
     kwargs = dict(settings.params)
-    if "seed" in inspect.signature(source).parameters:
-        kwargs["seed"] = seed
+    accepted = inspect.signature(source).parameters
+    given = {"seed": seed, "val_fraction": settings.val_fraction, "transform": transform}
+    kwargs.update({key: value for key, value in given.items() if key in accepted})
+    # data.num_classes: the labels are checked against it; the source gets it if it takes it.
+    num_classes = kwargs.get("num_classes")
+    if "num_classes" not in accepted:
+        kwargs.pop("num_classes", None)
     try:
-        arrays = source(**kwargs)
+        result: SourceData | tuple[Any, ...] = source(**kwargs)
     except TypeError as err:
         if "argument" not in str(err):
             raise
-        accepted = ", ".join(inspect.signature(source).parameters)
         raise RunError(
             f"data source {settings.source} does not take the config's data keys "
-            f"{sorted(settings.params)}: {err}; it accepts: {accepted}"
+            f"{sorted(settings.params)}: {err}; it accepts: {', '.join(accepted)}"
         ) from None
-    if len(arrays) == 2:
-        x, y = (np.asarray(a) for a in arrays)
-        _check_arrays(x, y, settings.source)
-        train, val = stratified_split(x, y, settings.val_fraction, seed)
-    elif len(arrays) == 4:
-        x, y, xv, yv = (np.asarray(a) for a in arrays)
-        _check_arrays(x, y, settings.source)
-        _check_arrays(xv, yv, settings.source + " (val)")
-        train, val = ArrayDataset(x, y), ArrayDataset(xv, yv)
+    if not isinstance(result, SourceData):
+        result = _from_arrays(result, settings.source)
+    for note in result.notes:
+        log.warning(note)
+    x, y = _features(result.x, result.said), _labels(result.y, result.said)
+    if num_classes is None and result.classes is not None:
+        num_classes = len(result.classes)
+    if num_classes is not None:  # before the split, which a stray label could break
+        _check_label_range(y, num_classes, result.said)
+    if result.x_val is None:
+        train_idx, val_idx = stratified_indices(y, settings.val_fraction, seed)
+        whole = ArrayDataset(x, y)
+        train, val = whole.subset(train_idx), whole.subset(val_idx)
     else:
-        raise RunError(
-            f"data source {settings.source} returned {len(arrays)} arrays; "
-            "expected (x, y) or (x_train, y_train, x_val, y_val)"
+        said_val = result.said + " (val)"
+        train = ArrayDataset(x, y)
+        val = ArrayDataset(_features(result.x_val, said_val), _labels(result.y_val, said_val))
+        if train.x.shape[1:] != val.x.shape[1:]:
+            raise RunError(
+                f"{result.said} train samples of shape {train.x.shape[1:]} and val samples of "
+                f"shape {val.x.shape[1:]}; both splits need the same sample shape"
+            )
+    if num_classes is None:
+        num_classes = int(max(train.y.max(), val.y.max())) + 1
+    _check_label_range(val.y, num_classes, result.said + " (val)")
+    info = DataInfo(
+        input_shape=tuple(train.x.shape[1:]),
+        num_classes=num_classes,
+        x_train=train.x,
+        classes=result.classes,
+    )
+    return DataSplits(train=train, val=val, info=info, transform=result.transform)
+
+
+def stratified_indices(
+    y: np.ndarray, val_fraction: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Seeded train and val indices that keep each class's share equal in both."""
+    from sklearn.model_selection import train_test_split
+
+    try:
+        train, val = train_test_split(
+            np.arange(len(y)), test_size=val_fraction, random_state=seed, stratify=y
         )
-    num_classes = int(max(train.y.max(), val.y.max())) + 1
-    info = DataInfo(input_shape=tuple(train.x.shape[1:]), num_classes=num_classes, x_train=train.x)
-    return DataSplits(train=train, val=val, info=info)
+    except ValueError as err:
+        raise RunError(f"cannot split the data into train and val: {err}") from None
+    return train, val
 
 
 def stratified_split(
     x: np.ndarray, y: np.ndarray, val_fraction: float, seed: int
 ) -> tuple[ArrayDataset, ArrayDataset]:
     """Seeded split that keeps each class's share equal in train and val."""
-    from sklearn.model_selection import train_test_split
-
-    try:
-        x_train, x_val, y_train, y_val = train_test_split(
-            x, y, test_size=val_fraction, random_state=seed, stratify=y
-        )
-    except ValueError as err:
-        raise RunError(f"cannot split the data into train and val: {err}") from None
-    return ArrayDataset(x_train, y_train), ArrayDataset(x_val, y_val)
+    train, val = stratified_indices(y, val_fraction, seed)
+    whole = ArrayDataset(x, y)
+    return whole.subset(train), whole.subset(val)
 
 
-def _resolve(source: str) -> Callable[..., tuple[np.ndarray, ...]]:
+def _resolve(source: str) -> Callable[..., Any]:
     module_name, _, attr = source.partition(":")
     if not attr:
         raise RunError(f"data.source must look like 'package.module:function'; got {source!r}")
@@ -119,19 +197,68 @@ def _resolve(source: str) -> Callable[..., tuple[np.ndarray, ...]]:
     return fn
 
 
-def _check_arrays(x: np.ndarray, y: np.ndarray, source: str) -> None:
-    if x.ndim < 2 or y.ndim != 1 or len(x) != len(y) or len(x) == 0:
+def _from_arrays(arrays: Any, source: str) -> SourceData:
+    said = f"data source {source} returned"
+    if len(arrays) == 2:
+        return SourceData(x=arrays[0], y=np.asarray(arrays[1]), said=said)
+    if len(arrays) == 4:
+        x, y, x_val, y_val = arrays
+        return SourceData(x=x, y=np.asarray(y), x_val=x_val, y_val=np.asarray(y_val), said=said)
+    raise RunError(
+        f"data source {source} returned {len(arrays)} arrays; "
+        "expected (x, y) or (x_train, y_train, x_val, y_val)"
+    )
+
+
+def _features(x: Any, said: str) -> Any:
+    """Checks features: (samples, ...) floats, all finite; says where a NaN or Inf is."""
+    if not isinstance(x, Rows):
+        x = np.asarray(x)
+    if x.ndim < 2 or len(x) == 0:
         raise RunError(
-            f"data source {source} returned x of shape {x.shape} and y of shape {y.shape}; "
-            "expected x as (samples, features...) and y as (samples,) with the same length"
+            f"{said} features of shape {x.shape}; expected (samples, features...) with at "
+            "least one sample"
         )
-    if not np.issubdtype(y.dtype, np.integer) or y.min() < 0:
+    if not np.issubdtype(x.dtype, np.floating):
         raise RunError(
-            f"data source {source} returned labels of dtype {y.dtype} with minimum {y.min()}; "
-            "expected class indices 0..num_classes-1 as integers"
+            f"{said} features of dtype {x.dtype}; expected finite float features (NaN, Inf or "
+            "non-float values are not accepted)"
         )
-    if not np.issubdtype(x.dtype, np.floating) or not np.isfinite(x).all():
+    if isinstance(x, Rows):
+        first_bad = x.summary().first_nonfinite  # one pass over the file, kept for moments()
+    else:
+        finite = np.isfinite(x)
+        first_bad = None if finite.all() else tuple(int(i) for i in np.argwhere(~finite)[0])
+    if first_bad is not None:
+        sample, *feature = first_bad
         raise RunError(
-            f"data source {source} returned features of dtype {x.dtype} with NaN, Inf or "
-            "non-float values; expected finite float features"
+            f"{said} NaN or Inf features, the first at sample {sample}, feature index "
+            f"{tuple(feature)}; expected finite float features: fix or drop those samples"
+        )
+    return x
+
+
+def _labels(y: Any, said: str) -> np.ndarray:
+    """Labels as int32 class indices; float labels are accepted where they are whole numbers."""
+    y = np.asarray(y)
+    whole = np.issubdtype(y.dtype, np.integer) or (
+        np.issubdtype(y.dtype, np.floating) and np.isfinite(y).all() and (y == np.round(y)).all()
+    )
+    if y.ndim != 1 or len(y) == 0 or not whole or y.min() < 0:
+        low = y.min() if y.size and np.issubdtype(y.dtype, np.number) else None
+        raise RunError(
+            f"{said} labels of shape {y.shape}, dtype {y.dtype} with minimum {low}; "
+            "expected class indices 0..num_classes-1 as integers, one per sample"
+        )
+    return y.astype("int32")
+
+
+def _check_label_range(y: np.ndarray, num_classes: int, said: str) -> None:
+    outside = np.flatnonzero((y < 0) | (y >= num_classes))
+    if len(outside):
+        i = int(outside[0])
+        raise RunError(
+            f"{said} {len(outside)} labels outside the class range 0..{num_classes - 1}, the "
+            f"first at sample {i} (label {int(y[i])}); expected class indices "
+            "0..num_classes-1 (data.num_classes, or the number of class names)"
         )

@@ -69,6 +69,7 @@ class Engine(ABC):
         with fresh_layer_names():
             self.model = self.recipe.build_model(self.data.info)
         self._check_model()
+        self.augmentation = self._make_augmentation()
         # mode=parity compares the backends step by step; their random numbers come from different
         # generators, so the layers that draw them in training are switched off and reported.
         self.made_deterministic: list[dict[str, Any]] = []
@@ -296,6 +297,23 @@ class Engine(ABC):
             metric.update_state(loss, sample_weight=size)
         self.recipe.update_metrics(self.metrics, self.model, x, y)
 
+    def _make_augmentation(self) -> Any:
+        """The data.augmentation layers (training batches only), or None. Off in parity runs:
+        each backend draws its own random numbers."""
+        from dualtrain.data.augmentation import make_augmentation
+
+        if self.settings.mode == "parity":
+            return None
+        return make_augmentation(
+            self.settings.data.augmentation, self.data.info.input_shape, self.settings.seed
+        )
+
+    def _augment(self, batches: list[Batch]) -> list[Batch]:
+        """In the train step, before the phases: the augmented batches (the same for each)."""
+        if self.augmentation is None:
+            return batches
+        return [(self.augmentation(x, training=True), y) for x, y in batches]
+
     def _gradients_by_path(self, grads: list[list[Any]]) -> dict[str, Any] | None:
         """The phases' gradients by variable path, kept only when histograms want them."""
         if not self._keep_gradients:
@@ -321,6 +339,21 @@ class Engine(ABC):
                 f"recipe {self.recipe.name}: the model takes inputs of shape {got} but the data "
                 f"has samples of shape {info.input_shape}; build the model for data.input_shape"
             )
+        # A classifier's logits must cover every class the labels name.
+        outputs = getattr(self.model, "outputs", None) or []
+        out_shape = tuple(outputs[0].shape) if len(outputs) == 1 else ()
+        if self._classifies() and len(out_shape) == 2 and out_shape[1] != info.num_classes:
+            raise RunError(
+                f"recipe {self.recipe.name}: the model outputs {out_shape[1]} class scores but "
+                f"the data has {info.num_classes} classes; build the last layer with "
+                "data.num_classes units"
+            )
+
+    def _classifies(self) -> bool:
+        """Whether the recipe's loss takes class indices (sparse categorical)."""
+        if self.recipe.has_phases:
+            return False
+        return isinstance(self.recipe.loss(), keras.losses.SparseCategoricalCrossentropy)
 
 
 def _phase_optimizer(settings: OptimizerSettings, options: dict[str, Any]) -> OptimizerSettings:

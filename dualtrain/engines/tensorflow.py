@@ -54,8 +54,8 @@ class TensorFlowEngine(Engine):
         # One graph call instead of several eager ops per log line; traced here, not in the loop.
         self._read_train_fn = tf.function(self._read_train_values)
         self._read_train_fn()
-        self._train_arrays = _as_constants(self.data.train)
-        self._val_arrays = _as_constants(self.data.val)
+        self._train_arrays = _as_tensors(self.data.train)
+        self._val_arrays = _as_tensors(self.data.val)
 
     def train_batches(self, epoch: int) -> Iterable[Batch]:
         return self._pipeline(self._train_arrays, self._batch_order(self.data.train, epoch))
@@ -105,7 +105,7 @@ class TensorFlowEngine(Engine):
     # -- the steps -------------------------------------------------------------------------------
 
     def _train_step(self, *tensors: tf.Tensor) -> dict[str, tf.Tensor] | None:
-        batches = list(zip(tensors[0::2], tensors[1::2], strict=True))
+        batches = self._augment(list(zip(tensors[0::2], tensors[1::2], strict=True)))
         total = tf.add_n([tf.shape(x)[0] for x, _ in batches])
         all_grads, losses = [], []
         for phase, optimizer, variables in zip(
@@ -160,18 +160,33 @@ class TensorFlowEngine(Engine):
 
     # -- data ------------------------------------------------------------------------------------
 
-    def _pipeline(
-        self, arrays: tuple[tf.Tensor, tf.Tensor], order: list[np.ndarray]
-    ) -> tf.data.Dataset:
-        """A tf.data pipeline that gathers the given batches in parallel and prefetches them."""
-        x, y = arrays
+    def _pipeline(self, arrays: tuple[Any, tf.Tensor], order: list[np.ndarray]) -> tf.data.Dataset:
+        """A tf.data pipeline that gathers the given batches in parallel and prefetches them.
+
+        Features on disk (`Rows`: files to read or images to decode) are read in Python by
+        `tf.numpy_function`, several batches at once: file reads and Pillow's decoding release
+        the GIL.
+        """
         indices = tf.data.Dataset.from_tensor_slices(np.concatenate(order))
         batch_size = len(order[0])
         return (
             indices.batch(batch_size)
-            .map(lambda i: (tf.gather(x, i), tf.gather(y, i)), num_parallel_calls=tf.data.AUTOTUNE)
+            .map(self._gather(*arrays), num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE)
         )
+
+    def _gather(self, x: Any, y: tf.Tensor) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+        """The function that turns a batch's indices into its (features, labels)."""
+        if isinstance(x, tf.Tensor):
+            return lambda i: (tf.gather(x, i), tf.gather(y, i))
+        spec = self._batch_signature[0]
+
+        def gather(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            features = tf.numpy_function(x.__getitem__, [i], spec.dtype, stateful=False)
+            features.set_shape(spec.shape)
+            return features, tf.gather(y, i)
+
+        return gather
 
 
 def _nothing(*args: Any) -> None:
@@ -184,5 +199,7 @@ def _add(total: tf.Tensor | None, grad: tf.Tensor | None) -> tf.Tensor | None:
     return grad if total is None else total + grad
 
 
-def _as_constants(split: ArrayDataset) -> tuple[tf.Tensor, tf.Tensor]:
-    return tf.constant(split.x), tf.constant(split.y)
+def _as_tensors(split: ArrayDataset) -> tuple[Any, tf.Tensor]:
+    """Arrays in memory as constants; features on disk stay `Rows`, read batch by batch."""
+    x = tf.constant(split.x) if split.in_memory else split.x
+    return x, tf.constant(split.y)

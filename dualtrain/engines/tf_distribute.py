@@ -49,10 +49,6 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
             super().setup()
             for optimizer in self.optimizers:
                 _reduced_by_step(optimizer)
-        self._arrays = {
-            "train": (tf.constant(self.data.train.x), tf.constant(self.data.train.y)),
-            "val": (tf.constant(self.data.val.x), tf.constant(self.data.val.y)),
-        }
         self._dist_train_fns: dict[int, Any] = {}
         self._read_train_fn = self._read_train_values
         self._dist_eval_fn = tf.function(
@@ -122,12 +118,12 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
     # -- data: each input pipeline serves the shards of its replicas ------------------------------
 
     def train_batches(self, epoch: int) -> Iterable[Batch]:
-        return self._distributed(self._arrays["train"], self._batch_order(self.data.train, epoch))
+        return self._distributed(self._train_arrays, self._batch_order(self.data.train, epoch))
 
     def val_batches(self) -> Iterable[Batch]:
-        return self._distributed(self._arrays["val"], self._batch_order(self.data.val, None))
+        return self._distributed(self._val_arrays, self._batch_order(self.data.val, None))
 
-    def _distributed(self, arrays: tuple[tf.Tensor, tf.Tensor], order: list[np.ndarray]) -> Any:
+    def _distributed(self, arrays: tuple[Any, tf.Tensor], order: list[np.ndarray]) -> Any:
         replicas = self.strategy.num_replicas_in_sync
         smallest = min((len(b) for b in order), default=replicas)
         if smallest < replicas:
@@ -137,7 +133,7 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
                 "many samples"
             )
         shards = [np.array_split(b, replicas) for b in order]
-        x, y = arrays
+        gather_batch = self._gather(*arrays)  # in memory, or read from disk (tensorflow.py)
 
         def pipeline(context: tf.distribute.InputContext) -> tf.data.Dataset:
             local = replicas // context.num_input_pipelines
@@ -150,8 +146,7 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
             flat = tf.constant(np.concatenate(mine))
 
             def gather(start: tf.Tensor, length: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-                indices = flat[start : start + length]
-                return tf.gather(x, indices), tf.gather(y, indices)
+                return gather_batch(flat[start : start + length])
 
             return (
                 tf.data.Dataset.from_tensor_slices((starts, lengths))

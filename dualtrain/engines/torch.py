@@ -60,6 +60,7 @@ class TorchEngine(Engine):
     # -- the steps -------------------------------------------------------------------------------
 
     def _train_step(self, batches: list[Batch]) -> dict[str, torch.Tensor] | None:
+        batches = self._augment(batches)
         total = sum(int(x.shape[0]) for x, _ in batches)
         all_grads, losses = [], []
         for phase, optimizer, variables in zip(
@@ -112,7 +113,9 @@ class TorchEngine(Engine):
         """A DataLoader that serves whole batches by index; the order is set before each epoch.
 
         In-memory arrays are gathered faster than a worker process could hand them over, so
-        `data.num_workers` defaults to 0; set it for sources that decode or read from disk.
+        `data.num_workers` defaults to 0; set it for sources that decode or read from disk
+        (image_folder: 2). Workers index the split's `x` as the main process would: arrays, or
+        `Rows` that read files.
         """
         workers = self.settings.data.num_workers
         return DataLoader(
@@ -120,7 +123,8 @@ class TorchEngine(Engine):
             sampler=_BatchOrder(),
             batch_size=None,  # the sampler yields whole batches of indices
             num_workers=workers,
-            persistent_workers=workers > 0,
+            # Not persistent: workers of the val loader would sit beside those of the train loader.
+            persistent_workers=False,
             pin_memory=self.device.type == "cuda",
             # Each new iterator draws a seed for its workers; from its own generator, not from
             # torch's global RNG, which dropout draws from and checkpoints restore: otherwise a run

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import keras
 
-from dualtrain.data import DataInfo
+from dualtrain.data import DataInfo, moments
 
 
 def build_model(
@@ -17,10 +17,10 @@ def build_model(
     The statistics are part of the model, so whatever runs the model (eval, export) applies the
     same transform; val data never contributes to them.
     """
-    flat = data.x_train.reshape(len(data.x_train), -1)
+    mean, variance = moments(data.x_train)  # read chunk by chunk where x_train is on disk
     inputs = keras.Input(shape=data.input_shape, name="features")
     x = keras.layers.Flatten()(inputs) if len(data.input_shape) > 1 else inputs
-    x = keras.layers.Normalization(mean=flat.mean(axis=0), variance=flat.var(axis=0))(x)
+    x = keras.layers.Normalization(mean=mean, variance=variance)(x)
     for units in hidden_units:
         x = keras.layers.Dense(units, activation="relu")(x)
         x = keras.layers.Dropout(dropout)(x)

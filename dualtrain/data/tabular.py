@@ -1,0 +1,208 @@
+"""`data=csv`: a CSV file with a header row, one column the class label.
+
+Numeric columns are standardized, text columns encoded (one-hot, or the category's index), with
+statistics and categories fitted on the train split only. The fitted transform is JSON; it is
+kept with every checkpoint, and eval and export apply it instead of fitting a new one.
+"""
+
+from __future__ import annotations
+
+import csv
+import math
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from dualtrain.data.dataset import SourceData, stratified_indices
+from dualtrain.errors import ConfigError, RunError
+
+ENCODINGS = ("onehot", "index")
+
+
+def load_csv(
+    path: str,
+    target: str,
+    seed: int,
+    val_fraction: float,
+    val_path: str | None = None,
+    categorical: str = "onehot",
+    transform: dict[str, Any] | None = None,
+) -> SourceData:
+    """Features and class labels of a CSV file; the val split is `val_path` or a seeded
+    stratified `val_fraction` of `path`."""
+    if categorical not in ENCODINGS:
+        raise ConfigError(f"data.categorical must be one of onehot, index; got {categorical!r}")
+    header, rows, lines = _read(Path(path), target)
+    if val_path is not None:
+        val_header, val_rows, val_lines = _read(Path(val_path), target)
+        if val_header != header:
+            raise RunError(
+                f"data.val_path={val_path} has the columns {val_header}; expected those of "
+                f"data.path={path}: {header}"
+            )
+        train_rows, train_lines = rows, lines
+    else:
+        labels = [row[header.index(target)] for row in rows]
+        train_idx, val_idx = stratified_indices(np.asarray(labels), val_fraction, seed)
+        train_rows, train_lines = [rows[i] for i in train_idx], [lines[i] for i in train_idx]
+        val_rows, val_lines = [rows[i] for i in val_idx], [lines[i] for i in val_idx]
+    if transform is None:
+        transform = fit_transform(header, train_rows, target, categorical)
+    fitted = [c["name"] for c in transform["columns"]] + [transform["target"]]
+    if set(header) != set(fitted) or transform["target"] != target:
+        raise RunError(
+            f"data.path={path} has the columns {header} with data.target={target}; the "
+            f"checkpoint's transform was fitted on {fitted} with target {transform['target']}"
+        )
+    x, y = apply_transform(transform, header, train_rows, train_lines, f"data.path={path}")
+    where = f"data.val_path={val_path}" if val_path else f"data.path={path}"
+    x_val, y_val = apply_transform(transform, header, val_rows, val_lines, where)
+    classes = transform["classes"]
+    return SourceData(
+        x=x,
+        y=y,
+        x_val=x_val,
+        y_val=y_val,
+        said=f"data.path={path} has",
+        transform=transform,
+        classes=tuple(classes) if classes is not None else None,
+    )
+
+
+def fit_transform(
+    header: list[str], rows: list[list[str]], target: str, categorical: str
+) -> dict[str, Any]:
+    """Each feature column's encoding, fitted on `rows` (the train split), as JSON."""
+    columns = []
+    for j, name in enumerate(header):
+        if name == target:
+            continue
+        values = [row[j] for row in rows]
+        numbers = _numbers(values)
+        if numbers is not None:
+            finite = numbers[np.isfinite(numbers)]
+            mean = float(finite.mean()) if len(finite) else 0.0
+            std = float(finite.std()) if len(finite) else 1.0
+            columns.append({"name": name, "kind": "numeric", "mean": mean, "std": std or 1.0})
+        else:
+            columns.append(
+                {
+                    "name": name,
+                    "kind": "categorical",
+                    "encoding": categorical,
+                    "categories": sorted(set(values)),
+                }
+            )
+    labels = [row[header.index(target)] for row in rows]
+    whole = _numbers(labels)
+    is_index = whole is not None and np.isfinite(whole).all() and (whole == np.round(whole)).all()
+    classes = None if is_index else sorted(set(labels))
+    return {"kind": "csv", "target": target, "classes": classes, "columns": columns}
+
+
+def apply_transform(
+    transform: dict[str, Any],
+    header: list[str],
+    rows: list[list[str]],
+    lines: list[int],
+    where: str,
+) -> tuple[np.ndarray, np.ndarray]:
+    """Features (float32, standardized and encoded) and int labels of `rows`, which are on
+    `lines` of the file (for error messages)."""
+    parts = []
+    for column in transform["columns"]:
+        j = header.index(column["name"])
+        values = [row[j] for row in rows]
+        if column["kind"] == "numeric":
+            numbers = _numbers(values)
+            if numbers is None:
+                bad = next(i for i, v in enumerate(values) if _number(v) is None)
+                raise RunError(
+                    f"{where}: column {column['name']!r} is numeric but line {lines[bad]} holds "
+                    f"{values[bad]!r}; expected a number in every row"
+                )
+            bad_rows = np.flatnonzero(~np.isfinite(numbers))
+            if len(bad_rows):
+                raise RunError(
+                    f"{where}: column {column['name']!r} has NaN, Inf or an empty value in "
+                    f"{len(bad_rows)} rows, the first on line {lines[bad_rows[0]]} "
+                    f"({values[bad_rows[0]]!r}); expected finite numbers: fill or drop them"
+                )
+            parts.append(((numbers - column["mean"]) / column["std"])[:, None])
+        else:
+            index = {c: i for i, c in enumerate(column["categories"])}
+            codes = np.array([index.get(v, -1) for v in values])  # -1: not seen in training
+            if column["encoding"] == "index":
+                parts.append(codes[:, None].astype("float64"))
+            else:
+                onehot = np.zeros((len(values), len(index)))
+                seen = codes >= 0
+                onehot[np.flatnonzero(seen), codes[seen]] = 1.0
+                parts.append(onehot)
+    x = np.concatenate(parts, axis=1) if parts else np.zeros((len(rows), 0))
+    labels = [row[header.index(transform["target"])] for row in rows]
+    classes = transform["classes"]
+    if classes is None:
+        numbers = _numbers(labels)
+        if numbers is None or not np.isfinite(numbers).all() or (numbers % 1).any():
+            raise RunError(
+                f"{where}: column {transform['target']!r} holds labels that are not whole "
+                "numbers; expected class indices 0..num_classes-1 (as in training)"
+            )
+        y = numbers.astype("int64")
+    else:
+        lookup = {c: i for i, c in enumerate(classes)}
+        unknown = [label for label in labels if label not in lookup]
+        if unknown:
+            raise RunError(
+                f"{where}: column {transform['target']!r} holds {len(unknown)} labels outside "
+                f"the class range, the first {unknown[0]!r}; the classes are {classes}"
+            )
+        y = np.array([lookup[label] for label in labels], "int64")
+    return x.astype("float32"), y
+
+
+def _read(path: Path, target: str) -> tuple[list[str], list[list[str]], list[int]]:
+    """The header, the rows below it, and each row's line number in the file."""
+    rows, lines = [], []
+    try:
+        with open(path, newline="", encoding="utf-8") as f:
+            reader = csv.reader(f)
+            header = [name.strip() for name in next(reader, [])]
+            for row in reader:
+                if row:
+                    rows.append(row)
+                    lines.append(reader.line_num)
+    except (OSError, UnicodeDecodeError, csv.Error) as err:
+        raise RunError(f"data.path={path} is not a readable CSV file: {err}") from None
+    if target not in header:
+        raise ConfigError(
+            f"data.target={target} is not a column of {path}; its columns: {', '.join(header)}"
+        )
+    short = next((i for i, row in enumerate(rows) if len(row) != len(header)), None)
+    if short is not None or not rows:
+        raise RunError(
+            f"{path}: "
+            + (
+                f"line {lines[short]} has {len(rows[short])} values for {len(header)} columns"
+                if short is not None
+                else "no rows below the header"
+            )
+        )
+    return header, rows, lines
+
+
+def _number(value: str) -> float | None:
+    try:
+        return float(value)
+    except ValueError:
+        return math.nan if value.strip() == "" else None
+
+
+def _numbers(values: list[str]) -> np.ndarray | None:
+    """The values as floats (empty -> NaN), or None if one of them is text."""
+    numbers = [_number(v) for v in values]
+    if any(n is None for n in numbers):
+        return None
+    return np.array(numbers, "float64")
