@@ -19,6 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
+from dualtrain import distributed
 from dualtrain.checkpoint import find_checkpoint
 from dualtrain.errors import ConfigError, DualtrainError
 from dualtrain.settings import Settings
@@ -32,6 +33,10 @@ _PACKAGE_CONFIGS = Path(__file__).parent / "configs"
 def main() -> None:
     """`python -m dualtrain [overrides]`: see `--help`."""
     _hydra_main()
+
+
+# The default run directory's ${shared_now:...}: under torchrun, one time (and dir) for all ranks.
+distributed.register_shared_now()
 
 
 @hydra.main(config_path="configs", config_name="train", version_base="1.3")

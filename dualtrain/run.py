@@ -16,7 +16,7 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dualtrain import __version__
+from dualtrain import __version__, distributed
 from dualtrain.callbacks import Callback, create_callbacks
 from dualtrain.checkpoint import (
     Checkpoint,
@@ -50,9 +50,9 @@ def train(settings: Settings) -> dict[str, Any]:
     select_backend(settings.backend.name)  # before anything below imports Keras
     run_dir = settings.run_dir
     run_dir.mkdir(parents=True, exist_ok=True)
-    # Only rank 0 writes (RANK is set by torchrun; a single process is rank 0). debug=fast_dev_run
-    # writes nothing either, and shows its lines on the console only.
-    rank0 = int(os.environ.get("RANK", "0")) == 0
+    # Only rank 0 (torchrun) or the chief (tf multi_worker) writes; a single process does.
+    # debug=fast_dev_run writes nothing either, and shows its lines on the console only.
+    rank0 = distributed.is_writer(settings.backend.strategy)
     writes = rank0 and not settings.trainer.fast_dev_run
     logger_settings = settings.logger
     if rank0 and settings.trainer.fast_dev_run:
@@ -69,7 +69,7 @@ def train(settings: Settings) -> dict[str, Any]:
     try:
         data = load_data(settings.data, settings.seed)
         recipe = load_recipe(settings.recipe)
-        engine = engine_class(settings.backend.name)(settings, recipe, data)
+        engine = engine_class(settings.backend.name, _strategy(settings))(settings, recipe, data)
         log.info(
             "training %s on %s (jit_compile=%s): %d train / %d val samples, run dir %s",
             settings.recipe.name,
@@ -130,6 +130,7 @@ def train(settings: Settings) -> dict[str, Any]:
             "stop_reason": state.stop_reason,
             "final": {"train": state.final_train, "val": state.final_val},
             "jit_compile": engine.jit_compile if engine is not None else None,
+            "distributed": engine.distributed_info() if engine is not None else None,
             "seed": settings.seed,
             "versions": _versions(settings.backend.name),
         }
@@ -243,13 +244,30 @@ def _stop_on_signals() -> Iterator[StopRequest]:
             signal.signal(sig, handler)
 
 
+def _strategy(settings: Settings) -> str:
+    """The engine's distribution: torchrun's environment for torch, backend.strategy for tf."""
+    if settings.backend.name == "torch" and distributed.under_torchrun():
+        return "torchrun"
+    return settings.backend.strategy
+
+
 def _checkpoint_sources(settings: Settings) -> list[Path]:
-    """The checkpoints to try, best first: the one given, or the run directory's newest ones."""
+    """The checkpoints to try, best first: the one given, or the run directory's newest ones.
+
+    Workers that torchrun's elastic agent restarted (`--max-restarts`) resume as with
+    checkpoint.resume=auto: the run directory's newest checkpoint first, since it is newer than
+    any given one; a given checkpoint.path comes after, as a fallback.
+    """
     given = settings.checkpoint.path or settings.checkpoint.init_from
+    restarted = distributed.restart_count() > 0 and not settings.checkpoint.init_from
+    own = newest_checkpoints(settings.run_dir / "checkpoints")
+    if restarted and own:
+        log.info("restarted by torchrun: resuming from the run directory's newest checkpoint")
+        return own + ([find_checkpoint(Path(given))] if given else [])
     if given:
         return [find_checkpoint(Path(given))]
     if settings.checkpoint.resume:
-        return newest_checkpoints(settings.run_dir / "checkpoints")
+        return own
     return []
 
 

@@ -22,6 +22,8 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "step", "cosine", "warmup_cosine")
 ON_NONFINITE = ("stop", "skip")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# tf.distribute strategies; for torch, torchrun's environment makes a run distributed.
+STRATEGIES = {"tf": ("none", "mirrored", "multi_worker"), "torch": ("none",)}
 LOGGERS = ("jsonl", "csv", "console", "tensorboard")  # the options of configs/logger/
 EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "torch")
 TFLITE_QUANTIZE = ("none", "dynamic", "float16")
@@ -40,6 +42,9 @@ class BackendSettings:
     jit_compile: str  # "auto" | "true" | "false"
     steps_per_execution: int = 1  # optimizer steps per compiled call (tf; torch runs them eagerly)
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16 (Keras dtype policies)
+    strategy: str = "none"  # tf: none | mirrored | multi_worker; torch: none (torchrun decides)
+    collective_timeout_s: float = 300.0  # a collective waiting longer on a rank fails the run
+    cpu_replicas: int = 1  # tf mirrored on a CPU: this many logical CPU devices, one replica each
 
 
 @dataclass(frozen=True)
@@ -209,6 +214,7 @@ class Settings:
                 precision=_choice(
                     {"v": backend.get("precision", "float32")}, "v", PRECISIONS, "backend.precision"
                 ),
+                **_distribution(backend),
             ),
             recipe=RecipeSettings(
                 name=_text(recipe, "recipe.name"), module=recipe_module, model=dict(model)
@@ -229,6 +235,36 @@ class Settings:
             parity=parity,
             export=export,
         )
+
+
+def _distribution(backend: Mapping[str, Any]) -> dict[str, Any]:
+    """backend.strategy, backend.collective_timeout_s and backend.cpu_replicas, checked."""
+    name = backend.get("name")
+    choices = STRATEGIES.get(str(name), ("none",))
+    strategy = backend.get("strategy", "none")
+    if strategy not in choices:
+        hint = (
+            "; torch runs distributed when launched with torchrun "
+            "(torchrun --nproc_per_node=N -m dualtrain backend=torch)"
+            if name == "torch"
+            else ""
+        )
+        raise ConfigError(
+            f"backend.strategy must be one of {', '.join(choices)} for backend={name}; "
+            f"got {strategy!r}{hint}"
+        )
+    timeout = _positive_float(
+        {"v": backend.get("collective_timeout_s", 300.0)}, "v", "backend.collective_timeout_s"
+    )
+    replicas = _integer(
+        {"v": backend.get("cpu_replicas", 1)}, "v", "backend.cpu_replicas", minimum=1
+    )
+    if replicas > 1 and strategy != "mirrored":
+        raise ConfigError(
+            f"backend.cpu_replicas={replicas} needs backend.strategy=mirrored (one replica per "
+            "logical CPU device); set it back to 1"
+        )
+    return {"strategy": strategy, "collective_timeout_s": timeout, "cpu_replicas": replicas}
 
 
 def _data_settings(data: Mapping[str, Any], source: str) -> DataSettings:

@@ -111,6 +111,27 @@ def test_python_data_requires_a_source() -> None:
             "backend.precision must be one of float32, mixed_float16, mixed_bfloat16",
         ),
         (
+            "backend.strategy=mirrored",
+            "backend.strategy must be one of none for backend=torch; got 'mirrored'; torch runs "
+            "distributed when launched with torchrun",
+        ),
+        (
+            "backend=tf backend.strategy=ddp",
+            "backend.strategy must be one of none, mirrored, multi_worker for backend=tf",
+        ),
+        (
+            "backend.collective_timeout_s=0",
+            "backend.collective_timeout_s must be a positive number",
+        ),
+        (
+            "backend=tf backend.cpu_replicas=2",
+            "backend.cpu_replicas=2 needs backend.strategy=mirrored",
+        ),
+        (
+            "backend=tf backend.strategy=mirrored backend.cpu_replicas=0",
+            "backend.cpu_replicas must be a positive integer; got 0",
+        ),
+        (
             "backend.steps_per_execution=4 trainer.log_every_n_steps=10",
             "trainer.log_every_n_steps=10 must be a multiple of backend.steps_per_execution=4",
         ),
@@ -168,3 +189,17 @@ def test_bad_values_are_config_errors(override: str, message: str) -> None:
 @pytest.mark.parametrize("value,expected", [("true", "true"), ("false", "false"), ("auto", "auto")])
 def test_jit_compile_accepts_yaml_booleans(value: str, expected: str) -> None:
     assert settings(f"backend.jit_compile={value}").backend.jit_compile == expected
+
+
+def test_distribution_defaults_and_choices() -> None:
+    s = settings()
+    assert (s.backend.strategy, s.backend.collective_timeout_s, s.backend.cpu_replicas) == (
+        "none",
+        300.0,
+        1,
+    )
+    tf = settings("backend=tf", "backend.strategy=mirrored", "backend.cpu_replicas=2")
+    assert (tf.backend.strategy, tf.backend.cpu_replicas) == ("mirrored", 2)
+    assert settings("backend=tf", "backend.strategy=multi_worker").backend.strategy == (
+        "multi_worker"
+    )

@@ -70,10 +70,21 @@ def _import_tensorflow_quietly() -> None:
                     sys.stderr.write(line)
 
 
-def engine_class(name: str) -> type[Engine]:
-    """The engine class of a backend; imports Keras and that backend's framework."""
+# Distributed engines: (backend, strategy) -> (module, engine class). Under torchrun the torch
+# engine is always the distributed one ("torchrun"); tf's comes from backend.strategy.
+_DISTRIBUTED_ENGINES = {
+    ("torch", "torchrun"): ("dualtrain.engines.torch_ddp", "DistributedTorchEngine"),
+    ("tf", "mirrored"): ("dualtrain.engines.tf_distribute", "DistributedTensorFlowEngine"),
+    ("tf", "multi_worker"): ("dualtrain.engines.tf_distribute", "DistributedTensorFlowEngine"),
+}
+
+
+def engine_class(name: str, strategy: str = "none") -> type[Engine]:
+    """The engine class of a backend and distribution strategy; imports Keras and that backend's
+    framework."""
     select_backend(name)
     _, module, cls = _ENGINES[name]
+    module, cls = _DISTRIBUTED_ENGINES.get((name, strategy), (module, cls))
     return getattr(importlib.import_module(module), cls)
 
 

@@ -120,11 +120,12 @@ class Engine(ABC):
         self.optimizer = self.optimizers[0]  # its lr is the one logged
         # Steps whose loss was NaN or Inf: how many, and the first (a global step number). Kept on
         # the device and read with the logged values, so checking costs no extra sync on tf.
-        self._steps_run = keras.Variable(0, dtype="int64", trainable=False, name="steps_run")
-        self._nonfinite = keras.Variable(0, dtype="int64", trainable=False, name="nonfinite")
-        self._first_nonfinite = keras.Variable(
-            -1, dtype="int64", trainable=False, name="first_nonfinite"
-        )
+        # Under tf.distribute every replica computes the same values (its step reduces the loss
+        # first), so the first replica's assignment stands for all.
+        counter = {"dtype": "int64", "trainable": False, "aggregation": "only_first_replica"}
+        self._steps_run = keras.Variable(0, name="steps_run", **counter)
+        self._nonfinite = keras.Variable(0, name="nonfinite", **counter)
+        self._first_nonfinite = keras.Variable(-1, name="first_nonfinite", **counter)
         self._make_steps()
 
     # -- what each backend implements, in the order a run uses it --------------------------------
@@ -267,10 +268,19 @@ class Engine(ABC):
             metric.reset_state()
         for batch in itertools.islice(self.val_batches(), max_batches):
             self._eval_step(batch)
+        self._reduce_metrics([self.val_loss, *self.phase_val_losses, *self.metrics])
         values = {"loss": _number(self.val_loss.result())}
         values.update({m.name: _number(m.result()) for m in self.phase_val_losses})
         values.update({m.name: _number(m.result()) for m in self.metrics})
         return values
+
+    def _reduce_metrics(self, metrics: list[keras.metrics.Metric]) -> None:
+        """Combines the metrics' state across processes (distributed engines); here, nothing."""
+        return None
+
+    def distributed_info(self) -> dict[str, Any]:
+        """summary.json's `distributed` entry: how many processes trained, and how."""
+        return {"world_size": 1, "backend": None, "strategy": "none"}
 
     def _evaluate_batch(self, x: Any, y: Any, size: Any) -> None:
         """The eval step's work, the same on both backends (inside no-grad or tf.function)."""

@@ -11,6 +11,8 @@ import tensorflow as tf
 from dualtrain.data import ArrayDataset
 from dualtrain.engines.base import Batch, Engine
 
+Branch = Callable[..., None]  # a branch of `_cond`
+
 
 class TensorFlowEngine(Engine):
     name = "tf"
@@ -120,26 +122,38 @@ class TensorFlowEngine(Engine):
                 batch_grads = tape.gradient(scaled, variables)
                 grads = [_add(a, b) for a, b in zip(grads, batch_grads, strict=True)]
                 loss += batch_loss
+            grads, loss, samples = self._all_reduce(grads, loss, total)
 
-            def update(
-                optimizer: Any = optimizer, grads: Any = grads, variables: Any = variables
-            ) -> None:
+            def update(grads: Any, optimizer: Any = optimizer, variables: Any = variables) -> None:
                 optimizer.apply(grads, variables)
 
             # In the graph: the loss is checked without leaving the device.
-            tf.cond(tf.math.is_finite(loss), update, lambda: None)
+            self._cond(tf.math.is_finite(loss), update, _nothing, grads)
             all_grads.append(grads)
             losses.append(loss)
 
-        def track() -> None:
-            self.train_loss.update_state(tf.add_n(losses), sample_weight=total)
+        def track(losses: list[tf.Tensor], samples: tf.Tensor) -> None:
+            self.train_loss.update_state(tf.add_n(losses), sample_weight=samples)
             for metric, loss in zip(self.phase_train_losses, losses, strict=False):
-                metric.update_state(loss, sample_weight=total)
+                metric.update_state(loss, sample_weight=samples)
 
         finite = tf.reduce_all([tf.math.is_finite(loss) for loss in losses])
-        tf.cond(finite, track, self._record_nonfinite)
+        self._cond(finite, track, lambda *_: self._record_nonfinite(), losses, samples)
         self._steps_run.assign(self._steps_run.value + 1)
         return self._gradients_by_path(all_grads)
+
+    def _cond(self, pred: tf.Tensor, true_fn: Branch, false_fn: Branch, *args: Any) -> None:
+        """`true_fn(*args)` if `pred`, else `false_fn(*args)`, in the graph. Under tf.distribute
+        the branches run in a cross-replica context (engines/tf_distribute.py)."""
+        tf.cond(pred, lambda: true_fn(*args), lambda: false_fn(*args))
+
+    def _all_reduce(
+        self, grads: list[Any], loss: tf.Tensor, total: tf.Tensor
+    ) -> tuple[list[Any], tf.Tensor, tf.Tensor]:
+        """The gradients, loss and sample count of the whole step's batch: here, this process's.
+        Under tf.distribute, `DistributedTensorFlowEngine` sums them across replicas
+        (engines/tf_distribute.py)."""
+        return grads, loss, total
 
     def _eval_step_impl(self, x: tf.Tensor, y: tf.Tensor) -> None:
         self._evaluate_batch(x, y, tf.shape(x)[0])
@@ -153,24 +167,30 @@ class TensorFlowEngine(Engine):
         `tf.numpy_function`, several batches at once: file reads and Pillow's decoding release
         the GIL.
         """
-        x, y = arrays
         indices = tf.data.Dataset.from_tensor_slices(np.concatenate(order))
         batch_size = len(order[0])
-        if isinstance(x, tf.Tensor):
-            gather = lambda i: (tf.gather(x, i), tf.gather(y, i))  # noqa: E731
-        else:
-            spec = self._batch_signature[0]
-
-            def gather(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
-                features = tf.numpy_function(x.__getitem__, [i], spec.dtype, stateful=False)
-                features.set_shape(spec.shape)
-                return features, tf.gather(y, i)
-
         return (
             indices.batch(batch_size)
-            .map(gather, num_parallel_calls=tf.data.AUTOTUNE)
+            .map(self._gather(*arrays), num_parallel_calls=tf.data.AUTOTUNE)
             .prefetch(tf.data.AUTOTUNE)
         )
+
+    def _gather(self, x: Any, y: tf.Tensor) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
+        """The function that turns a batch's indices into its (features, labels)."""
+        if isinstance(x, tf.Tensor):
+            return lambda i: (tf.gather(x, i), tf.gather(y, i))
+        spec = self._batch_signature[0]
+
+        def gather(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            features = tf.numpy_function(x.__getitem__, [i], spec.dtype, stateful=False)
+            features.set_shape(spec.shape)
+            return features, tf.gather(y, i)
+
+        return gather
+
+
+def _nothing(*args: Any) -> None:
+    pass
 
 
 def _add(total: tf.Tensor | None, grad: tf.Tensor | None) -> tf.Tensor | None:

@@ -79,6 +79,7 @@ class TorchEngine(Engine):
                 )
                 grads = [_add(a, b) for a, b in zip(grads, batch_grads, strict=True)]
                 loss = loss + batch_loss.detach()
+            grads, loss, samples = self._all_reduce(grads, loss, total)
             with torch.no_grad():
                 # Eager: the finiteness check reads the loss (a device sync, cheap on a CPU).
                 if torch.isfinite(loss):
@@ -87,13 +88,20 @@ class TorchEngine(Engine):
             losses.append(loss)
         with torch.no_grad():
             if all(torch.isfinite(loss) for loss in losses):
-                self.train_loss.update_state(sum(losses), sample_weight=total)
+                self.train_loss.update_state(sum(losses), sample_weight=samples)
                 for metric, loss in zip(self.phase_train_losses, losses, strict=False):
-                    metric.update_state(loss, sample_weight=total)
+                    metric.update_state(loss, sample_weight=samples)
             else:
                 self._record_nonfinite()
             self._steps_run.assign(self._steps_run.value + 1)
         return self._gradients_by_path(all_grads)
+
+    def _all_reduce(
+        self, grads: list[torch.Tensor | None], loss: torch.Tensor, total: int
+    ) -> tuple[list[torch.Tensor | None], torch.Tensor, int]:
+        """The gradients, loss and sample count of the whole step's batch: here, this process's.
+        Under torchrun, `DistributedTorchEngine` sums them across ranks (engines/torch_ddp.py)."""
+        return grads, loss, total
 
     @torch.no_grad()
     def _eval_step_impl(self, x: torch.Tensor, y: torch.Tensor) -> None:
