@@ -35,7 +35,7 @@ def test_help_lists_groups_and_options_without_importing_a_framework(tmp_path: P
     assert result.returncode == 0, result.stderr
     for line in (
         "backend: tf, torch",
-        "recipe: autoencoder, cnn, gan, mlp",
+        "recipe: autoencoder, bench_cnn, bench_mlp, bench_transformer, cnn, gan, mlp",
         "data: breast_cancer, digits, python, synthetic",
         "optimizer: adam, adamw, sgd",
         "scheduler: constant, cosine, step, warmup_cosine",
