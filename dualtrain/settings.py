@@ -35,6 +35,7 @@ class BackendSettings:
     jit_compile: str  # "auto" | "true" | "false"
     steps_per_execution: int = 1  # optimizer steps per compiled call (tf; torch runs them eagerly)
     precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16 (Keras dtype policies)
+    capture_forward: bool = True  # torch: run the forward pass and loss as a captured ATen graph
 
 
 @dataclass(frozen=True)
@@ -202,6 +203,9 @@ class Settings:
                 steps_per_execution=steps_per_execution,
                 precision=_choice(
                     {"v": backend.get("precision", "float32")}, "v", PRECISIONS, "backend.precision"
+                ),
+                capture_forward=_boolean(
+                    {"v": backend.get("capture_forward", True)}, "v", "backend.capture_forward"
                 ),
             ),
             recipe=RecipeSettings(

@@ -32,6 +32,7 @@ def test_defaults_are_cnn_on_torch() -> None:
     assert s.data.source == "dualtrain.data.sources:digits"
     assert s.trainer.max_steps == -1
     assert s.backend.jit_compile == "auto"
+    assert s.backend.capture_forward is True  # torch: the captured forward graph
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
@@ -109,6 +110,10 @@ def test_python_data_requires_a_source() -> None:
         (
             "backend.precision=float64",
             "backend.precision must be one of float32, mixed_float16, mixed_bfloat16",
+        ),
+        (
+            "backend.capture_forward=maybe",
+            "backend.capture_forward must be true or false; got 'maybe'",
         ),
         (
             "backend.steps_per_execution=4 trainer.log_every_n_steps=10",

@@ -274,7 +274,7 @@ class Engine(ABC):
     def _evaluate_batch(self, x: Any, y: Any, size: Any) -> None:
         """The eval step's work, the same on both backends (inside no-grad or tf.function)."""
         if self._supervised:  # one forward pass for the loss and the metrics
-            y_pred = self.model(x, training=False)
+            y_pred = self._predict(x)
             assert self.loss_fn is not None
             self.val_loss.update_state(self.loss_fn(y, y_pred), sample_weight=size)
             for metric in self.metrics:
@@ -285,6 +285,10 @@ class Engine(ABC):
         for metric, loss in zip(self.phase_val_losses, losses, strict=False):
             metric.update_state(loss, sample_weight=size)
         self.recipe.update_metrics(self.metrics, self.model, x, y)
+
+    def _predict(self, x: Any) -> Any:
+        """The model's inference forward pass (the torch engine may run it as a captured graph)."""
+        return self.model(x, training=False)
 
     def _gradients_by_path(self, grads: list[list[Any]]) -> dict[str, Any] | None:
         """The phases' gradients by variable path, kept only when histograms want them."""
