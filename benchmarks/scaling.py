@@ -2,6 +2,9 @@
 
     python benchmarks/scaling.py --threads 1                # both backends, both measurements
 
+Rates are samples per second of the process's CPU time (see `rate`), so that other jobs on a shared
+machine do not decide the figures.
+
 - scaling: W1 (the mnist convnet) steady-state samples/s against batch size (32 to 1,024) and
   against model width (the first conv's filters, the second has twice as many), per backend;
   drawn as docs/images/scaling.png (--png).
@@ -48,17 +51,23 @@ def make_engine(backend: str, *overrides: str) -> Any:
 
 
 def rate(engine: Any, batches: Any, samples: int, repeats: int = 3) -> float:
-    """Samples/s of train steps over `batches()`, best of `repeats` passes after a warm-up."""
+    """Samples per second of this process's CPU time (all its threads) in train steps over
+    `batches()`, best of `repeats` passes after a warm-up.
+
+    CPU time, not wall time: on a machine shared with other jobs the wall clock measures the
+    others as much as this process. With one thread per framework it is the wall time the same
+    work takes on a quiet core (an upper bound where threads overlap, e.g. tf.data's prefetch).
+    """
     for batch in batches():
         engine.train_step([batch])
     engine.train_metrics()
     best = 0.0
     for _ in range(repeats):
-        start = time.perf_counter()
+        start = time.process_time()
         for batch in batches():
             engine.train_step([batch])
         engine.train_metrics()  # waits for the device
-        best = max(best, samples / (time.perf_counter() - start))
+        best = max(best, samples / (time.process_time() - start))
     return best
 
 
@@ -109,8 +118,9 @@ def draw(results: list[dict[str, Any]], path: Path) -> None:
         left.plot(sizes, [result["batch_size"][str(s)] for s in sizes], "o-", label=backend)
         widths = sorted(int(w) for w in result["width"])
         right.plot(widths, [result["width"][str(w)] for w in widths], "o-", label=backend)
-    left.set(xscale="log", xlabel="batch size", ylabel="samples/s", title="W1: batch size")
-    right.set(xscale="log", xlabel="first conv filters (W1: 32)", ylabel="samples/s",
+    ylabel = "samples per CPU-second (1 thread)"
+    left.set(xscale="log", xlabel="batch size", ylabel=ylabel, title="W1: batch size")
+    right.set(xscale="log", xlabel="first conv filters (W1: 32)", ylabel=ylabel,
               title="W1 at batch 128: model width")  # fmt: skip
     for axis in (left, right):
         axis.set_xticks(axis.get_lines()[0].get_xdata())
