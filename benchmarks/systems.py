@@ -303,6 +303,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     workloads = [WORKLOADS[name] for name in args.workloads.split(",")]
     systems = args.systems.split(",")
     runs: list[dict[str, Any]] = []
+    failures: list[dict[str, str]] = []
     matmul = []
     for round_ in range(args.rounds):
         # --smoke: a short burst (epochs=0 tells the child).
@@ -312,7 +313,14 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
             samples = SMOKE_SAMPLES if args.smoke else workload.train_samples
             shift = round_ % len(systems)  # each round starts one system later
             for system in systems[shift:] + systems[:shift]:
-                result = run_one(system, workload, args.epochs, samples, args.threads)
+                try:
+                    result = run_one(system, workload, args.epochs, samples, args.threads)
+                except RuntimeError as err:  # one failing system must not lose the others
+                    failures.append(
+                        {"system": system, "workload": workload.name, "error": str(err)}
+                    )
+                    print(err, file=sys.stderr)
+                    continue
                 result["round"] = round_
                 runs.append(result)
                 print(
@@ -320,7 +328,7 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
                     f"{result['samples_per_sec']:,.0f} samples/s",
                     file=sys.stderr,
                 )
-    return {"matmul_flops": statistics.median(matmul), "runs": runs}
+    return {"matmul_flops": statistics.median(matmul), "runs": runs, "failures": failures}
 
 
 def summarize(report: dict[str, Any], args: argparse.Namespace) -> dict[str, Any]:
@@ -331,6 +339,8 @@ def summarize(report: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
         rows: dict[str, Any] = {}
         for system in args.systems.split(","):
             runs = [r for r in report["runs"] if r["workload"] == name and r["system"] == system]
+            if not runs:
+                continue  # it failed (report["failures"])
             rates = [r["samples_per_sec"] for r in runs]
             rss = [r["peak_rss_mb"] for r in runs if r.get("peak_rss_mb")]
             rows[system] = {
@@ -431,6 +441,8 @@ def main(argv: list[str] | None = None) -> None:
     }
     args.out.write_text(json.dumps(everything, indent=2))
     print(f"wrote {args.out}", file=sys.stderr)
+    if report["failures"]:
+        sys.exit(f"{len(report['failures'])} run(s) failed: see {args.out}")
 
 
 if __name__ == "__main__":

@@ -109,7 +109,11 @@ class CapturedFunction:
         if any(_mutates_input(node) for node in graph.graph.nodes):
             return self._fail("the graph changes its inputs in place")
         _drop_layout_copies(graph)
-        if not self._same_values(graph, tensors, values):
+        try:
+            same = self._same_values(graph, tensors, values)
+        except Exception as err:  # a kernel that refuses what the rewritten graph gives it
+            return self._fail(f"the captured graph fails ({type(err).__name__}: {err})")
+        if not same:
             return self._fail("the captured graph does not reproduce the eager values")
         return graph
 
@@ -175,16 +179,25 @@ def _mutates_input(node: torch.fx.Node) -> bool:
     return not (isinstance(base, torch.fx.Node) and base.op == "call_function")
 
 
+# Kernels that take any memory layout (and read, never write, their input); a permuted view may
+# go to them without a contiguous copy. Other ops (`view`) may need the copy.
+_LAYOUT_FREE = {
+    aten.convolution.default,
+    aten.max_pool2d_with_indices.default,
+    aten.avg_pool2d.default,
+}
+
+
 def _drop_layout_copies(graph: torch.fx.GraphModule) -> None:
-    """clone(permute(x)) -> permute(x): the convolution and pooling kernels take the permuted
-    view (channels-last memory format) as it is. Only where nothing writes into the copy."""
+    """clone(permute(x)) -> permute(x) where only convolution and pooling kernels read the copy:
+    they take the permuted view (channels-last memory format) as it is."""
     for node in list(graph.graph.nodes):
         if (
             node.op == "call_function"
             and node.target == aten.clone.default
             and isinstance(node.args[0], torch.fx.Node)
             and node.args[0].target == aten.permute.default
-            and not any(_schema(user) and _schema(user).is_mutable for user in node.users)
+            and all(user.target in _LAYOUT_FREE for user in node.users)
         ):
             node.replace_all_uses_with(node.args[0])
             graph.graph.erase_node(node)
