@@ -125,6 +125,7 @@ def draw(results: list[dict[str, Any]], path: Path) -> None:
     for axis in (left, right):
         axis.set_xticks(axis.get_lines()[0].get_xdata())
         axis.get_xaxis().set_major_formatter(matplotlib.ticker.ScalarFormatter())
+        axis.get_xaxis().set_minor_formatter(matplotlib.ticker.NullFormatter())
         axis.grid(alpha=0.3)
         axis.legend()
     fig.tight_layout()
