@@ -45,6 +45,7 @@ class LoopState:
     train_seconds: float = 0.0  # time in train epochs, validation excluded
     logging_seconds: float = 0.0  # the part of it spent reading values and writing logs
     checkpoint_seconds: float = 0.0  # time spent saving checkpoints
+    first_step_at: float | None = None  # unix time when this process's first step ended
 
     @property
     def train_samples_per_sec(self) -> float | None:
@@ -129,6 +130,8 @@ def fit(
                 if not after_first_step:
                     after_first_step = time.perf_counter()
                     first_batch = size
+                    if state.first_step_at is None:
+                        state.first_step_at = time.time()
                 logger.advance(1)
                 if state.step % trainer.log_every_n_steps == 0:
                     last_log = _log_train(

@@ -123,6 +123,12 @@ def train(settings: Settings) -> dict[str, Any]:
             "epochs": state.epochs,
             "wall_seconds": time.time() - started,
             "train_samples_per_sec": state.train_samples_per_sec,
+            # Start-up cost: from the process's start to the end of its first optimizer step.
+            "first_step_seconds": (
+                state.first_step_at - process_start_time()
+                if state.first_step_at is not None
+                else None
+            ),
             "train_seconds": state.train_seconds,
             "logging_seconds": state.logging_seconds,
             "checkpoint_seconds": state.checkpoint_seconds,
@@ -345,3 +351,19 @@ def _versions(backend: str) -> dict[str, str]:
         if module is not None:
             versions[name] = getattr(module, "__version__", "unknown")
     return versions
+
+
+_IMPORTED_AT = time.time()
+
+
+def process_start_time() -> float:
+    """Unix time at which this process started (Linux: from /proc; elsewhere: when this module
+    was imported, which leaves out the interpreter's own start)."""
+    try:
+        with open("/proc/self/stat", encoding="ascii") as stat:
+            ticks = int(stat.read().rsplit(")", 1)[1].split()[19])
+        with open("/proc/stat", encoding="ascii") as stat:
+            boot = next(int(line.split()[1]) for line in stat if line.startswith("btime"))
+    except (OSError, ValueError, IndexError, StopIteration):
+        return _IMPORTED_AT
+    return boot + ticks / os.sysconf("SC_CLK_TCK")

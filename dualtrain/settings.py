@@ -45,6 +45,7 @@ class BackendSettings:
     strategy: str = "none"  # tf: none | mirrored | multi_worker; torch: none (torchrun decides)
     collective_timeout_s: float = 300.0  # a collective waiting longer on a rank fails the run
     cpu_replicas: int = 1  # tf mirrored on a CPU: this many logical CPU devices, one replica each
+    capture_forward: bool = True  # torch: run the forward pass and loss as a captured ATen graph
 
 
 @dataclass(frozen=True)
@@ -215,6 +216,9 @@ class Settings:
                     {"v": backend.get("precision", "float32")}, "v", PRECISIONS, "backend.precision"
                 ),
                 **_distribution(backend),
+                capture_forward=_boolean(
+                    {"v": backend.get("capture_forward", True)}, "v", "backend.capture_forward"
+                ),
             ),
             recipe=RecipeSettings(
                 name=_text(recipe, "recipe.name"), module=recipe_module, model=dict(model)

@@ -32,6 +32,7 @@ def test_defaults_are_cnn_on_torch() -> None:
     assert s.data.source == "dualtrain.data.sources:digits"
     assert s.trainer.max_steps == -1
     assert s.backend.jit_compile == "auto"
+    assert s.backend.capture_forward is True  # torch: the captured forward graph
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
@@ -130,6 +131,10 @@ def test_python_data_requires_a_source() -> None:
         (
             "backend=tf backend.strategy=mirrored backend.cpu_replicas=0",
             "backend.cpu_replicas must be a positive integer; got 0",
+        ),
+        (
+            "backend.capture_forward=maybe",
+            "backend.capture_forward must be true or false; got 'maybe'",
         ),
         (
             "backend.steps_per_execution=4 trainer.log_every_n_steps=10",

@@ -285,7 +285,7 @@ class Engine(ABC):
     def _evaluate_batch(self, x: Any, y: Any, size: Any) -> None:
         """The eval step's work, the same on both backends (inside no-grad or tf.function)."""
         if self._supervised:  # one forward pass for the loss and the metrics
-            y_pred = self.model(x, training=False)
+            y_pred = self._predict(x)
             assert self.loss_fn is not None
             self.val_loss.update_state(self.loss_fn(y, y_pred), sample_weight=size)
             for metric in self.metrics:
@@ -313,6 +313,10 @@ class Engine(ABC):
         if self.augmentation is None:
             return batches
         return [(self.augmentation(x, training=True), y) for x, y in batches]
+
+    def _predict(self, x: Any) -> Any:
+        """The model's inference forward pass (the torch engine may run it as a captured graph)."""
+        return self.model(x, training=False)
 
     def _gradients_by_path(self, grads: list[list[Any]]) -> dict[str, Any] | None:
         """The phases' gradients by variable path, kept only when histograms want them."""

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import dataclasses
+import logging
 from collections.abc import Iterable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
@@ -10,6 +13,9 @@ from torch.utils.data import DataLoader
 
 from dualtrain.data import ArrayDataset
 from dualtrain.engines.base import Batch, Engine
+from dualtrain.recipe import Phase
+
+log = logging.getLogger("dualtrain")
 
 
 class TorchEngine(Engine):
@@ -42,6 +48,8 @@ class TorchEngine(Engine):
             self._eval_fn = torch.compile(self._eval_step_impl)
         self._train_loader = self._loader(self.data.train)
         self._val_loader = self._loader(self.data.val)
+        if self.settings.backend.capture_forward and not self.jit_compile:
+            self._capture_forward()
 
     def train_batches(self, epoch: int) -> Iterable[Batch]:
         self._train_loader.sampler.order = self._batch_order(self.data.train, epoch)  # type: ignore[attr-defined]
@@ -56,6 +64,22 @@ class TorchEngine(Engine):
 
     def _eval_step(self, batch: Batch) -> None:
         self._eval_fn(*batch)
+
+    def _capture_forward(self) -> None:
+        """backend.capture_forward: the phases' training losses and the eval forward pass run as
+        captured ATen graphs (engines/torch_graph.py); the eager path where that is not safe."""
+        from dualtrain.engines.torch_graph import CapturedFunction, capture_problem
+
+        problem = capture_problem(self.model)
+        if problem is not None:
+            log.info("backend.capture_forward: the model runs eagerly: %s", problem)
+            return
+        variables = list(self.model.variables)
+        self.phases = [_captured_phase(phase, self.model, variables) for phase in self.phases]
+        model = self.model
+        self._predict = CapturedFunction(  # type: ignore[method-assign,assignment]
+            lambda x: model(x, training=False), variables, "the eval forward pass"
+        )
 
     # -- the steps -------------------------------------------------------------------------------
 
@@ -135,6 +159,20 @@ class TorchEngine(Engine):
     def _to_device(self, loader: DataLoader) -> Iterator[Batch]:
         for x, y in loader:
             yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+
+
+def _captured_phase(phase: Phase, model: Any, variables: list[Any]) -> Phase:
+    """The phase with its training loss captured; its eval loss stays eager (it is run rarely)."""
+    from dualtrain.engines.torch_graph import CapturedFunction
+
+    captured = CapturedFunction(
+        lambda x, y: phase.loss(model, x, y, True), variables, f"the {phase.name} loss"
+    )
+
+    def loss(m: Any, x: torch.Tensor, y: torch.Tensor, training: bool) -> Any:
+        return captured(x, y) if training and m is model else phase.loss(m, x, y, training)
+
+    return dataclasses.replace(phase, loss=loss)
 
 
 def _float32(loss: torch.Tensor) -> torch.Tensor:

@@ -1,0 +1,47 @@
+"""The benchmark harness in its tiny smoke configuration: it runs every system and reports.
+
+Benchmarks are not timed tests; these check that the harness works, not how fast anything is.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.conftest import REPO
+
+# Two halves, one per framework, so two pytest-xdist workers run them side by side. XLA is left
+# out: dualtrain/tf+xla is dualtrain/tf with one flag, and its compile would double the tf half.
+HALVES = {
+    "torch": ["dualtrain/torch", "torch.nn", "torch+keras", "fit/torch"],
+    "tf": ["dualtrain/tf", "tf.function", "fit/tf"],
+}
+
+
+@pytest.mark.parametrize("half", sorted(HALVES))
+def test_systems_harness_smoke(half: str, tmp_path: Path) -> None:
+    systems = HALVES[half]
+    out = tmp_path / "systems.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/systems.py", "--smoke", "--threads", "1",
+         "--workloads", "W1", "--systems", ",".join(systems),
+         "--out", str(out)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    rows = report["table"]["W1"]
+    assert report["matmul_flops"] > 0
+    for system in systems:
+        row = rows[system]
+        assert row["samples_per_sec"] > 0 and row["first_step_seconds"] > 0
+        assert row["peak_rss_mb"] > 50 and 0 < row["mfu"] < 1
+        # Ratios to torch.nn where it ran in the same harness run (the torch half).
+        assert (row["vs_torch_nn"] is None) == (half == "tf")
+        assert f"| W1 | {system} |" in result.stdout  # the printed table
