@@ -87,13 +87,6 @@ def test_loggers_are_chosen_from_the_logger_group(tmp_path: Path) -> None:
     assert not (tmp_path / "tensorboard").exists() and not (tmp_path / "metrics.csv").exists()
 
 
-def test_only_rank_0_writes(tmp_path: Path) -> None:
-    result = run_cli(*TINY, f"hydra.run.dir={tmp_path}", env={"RANK": "1"})
-    assert result.returncode == 0, result.stderr
-    written = {p.name for p in tmp_path.iterdir()} - {".hydra", "dualtrain.log"}  # Hydra's own
-    assert written == set()
-
-
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
