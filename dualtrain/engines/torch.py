@@ -13,6 +13,7 @@ from torch.utils.data import DataLoader
 
 from dualtrain.data import ArrayDataset
 from dualtrain.engines.base import Batch, Engine
+from dualtrain.engines.torch_adam import fuse_adam
 from dualtrain.recipe import Phase
 
 log = logging.getLogger("dualtrain")
@@ -50,6 +51,12 @@ class TorchEngine(Engine):
         self._val_loader = self._loader(self.data.val)
         if self.settings.backend.capture_forward and not self.jit_compile:
             self._capture_forward()
+        # Adam and AdamW: Keras's update arithmetic in torch's one-pass kernel (torch_adam.py).
+        # Not under torch.compile, which traces the update and cannot functionalize the kernel.
+        for optimizer in self.optimizers:
+            problem = "torch.compile" if self.jit_compile else fuse_adam(optimizer)
+            if problem is not None:
+                log.debug("optimizer %s: Keras's own update: %s", optimizer.name, problem)
 
     def train_batches(self, epoch: int) -> Iterable[Batch]:
         self._train_loader.sampler.order = self._batch_order(self.data.train, epoch)  # type: ignore[attr-defined]
