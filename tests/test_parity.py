@@ -63,7 +63,7 @@ def test_every_shipped_recipe_agrees_across_backends(recipe: str, tmp_path: Path
         "switched off for the comparison" in result.stdout
     )
     assert report["stochastic_layers"] == []
-    assert report["environment"] == {"tf": {"TF_ENABLE_ONEDNN_OPTS": "0"}}
+    assert report["environment"] == {"tf": {"TF_ENABLE_ONEDNN_OPTS": "1"}}
     assert report["initial_weights"]["built_by"] == "torch"
     assert (tmp_path / "init" / "model.npz").is_file()
     assert (tmp_path / "parity.png").read_bytes().startswith(PNG)
