@@ -49,7 +49,7 @@ def fuse_adam(optimizer: Any) -> str | None:
         index = inner._get_variable_index
         momentums = [inner._momentums[index(v)].value for v in variables]
         velocities = [inner._velocities[index(v)].value for v in variables]
-        if not _fusable(params, momentums, velocities, grads):
+        if not params or not _fusable(params, momentums, velocities, grads):
             return keras_update(grads, variables, learning_rate)
         # Keras's step size, computed as Keras computes it (in the variables' dtype: its powers
         # of the betas round differently from the kernel's float64 ones at early steps) ...
@@ -57,7 +57,7 @@ def fuse_adam(optimizer: Any) -> str | None:
         step = ops.cast(inner.iterations + 1, dtype)  # the update of step t runs before t counts
         beta_1_power = ops.power(ops.cast(beta_1, dtype), step)
         beta_2_power = ops.power(ops.cast(beta_2, dtype), step)
-        alpha = float(
+        alpha = float(  # a read: on a GPU a sync, as the engine's finiteness check is already
             ops.cast(learning_rate, dtype) * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
         )
         # ... and handed to the kernel in the form its own bias corrections undo.
@@ -94,12 +94,16 @@ def _fusable(
     velocities: list[torch.Tensor],
     grads: list[torch.Tensor],
 ) -> bool:
-    """The kernel takes dense float tensors of one dtype, device and shape per parameter, and
-    writes into the parameters and the state in place: those must be contiguous."""
+    """The kernel takes dense float tensors of one dtype and device (the step size above is
+    computed in the first one's dtype, as Keras does), and writes into the parameters and the
+    state in place: those must be contiguous."""
+    first = params[0]
     for p, m, v, g in zip(params, momentums, velocities, grads, strict=True):
         if not p.is_floating_point() or g.is_sparse:
             return False
-        if any(t.dtype != p.dtype or t.device != p.device or t.shape != p.shape for t in (m, v, g)):
+        if any(t.dtype != first.dtype or t.device != first.device for t in (p, m, v, g)):
+            return False
+        if any(t.shape != p.shape for t in (m, v, g)):
             return False
         if not (p.is_contiguous() and m.is_contiguous() and v.is_contiguous()):
             return False
