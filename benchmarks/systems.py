@@ -50,6 +50,12 @@ SYSTEMS = (
     "fit/torch",
 )
 BASELINE = "torch.nn"
+# The issue's goals: (system, against, at least this ratio of samples/s).
+GOALS = (
+    ("dualtrain/tf", "tf.function", 1.0),
+    ("dualtrain/torch", "fit/torch", 1.0),
+    ("dualtrain/torch", "torch.nn", 0.9),
+)
 SMOKE_SAMPLES = 256  # train samples per epoch in --smoke: two batches of W1
 
 
@@ -361,6 +367,22 @@ def summarize(report: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
     return table
 
 
+def goals(report: dict[str, Any], args: argparse.Namespace) -> list[dict[str, Any]]:
+    """Each goal whose two systems ran, per workload: the ratio of every round (a round's two
+    runs ran minutes apart, not the whole run apart) and their median, the goal's figure."""
+    rows = []
+    for name in args.workloads.split(","):
+        for system, base, target in GOALS:
+            ratios = _per_round(report["runs"], name, system, base)
+            if ratios:
+                median = statistics.median(ratios)
+                rows.append(
+                    {"workload": name, "system": system, "against": base, "target": target,
+                     "per_round": ratios, "median": median, "met": median >= target}
+                )  # fmt: skip
+    return rows
+
+
 def _per_round(runs: list[dict], workload: str, system: str, base: str) -> list[float]:
     by = {
         (r["system"], r["round"]): r["samples_per_sec"] for r in runs if r["workload"] == workload
@@ -388,6 +410,15 @@ def markdown(table: dict[str, Any], report: dict[str, Any], args: argparse.Names
                 f"{row['first_step_seconds']:.1f} | {rss} | {100 * row['mfu']:.1f}% | "
                 f"{row['other_load_cores']:.2f} |"
             )
+    goal_rows = goals(report, args)
+    if goal_rows:
+        lines += ["", "| workload | goal | per round | median | met |", "|---|---|---|---:|---|"]
+    for goal in goal_rows:
+        rounds = ", ".join(f"{r:.2f}" for r in goal["per_round"])
+        lines.append(
+            f"| {goal['workload']} | {goal['system']} >= {goal['target']:.1f}x {goal['against']} "
+            f"| {rounds} | {goal['median']:.2f}x | {'yes' if goal['met'] else 'no'} |"
+        )
     return "\n".join(lines)
 
 
@@ -405,7 +436,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--workloads", default="W1,W2,W3", help="comma-separated: W1,W2,W3")
     parser.add_argument("--systems", default=",".join(SYSTEMS), help="comma-separated")
-    parser.add_argument("--rounds", type=int, default=2, help="interleaved rounds (median)")
+    parser.add_argument("--rounds", type=int, default=3, help="interleaved rounds (median)")
     parser.add_argument(
         "--epochs", type=int, default=3, help="epochs per run; the first is warm-up"
     )
@@ -437,6 +468,7 @@ def main(argv: list[str] | None = None) -> None:
         "args": {k: str(v) for k, v in vars(args).items()},
         "environment": environment(),
         "table": table,
+        "goals": goals(report, args),
         **report,
     }
     args.out.write_text(json.dumps(everything, indent=2))

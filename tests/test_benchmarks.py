@@ -45,3 +45,14 @@ def test_systems_harness_smoke(half: str, tmp_path: Path) -> None:
         # Ratios to torch.nn where it ran in the same harness run (the torch half).
         assert (row["vs_torch_nn"] is None) == (half == "tf")
         assert f"| W1 | {system} |" in result.stdout  # the printed table
+    # The goals whose two systems are both in this half, with the ratio of its one round.
+    expected = {"torch": {("dualtrain/torch", "fit/torch"), ("dualtrain/torch", "torch.nn")},
+                "tf": {("dualtrain/tf", "tf.function")}}[half]  # fmt: skip
+    assert {(g["system"], g["against"]) for g in report["goals"]} == expected
+    for goal in report["goals"]:
+        ratio = rows[goal["system"]]["samples_per_sec"] / rows[goal["against"]]["samples_per_sec"]
+        assert goal["per_round"] == [pytest.approx(ratio)]
+        assert goal["median"] == goal["per_round"][0]
+        assert goal["met"] == (goal["median"] >= goal["target"])
+        name = f"{goal['system']} >= {goal['target']:.1f}x {goal['against']}"
+        assert f"| W1 | {name} |" in result.stdout
