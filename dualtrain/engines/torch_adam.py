@@ -51,17 +51,19 @@ def fuse_adam(optimizer: Any) -> str | None:
         velocities = [inner._velocities[index(v)].value for v in variables]
         if not params or not _fusable(params, momentums, velocities, grads):
             return keras_update(grads, variables, learning_rate)
-        # Keras's step size, computed as Keras computes it (in the variables' dtype: its powers
-        # of the betas round differently from the kernel's float64 ones at early steps) ...
+        # Two reads (on a GPU a sync each, as the engine's finiteness check already is): the
+        # step (the update of step t runs before `iterations` counts it), and Keras's step size,
+        # computed as Keras computes it (in the variables' dtype: its powers of the betas round
+        # differently from the kernel's float64 ones at early steps) ...
+        t = float(inner.iterations.value) + 1.0
         dtype = params[0].dtype
-        step = ops.cast(inner.iterations + 1, dtype)  # the update of step t runs before t counts
+        step = ops.cast(t, dtype)  # the same value as Keras's cast of the integer counter
         beta_1_power = ops.power(ops.cast(beta_1, dtype), step)
         beta_2_power = ops.power(ops.cast(beta_2, dtype), step)
-        alpha = float(  # a read: on a GPU a sync, as the engine's finiteness check is already
+        alpha = float(
             ops.cast(learning_rate, dtype) * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
         )
         # ... and handed to the kernel in the form its own bias corrections undo.
-        t = float(step)
         correction_1, correction_2 = 1.0 - beta_1**t, math.sqrt(1.0 - beta_2**t)
         # The kernel reads the step from a tensor per parameter; one tensor serves them all.
         steps = [torch.tensor(t, dtype=torch.float32, device=params[0].device)] * len(params)
