@@ -11,6 +11,8 @@ synthetic data, model and optimizer (Adam 1e-3, sparse cross-entropy from logits
     torch.nn            a hand-written PyTorch eager loop over the same architecture in torch.nn
     torch+keras         a hand-written PyTorch loop (torch.optim.Adam) over the Keras model
     tf.function         a hand-written tf.function step over the Keras model, tf.data input
+    tf.function+onednn  the same with TensorFlow's oneDNN ops on (TF_ENABLE_ONEDNN_OPTS=1), as
+                        dualtrain/tf runs by default; the peers run with TensorFlow's default
     fit/tf, fit/torch   Keras Model.fit (jit_compile=False on tf)
 
 Reported per system: steady-state samples/s (first epoch excluded; median over rounds), its ratio
@@ -46,15 +48,18 @@ SYSTEMS = (
     "torch.nn",
     "torch+keras",
     "tf.function",
+    "tf.function+onednn",
     "fit/tf",
     "fit/torch",
 )
 BASELINE = "torch.nn"
-# The goals: (system, against, at least this ratio of samples/s).
+# The goals: (system, against, at least this ratio of samples/s); the last is our own
+# like-for-like check: against a tf.function loop on the same (oneDNN) kernels as dualtrain/tf.
 GOALS = (
     ("dualtrain/tf", "tf.function", 1.0),
     ("dualtrain/torch", "fit/torch", 1.0),
     ("dualtrain/torch", "torch.nn", 0.9),
+    ("dualtrain/tf", "tf.function+onednn", 1.0),
 )
 SMOKE_SAMPLES = 256  # train samples per epoch in --smoke: two batches of W1
 
@@ -71,6 +76,7 @@ def child(system: str, workload: Workload, epochs: int, samples: int, threads: i
         "torch.nn": torch_nn_loop,
         "torch+keras": torch_keras_loop,
         "tf.function": tf_function_loop,
+        "tf.function+onednn": tf_function_loop,
         "fit/tf": keras_fit,
         "fit/torch": keras_fit,
     }[system]
@@ -232,8 +238,14 @@ def _env(system: str, threads: int) -> dict[str, str]:
         for name in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "TF_NUM_INTRAOP_THREADS"):
             env[name] = str(threads)
         env["TF_NUM_INTEROP_THREADS"] = "1"
-    if system in ("tf.function", "fit/tf"):
+    # The peers run TensorFlow as it comes (oneDNN ops on only on CPUs with AVX-512 VNNI or AMX);
+    # dualtrain/tf turns them on unless told otherwise (dualtrain.engines.select_backend).
+    if not system.startswith("dualtrain/"):
+        env.pop("TF_ENABLE_ONEDNN_OPTS", None)
+    if system.startswith("tf.function") or system == "fit/tf":
         env["KERAS_BACKEND"] = "tensorflow"
+    if system == "tf.function+onednn":
+        env["TF_ENABLE_ONEDNN_OPTS"] = "1"
     elif system in ("torch+keras", "fit/torch"):
         env["KERAS_BACKEND"] = "torch"
     env.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")

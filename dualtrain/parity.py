@@ -141,15 +141,14 @@ def side_environment() -> dict[str, dict[str, str]]:
     """Environment variables each side runs with, besides this process's own.
 
     torch runs convolutions with oneDNN on x86 CPUs; TensorFlow does only with its oneDNN custom
-    ops, which it turns on by default only on CPUs with AVX-512 VNNI/BF16 or AMX. With the same
-    kernels on both sides the backends' float32 sums agree more closely, and training amplifies
-    less: on this project's AVX2 CPU the cnn recipe stayed within 1e-5 over 40 steps for seeds 0-5
-    with them on, and failed for 3 of those 6 seeds (one at step 2) with them off
-    (docs/parity.md). So parity turns them on, unless the user has set TF_ENABLE_ONEDNN_OPTS.
+    ops, which dualtrain turns on (`select_backend`; TensorFlow itself does only on CPUs with
+    AVX-512 VNNI/BF16 or AMX). With the same kernels on both sides the backends' float32 sums
+    agree more closely, and training amplifies less: on this project's AVX2 CPU the cnn recipe
+    stayed within 1e-5 over 40 steps for seeds 0-5 with them on, and failed for 3 of those 6 seeds
+    (one at step 2) with them off (docs/parity.md). The report says which the tf side ran with:
+    on, unless the user has set TF_ENABLE_ONEDNN_OPTS.
     """
-    if "TF_ENABLE_ONEDNN_OPTS" in os.environ:
-        return {}
-    return {"tf": {"TF_ENABLE_ONEDNN_OPTS": "1"}}
+    return {"tf": {"TF_ENABLE_ONEDNN_OPTS": os.environ.get("TF_ENABLE_ONEDNN_OPTS", "1")}}
 
 
 def parity_report(

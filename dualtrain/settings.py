@@ -46,6 +46,7 @@ class BackendSettings:
     collective_timeout_s: float = 300.0  # a collective waiting longer on a rank fails the run
     cpu_replicas: int = 1  # tf mirrored on a CPU: this many logical CPU devices, one replica each
     capture_forward: bool = True  # torch: run the forward pass and loss as a captured ATen graph
+    keep_host_memory: bool = True  # torch on glibc: freed host memory stays for the next step
 
 
 @dataclass(frozen=True)
@@ -218,6 +219,9 @@ class Settings:
                 **_distribution(backend),
                 capture_forward=_boolean(
                     {"v": backend.get("capture_forward", True)}, "v", "backend.capture_forward"
+                ),
+                keep_host_memory=_boolean(
+                    {"v": backend.get("keep_host_memory", True)}, "v", "backend.keep_host_memory"
                 ),
             ),
             recipe=RecipeSettings(

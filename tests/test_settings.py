@@ -33,6 +33,7 @@ def test_defaults_are_cnn_on_torch() -> None:
     assert s.trainer.max_steps == -1
     assert s.backend.jit_compile == "auto"
     assert s.backend.capture_forward is True  # torch: the captured forward graph
+    assert s.backend.keep_host_memory is True  # torch: glibc keeps freed host memory
 
 
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
@@ -135,6 +136,10 @@ def test_python_data_requires_a_source() -> None:
         (
             "backend.capture_forward=maybe",
             "backend.capture_forward must be true or false; got 'maybe'",
+        ),
+        (
+            "backend.keep_host_memory=maybe",
+            "backend.keep_host_memory must be true or false; got 'maybe'",
         ),
         (
             "backend.steps_per_execution=4 trainer.log_every_n_steps=10",

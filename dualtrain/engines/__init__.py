@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import importlib
 import os
+import platform
 import sys
 import tempfile
 from typing import TYPE_CHECKING
@@ -37,12 +38,23 @@ def select_backend(name: str) -> None:
                 "(Keras fixes its backend at import time)"
             )
     os.environ["KERAS_BACKEND"] = keras_name
-    if (
-        name == "tf"
-        and "tensorflow" not in sys.modules
-        and "TF_CPP_MIN_LOG_LEVEL" not in os.environ
-    ):
-        _import_tensorflow_quietly()
+    if name == "tf" and "tensorflow" not in sys.modules:
+        if platform.machine().lower() in ("x86_64", "amd64"):
+            _use_onednn()
+        if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+            _import_tensorflow_quietly()
+
+
+def _use_onednn() -> None:
+    """TensorFlow's oneDNN ops on x86, unless the user has set TF_ENABLE_ONEDNN_OPTS.
+
+    TensorFlow turns them on by default only on CPUs with AVX-512 VNNI/BF16, AVX-VNNI or AMX; on
+    others it runs its own Eigen kernels. On this project's AVX2 CPU (AMD EPYC) oneDNN made the
+    benchmark workloads 1.23-1.67x as fast (docs/performance.md), and it runs the convolutions
+    that torch runs, so the backends agree more closely (docs/parity.md). Read once, when
+    TensorFlow is imported; `TF_ENABLE_ONEDNN_OPTS=0` keeps TensorFlow's own kernels.
+    """
+    os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")
 
 
 # Printed by TensorFlow on import whatever TF_CPP_MIN_LOG_LEVEL says (before absl reads it).
