@@ -20,6 +20,10 @@ to torch.nn, time from process start to the end of the first step, peak RSS, and
 utilization: training FLOPs (3x the forward's matmuls and convolutions) per second over the fp32
 matmul rate that a `matmul` process measures in the same run with the same threads. Prints a
 Markdown table and writes JSON (--out). --smoke: a tiny run that checks the harness works.
+
+On a machine with a CUDA GPU the torch systems run on it (Keras and dualtrain choose it by
+themselves; the hand-written loops follow), each epoch's time ends after the GPU's queued work,
+and the matmul rate is the GPU's fp32 `torch.mm` rate.
 """
 
 from __future__ import annotations
@@ -92,6 +96,20 @@ def _set_torch_threads(threads: int) -> Any:
     return torch
 
 
+def _torch_device() -> Any:
+    """The GPU if there is one, as Keras and dualtrain choose on torch; else the CPU."""
+    import torch
+
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def _wait_for_gpu() -> None:
+    """Waits for the GPU's queued work, so that a time includes it (nothing on a CPU)."""
+    torch = sys.modules.get("torch")
+    if torch is not None and torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
 def _keras_model(workload: Workload, x: Any) -> Any:
     from dualtrain.data import DataInfo
     from dualtrain.recipes.bench import build_model
@@ -106,17 +124,20 @@ def _epochs(run_epoch: Any, epochs: int) -> dict:
     for epoch in range(epochs):
         start = time.perf_counter()
         run_epoch(epoch, lambda: first or first.append(time.time()))
+        _wait_for_gpu()
         times.append(time.perf_counter() - start)
     return {"epoch_seconds": times, "first_step_at": first[0]}
 
 
 def torch_nn_loop(workload: Workload, x: Any, y: Any, epochs: int, threads: int) -> dict:
     torch = _set_torch_threads(threads)
-    model = torch_model(workload)
+    device = _torch_device()
+    model = torch_model(workload).to(device)
     xs = torch.from_numpy(x)
     if xs.ndim == 4:  # NHWC -> NCHW, as a torch user keeps images
         xs = xs.permute(0, 3, 1, 2).contiguous()
-    return _torch_loop(model, model, xs, torch.from_numpy(y), workload.batch_size, epochs)
+    ys = torch.from_numpy(y)
+    return _torch_loop(model, model, xs.to(device), ys.to(device), workload.batch_size, epochs)
 
 
 def torch_keras_loop(workload: Workload, x: Any, y: Any, epochs: int, threads: int) -> dict:
@@ -126,9 +147,9 @@ def torch_keras_loop(workload: Workload, x: Any, y: Any, epochs: int, threads: i
     def forward(xb: Any) -> Any:
         return model(xb, training=True)
 
-    return _torch_loop(
-        forward, model, torch.from_numpy(x), torch.from_numpy(y), workload.batch_size, epochs
-    )
+    device = _torch_device()
+    xs, ys = torch.from_numpy(x).to(device), torch.from_numpy(y).to(device)
+    return _torch_loop(forward, model, xs, ys, workload.batch_size, epochs)
 
 
 def _torch_loop(forward: Any, module: Any, xs: Any, ys: Any, batch: int, epochs: int) -> dict:
@@ -140,6 +161,7 @@ def _torch_loop(forward: Any, module: Any, xs: Any, ys: Any, batch: int, epochs:
 
     def run_epoch(epoch: int, on_first_step: Any) -> None:
         order = torch.randperm(len(xs), generator=torch.Generator().manual_seed(epoch))
+        order = order.to(xs.device)
         for start in range(0, len(xs), batch):
             idx = order[start : start + batch]
             loss = torch.nn.functional.cross_entropy(forward(xs[idx]), ys[idx])
@@ -206,6 +228,7 @@ def keras_fit(workload: Workload, x: Any, y: Any, epochs: int, threads: int) -> 
                 first.append(time.time())
 
         def on_epoch_end(self, epoch: int, logs: Any = None) -> None:
+            _wait_for_gpu()
             times.append(time.perf_counter() - self.start)
 
     model.fit(x, y, batch_size=workload.batch_size, epochs=epochs, verbose=0, callbacks=[Timer()])
@@ -213,15 +236,20 @@ def keras_fit(workload: Workload, x: Any, y: Any, epochs: int, threads: int) -> 
 
 
 def matmul_rate(threads: int, size: int = 1024, seconds: float = 1.5) -> dict:
-    """The machine's fp32 matmul rate (FLOP/s) with these threads: the best of timed bursts."""
+    """The machine's fp32 matmul rate (FLOP/s) with these threads, or its GPU's: the best of
+    timed bursts."""
     torch = _set_torch_threads(threads)
-    a, b = torch.randn(size, size), torch.randn(size, size)
+    device = _torch_device()
+    size = size if device.type == "cpu" else 8192  # a GPU needs a larger product to fill it
+    a, b = torch.randn(size, size, device=device), torch.randn(size, size, device=device)
     torch.mm(a, b)
+    _wait_for_gpu()
     best, deadline = 0.0, time.perf_counter() + seconds
     while time.perf_counter() < deadline:
         start = time.perf_counter()
         for _ in range(4):
             torch.mm(a, b)
+        _wait_for_gpu()
         best = max(best, 4 * 2 * size**3 / (time.perf_counter() - start))
     return {"flops": best}
 
