@@ -187,10 +187,10 @@ def keep_freed_host_memory() -> str | None:
     and freed. glibc hands large blocks back to the OS when they are freed (a block above its mmap
     threshold, 128 KiB at first and at most 32 MiB as it adapts, is mmap'd and unmapped; the free
     top of the heap is trimmed), so every step asks for them again and the kernel zero-fills each
-    of their pages anew: on W3 (docs/performance.md) 11,000 page
-    faults a step, 21-24 ms of system time in a 430 ms step. With blocks up to 1 GiB served from
-    the heap and the heap kept (up to 2 GiB free at its top), the process keeps its peak host
-    memory, as the CUDA allocator keeps its peak device memory. TensorFlow's allocator already
+    of their pages anew: on W3 (docs/performance.md) 11,000 page faults a step, 21-24 ms of
+    system time in a 430 ms step. With blocks up to 1 GiB served from the heap and the heap kept
+    (up to 2 GiB free at its top), the process keeps its peak host memory, as the CUDA allocator
+    keeps its peak device memory. TensorFlow's allocator already
     keeps its memory: the tf engine needs nothing of this (measured: no faults a step on W1).
     """
     if platform.system() != "Linux" or not _confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
