@@ -71,10 +71,16 @@ def format_summary(summary: Mapping[str, Any]) -> str:
         ("epochs", summary["epochs"]),
         ("wall_seconds", f"{summary['wall_seconds']:.1f}"),
     ]
+    # One throughput, the run's: summary.json's steady-state figure (epochs after the first, so
+    # start-up and compilation are not in it). The last logged window's train/samples_per_sec is
+    # left out: it covers a few steps only, often a short last batch, and would read as a second,
+    # contradicting figure; metrics.jsonl and TensorBoard have it for every window.
     if summary.get("train_samples_per_sec"):
-        rows.append(("train_samples_per_sec", f"{summary['train_samples_per_sec']:.0f}"))
+        rows.append(("samples/s (steady state)", f"{summary['train_samples_per_sec']:,.0f}"))
     for split in ("train", "val"):
         for name, value in summary["final"].get(split, {}).items():
+            if split == "train" and name == "samples_per_sec":
+                continue
             rows.append((f"{split}/{name}", f"{value:.4f}" if abs(value) < 100 else f"{value:.0f}"))
     width = max(len(name) for name, _ in rows)
     title = f"dualtrain {summary['recipe']} on {summary['backend']}: {summary['status']}"
