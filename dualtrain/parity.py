@@ -113,11 +113,11 @@ def _write_initial_weights(settings: Settings, init: Path) -> None:
     from dualtrain.checkpoint import Checkpoint, write_checkpoint
     from dualtrain.data import load_data
     from dualtrain.engines import engine_class
+    from dualtrain.loading import model_spec
     from dualtrain.recipe import load_recipe
 
-    engine = engine_class(settings.backend.name)(
-        settings, load_recipe(settings.recipe), load_data(settings.data, settings.seed)
-    )
+    data = load_data(settings.data, settings.seed)
+    engine = engine_class(settings.backend.name)(settings, load_recipe(settings.recipe), data)
     engine.setup()
     model, optimizer = engine.checkpoint_arrays()
     record = {
@@ -126,6 +126,7 @@ def _write_initial_weights(settings: Settings, init: Path) -> None:
         "seed": settings.seed,
         "step": 0,
         "config": settings.config_yaml,
+        "model_spec": model_spec(settings.recipe, data.info),
         "made_deterministic": engine.made_deterministic,
         "stochastic_layers": engine.stochastic_layers,
     }

@@ -7,7 +7,6 @@ import dataclasses
 import json
 import logging
 import os
-import random
 import signal
 import sys
 import threading
@@ -29,6 +28,7 @@ from dualtrain.checkpoint import (
 from dualtrain.data import load_data
 from dualtrain.engines import engine_class, select_backend
 from dualtrain.errors import ConfigError, Interrupted, RunError
+from dualtrain.loading import load_model, model_spec
 from dualtrain.logging import LoggerGroup, create_loggers
 from dualtrain.loop import LoopState, StopRequest, fit
 from dualtrain.recipe import load_recipe
@@ -38,6 +38,8 @@ if TYPE_CHECKING:
     from dualtrain.engines.base import Engine
 
 log = logging.getLogger("dualtrain")
+
+__all__ = ["evaluate", "load_model", "load_trained", "train"]
 
 
 def train(settings: Settings) -> dict[str, Any]:
@@ -101,6 +103,8 @@ def train(settings: Settings) -> dict[str, Any]:
                         "versions": _versions(settings.backend.name),
                         # eval and export read the data with the transform training fitted
                         "data_transform": data.transform,
+                        # load_model rebuilds the model from this alone: no data, no config
+                        "model_spec": model_spec(settings.recipe, data.info),
                     },
                 )
             )
@@ -186,44 +190,6 @@ def load_trained(settings: Settings) -> tuple[Engine, Checkpoint, Path]:
     engine.setup()
     engine.restore(checkpoint.model, None)
     return engine, checkpoint, source
-
-
-def load_model(path: str | Path, backend: str | None = None) -> Any:
-    """The Keras model of a checkpoint, with its weights, for use in Python:
-
-        from dualtrain.run import load_model
-        classifier = load_model("outputs/cnn/torch/2026-11-24_10-00-00")  # run or checkpoint dir
-
-    The model is rebuilt by its recipe from the config the checkpoint records, on `backend`
-    (default: the Keras backend this process already runs, else the one that wrote it).
-    """
-    from omegaconf import OmegaConf
-
-    source = find_checkpoint(Path(path))
-    record = read_checkpoint(source).trainer
-    cfg: Any = OmegaConf.to_container(OmegaConf.create(record["config"]), resolve=True)
-    if backend is None:
-        keras = sys.modules.get("keras")
-        backend = record["backend"] if keras is None else _BACKEND_NAMES[keras.backend.backend()]
-    cfg.update(mode="eval", checkpoint={**cfg["checkpoint"], "path": str(source)})
-    cfg["backend"]["name"] = backend
-    settings = Settings.from_config(cfg, run_dir=source)
-    select_backend(backend)
-    from dualtrain.engines.base import assign_variables, fresh_layer_names
-
-    data = load_data(settings.data, settings.seed, record.get("data_transform"))
-    # Keras draws initializer seeds from Python's `random`: a run under way keeps its stream.
-    python_rng = random.getstate()
-    try:
-        with fresh_layer_names():
-            model = load_recipe(settings.recipe).build_model(data.info)
-    finally:
-        random.setstate(python_rng)
-    assign_variables(model.variables, read_checkpoint(source).model, "model")
-    return model
-
-
-_BACKEND_NAMES = {"torch": "torch", "tensorflow": "tf"}  # Keras's names -> dualtrain's
 
 
 @contextlib.contextmanager
@@ -343,7 +309,6 @@ def write_json(path: Path, content: dict[str, Any]) -> None:
 
 
 def _versions(backend: str) -> dict[str, str]:
-    import sys
 
     versions = {"dualtrain": __version__, "python": sys.version.split()[0]}
     for name in ("keras", "torch" if backend == "torch" else "tensorflow", "numpy"):

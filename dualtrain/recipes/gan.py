@@ -175,6 +175,8 @@ class SampleGrid(Callback):
         classifier: a run or checkpoint directory of a classifier of the same data (recipe=cnn);
             if given, `val/sample_confident` and `val/sample_classes` are logged each epoch from
             `quality_samples` samples (see `sample_quality`).
+        classifier_recipe: the classifier's recipe module, when it is a recipe of your own (a
+            module named inside a checkpoint is imported only when you name it too).
     """
 
     def __init__(
@@ -182,18 +184,20 @@ class SampleGrid(Callback):
         every_n_epochs: int = 1,
         count: int = 64,
         classifier: str | None = None,
+        classifier_recipe: str | None = None,
         quality_samples: int = 1000,
         seed: int = 0,
     ) -> None:
         self.every_n_epochs, self.count, self.seed = every_n_epochs, count, seed
         self.classifier_path, self.quality_samples = classifier, quality_samples
+        self.classifier_recipe = classifier_recipe
         self.classifier: keras.Model | None = None
 
     def on_train_begin(self, run: TrainingRun) -> None:
         if self.classifier_path:
-            from dualtrain.run import load_model
+            from dualtrain.loading import load_model
 
-            self.classifier = load_model(self.classifier_path)
+            self.classifier = load_model(self.classifier_path, recipe=self.classifier_recipe)
 
     def on_validation_end(self, run: TrainingRun, metrics: dict[str, float]) -> None:
         model = run.engine.model

@@ -1,0 +1,164 @@
+"""A trained model from a checkpoint, for use in Python, without running anything it names.
+
+A checkpoint is data. What its model builder needs is stored in `trainer.json` as `model_spec`:
+the recipe's name and module, its `recipe.model` options, and the shape of the data (input
+shape, number of classes, class names). Rebuilding the model from it calls no data source, and
+imports the recipe's module only when it is a recipe that ships with dualtrain or the caller
+named that module (`load_model(path, recipe="my_recipes.net")`): a crafted checkpoint cannot make
+dualtrain import or call code of its choosing.
+
+This module imports no framework at import time; `load_model` imports the chosen backend's.
+"""
+
+from __future__ import annotations
+
+import random
+import sys
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from dualtrain.checkpoint import find_checkpoint, read_checkpoint
+from dualtrain.errors import ConfigError, RunError
+from dualtrain.settings import RecipeSettings
+
+if TYPE_CHECKING:
+    from dualtrain.data import DataInfo
+
+_RECIPES_PACKAGE = "dualtrain.recipes"
+_BACKEND_NAMES = {"torch": "torch", "tensorflow": "tf"}  # Keras's names -> dualtrain's
+
+
+def model_spec(recipe: RecipeSettings, info: DataInfo) -> dict[str, Any]:
+    """What a checkpoint records so its model can be rebuilt without the data (JSON)."""
+    return {
+        "recipe": recipe.name,
+        "module": recipe.module,
+        "model": dict(recipe.model),
+        "input_shape": [int(d) for d in info.input_shape],
+        "num_classes": int(info.num_classes),
+        "classes": list(info.classes) if info.classes is not None else None,
+    }
+
+
+def shipped_recipe(module: str) -> bool:
+    """Whether `module` is one of the recipe modules in dualtrain's own package (checked on disk,
+    without importing anything)."""
+    prefix, _, name = module.rpartition(".")
+    folder = Path(__file__).parent / "recipes"
+    return prefix == _RECIPES_PACKAGE and name.isidentifier() and (folder / f"{name}.py").is_file()
+
+
+def trusted_module(spec_module: str, named: str | None, source: Path) -> str:
+    """The module to import for a checkpoint's recipe: the stored one, if dualtrain ships it or
+    the caller named the same one; anything else is refused before it is imported."""
+    if named is not None:
+        wanted = (
+            f"{_RECIPES_PACKAGE}.{named}"
+            if shipped_recipe(f"{_RECIPES_PACKAGE}.{named}")
+            else named
+        )
+        if wanted != spec_module:
+            raise ConfigError(
+                f"{source} was written by recipe module {spec_module!r}, not {named!r}; "
+                f"name the module it was trained with"
+            )
+        return spec_module
+    if not shipped_recipe(spec_module):
+        raise ConfigError(
+            f"{source} names the recipe module {spec_module!r}, which does not ship with "
+            "dualtrain; a module named inside a checkpoint is imported only when you name it "
+            f"too: load_model(path, recipe={spec_module!r})"
+        )
+    return spec_module
+
+
+def read_model_spec(record: dict[str, Any], source: Path) -> dict[str, Any]:
+    """The checkpoint's `model_spec`, checked field by field (it is untrusted data)."""
+    spec = record.get("model_spec")
+    where = source / "trainer.json"
+    if spec is None:
+        raise RunError(
+            f"{where} has no model_spec (it was written by an older dualtrain); evaluate it "
+            "with mode=eval checkpoint.path=... and the recipe it was trained with instead"
+        )
+    if not _valid_spec(spec):
+        raise RunError(f"{where} has a malformed model_spec; it is not a dualtrain checkpoint")
+    if record.get("backend") not in ("torch", "tf"):
+        raise RunError(f"{where} names backend {record.get('backend')!r}; expected torch or tf")
+    return dict(spec)
+
+
+def _valid_spec(spec: Any) -> bool:
+    if not isinstance(spec, dict):
+        return False
+    shape, classes = spec.get("input_shape"), spec.get("classes")
+    return (
+        isinstance(spec.get("recipe"), str)
+        and isinstance(spec.get("module"), str)
+        and isinstance(spec.get("model"), dict)
+        and _count(spec.get("num_classes"))
+        and isinstance(shape, list)
+        and 0 < len(shape) <= 8
+        and all(_count(d) and d > 0 for d in shape)
+        and (
+            classes is None
+            or (isinstance(classes, list) and all(isinstance(c, str) for c in classes))
+        )
+    )
+
+
+def _count(value: Any) -> bool:
+    """A non-negative int of a sane size (JSON numbers can be anything)."""
+    return isinstance(value, int) and not isinstance(value, bool) and 0 <= value <= 1 << 24
+
+
+def load_model(path: str | Path, backend: str | None = None, recipe: str | None = None) -> Any:
+    """The Keras model of a checkpoint, with its weights, for use in Python:
+
+        from dualtrain.run import load_model
+        classifier = load_model("outputs/cnn/torch/2026-11-24_10-00-00")  # run or checkpoint dir
+        mine = load_model("runs/a", recipe="my_recipes.net")  # a recipe of your own: name it
+
+    The model is rebuilt by its recipe from the checkpoint's `model_spec`, on `backend` (default:
+    the Keras backend this process already runs, else the one that wrote it). No data is read:
+    `DataInfo.x_train` is None, so statistics a model keeps (a normalization's mean) must be
+    model variables, which the checkpoint restores.
+
+    Args:
+        recipe: the recipe's module (`my_recipes.net`) or a shipped recipe's name (`cnn`); needed
+            for a recipe that does not ship with dualtrain, whose module is imported only then.
+    """
+    from dualtrain.data import DataInfo
+    from dualtrain.engines import select_backend
+    from dualtrain.recipe import load_recipe
+
+    source = find_checkpoint(Path(path))
+    checkpoint = read_checkpoint(source)
+    spec = read_model_spec(checkpoint.trainer, source)
+    module = trusted_module(spec["module"], recipe, source)
+    if backend is None:
+        keras = sys.modules.get("keras")
+        backend = (
+            checkpoint.trainer["backend"]
+            if keras is None
+            else _BACKEND_NAMES[keras.backend.backend()]
+        )
+    select_backend(backend)
+    from dualtrain.engines.base import assign_variables, fresh_layer_names
+
+    info = DataInfo(
+        input_shape=tuple(spec["input_shape"]),
+        num_classes=spec["num_classes"],
+        x_train=None,
+        classes=tuple(spec["classes"]) if spec["classes"] is not None else None,
+    )
+    settings = RecipeSettings(name=spec["recipe"], module=module, model=dict(spec["model"]))
+    # Keras draws initializer seeds from Python's `random`: a run under way keeps its stream.
+    python_rng = random.getstate()
+    try:
+        with fresh_layer_names():
+            model = load_recipe(settings).build_model(info)
+    finally:
+        random.setstate(python_rng)
+    assign_variables(model.variables, checkpoint.model, "model")
+    return model
