@@ -86,7 +86,10 @@ class TorchEngine(Engine):
 
         problem = capture_problem(self.model)
         if problem is not None:
-            log.info("backend.capture_forward: the model runs eagerly: %s", problem)
+            log.info(
+                "backend.capture_forward: the model runs eagerly, as plain Keras on torch: %s",
+                problem,
+            )
             return
         variables = list(self.model.variables)
         self.phases = [_captured_phase(phase, self.model, variables) for phase in self.phases]

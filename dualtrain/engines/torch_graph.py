@@ -101,7 +101,7 @@ class CapturedFunction:
             with torch.random.fork_rng(devices=[]):
                 graph = make_fx(self._with_variables)(*tensors, *values)
         except Exception as err:  # an op or a Python construct make_fx cannot record
-            return self._fail(f"tracing failed ({type(err).__name__}: {err})")
+            return self._fail(_untraceable(err), err)
         if [t._version for t in values] != versions or any(
             v.value is not t for v, t in zip(self.variables, values, strict=True)
         ):
@@ -112,7 +112,7 @@ class CapturedFunction:
         try:
             same = self._same_values(graph, tensors, values)
         except Exception as err:  # a kernel that refuses what the rewritten graph gives it
-            return self._fail(f"the captured graph fails ({type(err).__name__}: {err})")
+            return self._fail("a kernel refuses the captured graph's inputs", err)
         if not same:
             return self._fail("the captured graph does not reproduce the eager values")
         return graph
@@ -142,11 +142,34 @@ class CapturedFunction:
             for g, e in zip(_flat(got), _flat(expected), strict=True)
         )
 
-    def _fail(self, reason: str) -> Callable[..., Any] | None:
-        """Logs why, and returns no graph: this function runs eagerly from now on."""
+    def _fail(self, reason: str, err: Exception | None = None) -> Callable[..., Any] | None:
+        """Logs why, in words, and returns no graph: this function runs eagerly from now on.
+
+        The exception behind it is torch's tracing machinery speaking (with advice about make_fx
+        options that a user of dualtrain cannot act on), so it goes to the debug log only.
+        """
         self.failed = reason
-        log.info("backend.capture_forward: %s runs eagerly: %s", self.name, reason)
+        log.info(
+            "backend.capture_forward: %s runs eagerly, as plain Keras on torch (same results, "
+            "slower steps): %s",
+            self.name,
+            reason,
+        )
+        if err is not None:
+            log.debug("backend.capture_forward: %s: %s: %s", self.name, type(err).__name__, err)
         return None
+
+
+def _untraceable(err: Exception) -> str:
+    """Why tracing failed, in the terms of the user's code rather than torch's."""
+    text = str(err)
+    if "_local_scalar_dense" in text or "data-dependent" in text or "value out of" in text:
+        return (
+            "it reads a tensor's value on the host (e.g. ops.one_hot, whose torch kernel checks "
+            "the labels; .item(), int(...) or a Python `if` on a tensor), which a captured graph "
+            "cannot replay"
+        )
+    return f"it uses an operation the graph capture cannot record ({type(err).__name__})"
 
 
 def _flat(value: Any) -> list[torch.Tensor]:

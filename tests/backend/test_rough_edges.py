@@ -1,0 +1,43 @@
+"""First-day rough edges, in process on this process's backend."""
+
+from __future__ import annotations
+
+import logging
+
+import pytest
+
+from tests.backend.conftest import BACKEND
+
+
+@pytest.mark.skipif(BACKEND != "torch", reason="capture_forward is torch's")
+def test_a_loss_that_cannot_be_captured_says_why_in_one_plain_line(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    """README's own recipe writes its loss with ops.one_hot, whose torch kernel reads the labels'
+    values to check them: the capture falls back, and says so in words, not in torch's."""
+    import keras
+    import torch
+    from keras import ops
+
+    from dualtrain.engines.torch_graph import CapturedFunction
+
+    inputs = keras.Input((2,))
+    model = keras.Model(inputs, keras.layers.Dense(3)(inputs))
+
+    def loss(x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
+        logits = model(x)
+        one_hot = ops.one_hot(y, ops.shape(logits)[-1])
+        return ops.mean(-ops.sum(one_hot * ops.log_softmax(logits), axis=-1))
+
+    captured = CapturedFunction(loss, model.variables, "the model loss")
+    x, y = torch.randn(8, 2), torch.arange(8) % 3
+    with caplog.at_level(logging.INFO, logger="dualtrain"):
+        first = captured(x, y)
+        captured(torch.randn(4, 2), torch.arange(4) % 3)  # another shape: no second line
+    assert float(first.detach()) == pytest.approx(float(loss(x, y).detach()))
+    lines = [r.getMessage() for r in caplog.records if r.levelno >= logging.INFO]
+    assert len(lines) == 1, lines
+    assert "the model loss runs eagerly, as plain Keras on torch" in lines[0]
+    assert "reads a tensor's value on the host" in lines[0]
+    for torch_words in ("RuntimeError", "make_fx", "aten.", "tracing_mode"):
+        assert torch_words not in lines[0]
