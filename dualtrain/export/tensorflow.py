@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
+import logging
+import os
+import sys
+import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -61,7 +67,9 @@ def write_tflite(
     path = directory / "model.tflite"
     path.write_bytes(flatbuffer)
     interpreter_class, runtime = _interpreter()
-    interpreter = interpreter_class(model_path=str(path))
+    with _without_native_info():
+        interpreter = interpreter_class(model_path=str(path))
+        interpreter.allocate_tensors()
     [input_detail] = interpreter.get_input_details()
     [output_detail] = interpreter.get_output_details()
 
@@ -75,7 +83,6 @@ def write_tflite(
         interpreter.invoke()
         return np.array(interpreter.get_tensor(output_detail["index"]))
 
-    interpreter.allocate_tensors()
     return Written(
         path=path,
         predict=predict,
@@ -98,10 +105,39 @@ def _write_saved_model(model: keras.Model, directory: Path, signature: Signature
         return {signature.output_name: model(inputs, training=False)}
 
     archive.add_endpoint(name="serving_default", fn=serve, input_signature=[spec])
+    # TensorFlow's saver logs "Assets written to: ..." at INFO, which Hydra's root logger shows;
+    # the run's own report names what was written.
+    tf_logger = logging.getLogger("tensorflow")
+    level = tf_logger.level
+    tf_logger.setLevel(logging.WARNING)
     try:
         archive.write_out(str(directory), verbose=False)
     except Exception as err:
         raise ExportFailure(f"writing the SavedModel failed: {_first_line(err)}") from None
+    finally:
+        tf_logger.setLevel(level)
+
+
+@contextlib.contextmanager
+def _without_native_info() -> Iterator[None]:
+    """LiteRT's C++ runtime prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on
+    file descriptor 2, out of Python logging's reach: the block's native stderr is collected, and
+    all but such INFO lines are passed on (errors and warnings still show)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as collected:
+        os.dup2(collected.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            collected.seek(0)
+            lines = collected.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not line.startswith("INFO: "))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
 
 
 def _interpreter() -> tuple[Any, str]:

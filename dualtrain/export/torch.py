@@ -124,8 +124,10 @@ def _export(model: keras.Model, batch: np.ndarray) -> Any:
 @contextlib.contextmanager
 def _quiet() -> Any:
     """The exporters print progress and warnings (e.g. torchvision ops skipped); a run shows
-    its own lines only."""
-    loggers = [logging.getLogger(n) for n in ("torch.onnx", "torch.export", "torch._export")]
+    its own lines only. The ONNX exporter's optimizer passes (onnxscript, onnx_ir) log a line at
+    INFO per pass ("Removed 11 unused nodes"), which Hydra's root logger would show."""
+    names = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir")
+    loggers = [logging.getLogger(n) for n in names]
     levels = [lg.level for lg in loggers]
     for lg in loggers:
         lg.setLevel(logging.ERROR)
