@@ -85,6 +85,15 @@ def register_shared_now() -> None:
         return datetime.fromtimestamp(cache["time"]).strftime(pattern)
 
     OmegaConf.register_new_resolver("shared_now", shared_now, use_cache=True, replace=True)
+    # The run directory's other part, registered with shared_now because both name it.
+    OmegaConf.register_new_resolver("run_group", run_group, replace=True)
+
+
+def run_group(mode: str, backend: str) -> str:
+    """`${run_group:${mode},${backend.name}}`, the default run directory's middle part: a
+    training run's backend; eval, export and parity are named by their mode, as parity runs both
+    backends and eval and export run on the checkpoint's, whichever `backend` says."""
+    return backend if mode == "train" else mode
 
 
 def _shared_start_time() -> float:

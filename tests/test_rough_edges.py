@@ -5,6 +5,10 @@ from __future__ import annotations
 import re
 from pathlib import Path
 
+import pytest
+from hydra import compose, initialize_config_module
+
+from dualtrain.distributed import register_shared_now
 from dualtrain.logging import format_summary
 from tests.conftest import TINY, run_cli
 
@@ -45,3 +49,40 @@ def test_export_shows_the_report_not_the_exporters_info_logs(tmp_path: Path) -> 
     assert re.search(r"^  tflite +export/tflite/model\.tflite", result.stdout, re.M), output
     for noise in ("onnxscript", "onnx_ir", "Assets written to", "XNNPACK"):
         assert noise not in output, output
+
+
+@pytest.mark.parametrize(
+    ("overrides", "group"),
+    [
+        (["backend=tf"], "tf"),
+        (["mode=train"], "torch"),
+        (["mode=eval", "backend=tf"], "eval"),
+        (["mode=export"], "export"),
+        (["mode=parity", "recipe=mlp"], "parity"),
+    ],
+)
+def test_default_run_dir_names_the_backend_for_training_and_the_mode_otherwise(
+    overrides: list[str], group: str
+) -> None:
+    """Parity runs both backends, eval and export run on the checkpoint's: naming their
+    directories after `backend` would file them under a backend they did not (only) use."""
+    register_shared_now()  # as the CLI does before Hydra composes
+    with initialize_config_module("dualtrain.configs", version_base="1.3"):
+        cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    run_dir = Path(cfg.hydra.run.dir)
+    assert run_dir.parts[:3] == ("outputs", cfg.recipe.name, group), run_dir
+    assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", run_dir.parts[3])
+
+
+def test_eval_of_a_run_goes_to_outputs_recipe_eval(tmp_path: Path) -> None:
+    trained = run_cli(*TINY, "trainer.max_epochs=1", cwd=tmp_path)
+    assert trained.returncode == 0, trained.stderr[-3000:]
+    [train_dir] = (tmp_path / "outputs" / "cnn" / "torch").iterdir()
+    result = run_cli(
+        "mode=eval", f"checkpoint.path={train_dir}", "data=synthetic", "data.num_samples=256",
+        cwd=tmp_path,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    [eval_dir] = (tmp_path / "outputs" / "cnn" / "eval").iterdir()
+    assert (eval_dir / "eval.json").is_file()
+    assert sorted(p.name for p in (tmp_path / "outputs" / "cnn").iterdir()) == ["eval", "torch"]
