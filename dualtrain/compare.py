@@ -1,8 +1,10 @@
 """Runs side by side: `python -m dualtrain.compare RUN_DIR...` and the comparison of every sweep.
 
 For any run directories (of either backend, any recipe), it prints a Markdown table of final
-metrics and throughput, and draws their loss and metric curves into one PNG. A directory that is
-not a run itself, such as a multirun sweep directory or a parity run, stands for the runs under it.
+metrics and throughput, and draws their loss and metric curves into one PNG: `--png PATH`, or
+comparison.png in `--out DIR` (with comparison.md and .json), beside `--json`, or in the first
+directory given. A directory that is not a run itself, such as a multirun sweep directory or a
+parity run, stands for the runs under it.
 
 After a multirun (`python -m dualtrain -m backend=torch,tf`), `SweepComparison`, a Hydra
 callback set in train.yaml, writes comparison.md, comparison.json and comparison.png into the
@@ -188,11 +190,20 @@ class SweepComparison(Callback):
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(
         prog="python -m dualtrain.compare",
-        description="Final metrics and throughput of dualtrain runs, and their curves in a PNG.",
+        description=(
+            "Final metrics and throughput of dualtrain runs, and their curves in a PNG. Without "
+            "--png, the PNG goes into --out, else beside --json, else into the first directory "
+            "given; never into the working directory unless it is one of those."
+        ),
     )
     parser.add_argument("runs", nargs="+", type=Path, help="run directories or sweep directories")
     parser.add_argument(
-        "--png", type=Path, default=Path("comparison.png"), help="the curves (comparison.png)"
+        "--out",
+        type=Path,
+        help="write comparison.md, comparison.json and comparison.png into this directory",
+    )
+    parser.add_argument(
+        "--png", type=Path, help="the curves here (default: comparison.png, placed as above)"
     )
     parser.add_argument("--json", type=Path, help="also write the table as JSON here")
     args = parser.parse_args(argv)
@@ -200,13 +211,31 @@ def main(argv: list[str] | None = None) -> None:
         runs = find_runs(args.runs)
         rows = table(runs)
         print(markdown(rows))
-        plot(runs, args.png)
+        written = []
+        if args.out is not None:
+            args.out.mkdir(parents=True, exist_ok=True)
+            written = write_comparison(runs, args.out)
+        png = args.png or _default_png(args.out, args.json, args.runs[0])
+        if png not in written:
+            plot(runs, png)
         if args.json:
             args.json.write_text(json.dumps(rows, indent=2) + "\n", encoding="utf-8")
     except DualtrainError as err:
         print(f"dualtrain: error: {err}", file=sys.stderr)
         sys.exit(err.exit_code)
-    print(f"curves: {args.png}")
+    if written:
+        print("comparison: " + ", ".join(str(f) for f in written))
+    print(f"curves: {png}")
+
+
+def _default_png(out: Path | None, json_path: Path | None, first: Path) -> Path:
+    """Where the curves go when --png is not given: with the other files the user asked for, or
+    with the runs; the working directory may be the repository or anywhere else."""
+    if out is not None:
+        return out / "comparison.png"
+    if json_path is not None:
+        return json_path.parent / "comparison.png"
+    return first / "comparison.png"
 
 
 _TEXT_COLUMNS = ("run", "backend", "recipe", "status")

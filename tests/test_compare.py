@@ -62,6 +62,34 @@ def test_compare_prints_a_table_and_draws_the_curves(sweep: Path, tmp_path: Path
     assert [r["backend"] for r in json.loads(table.read_text())] == ["tf", "torch"]
 
 
+def test_compare_writes_its_png_with_the_runs_not_into_the_working_directory(
+    sweep: Path, tmp_path: Path
+) -> None:
+    """Without --png the curves go into the first directory given; with --out, all three files
+    go there; the working directory stays as it was."""
+    cwd = tmp_path / "cwd"
+    cwd.mkdir()
+    first = sweep / "1"
+    (first / "comparison.png").unlink(missing_ok=True)
+    compare = [sys.executable, "-m", "dualtrain.compare", str(first), str(sweep / "0")]
+    result = subprocess.run(compare, cwd=cwd, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.splitlines()[-1] == f"curves: {first / 'comparison.png'}"
+    assert (first / "comparison.png").read_bytes().startswith(PNG)
+    out = tmp_path / "out"
+    result = subprocess.run(
+        [*compare, "--out", str(out)], cwd=cwd, capture_output=True, text=True, timeout=120
+    )
+    assert result.returncode == 0, result.stderr
+    assert sorted(p.name for p in out.iterdir()) == [
+        "comparison.json", "comparison.md", "comparison.png"
+    ]  # fmt: skip
+    assert [r["backend"] for r in json.loads((out / "comparison.json").read_text())] == [
+        "tf", "torch"
+    ]  # fmt: skip
+    assert list(cwd.iterdir()) == []
+
+
 def test_compare_of_a_directory_without_runs_is_one_line_exit_2(tmp_path: Path) -> None:
     result = subprocess.run(
         [sys.executable, "-m", "dualtrain.compare", str(tmp_path)],
