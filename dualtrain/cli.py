@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from dualtrain import distributed
+from dualtrain import config_errors, distributed
 from dualtrain.checkpoint import find_checkpoint
 from dualtrain.errors import ConfigError, DualtrainError
 from dualtrain.settings import Settings
@@ -34,7 +34,14 @@ def main() -> None:
     """`python -m dualtrain [overrides]`: see `--help`."""
     if "--help" in sys.argv[1:] or "-h" in sys.argv[1:]:
         _share_config_repository_in_help()
-    _hydra_main()
+    try:
+        with config_errors.hydra_errors_raised(sys.argv[1:], _PACKAGE_CONFIGS):
+            _hydra_main()
+    except Exception as err:  # from Hydra: the job reports its own errors and exits
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        multirun = any(a in ("-m", "--multirun") for a in sys.argv[1:])
+        _exit_with(*config_errors.describe(err, multirun))
 
 
 # The default run directory's ${shared_now:...}: under torchrun, one time (and dir) for all ranks.

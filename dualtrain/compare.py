@@ -130,7 +130,7 @@ def markdown(rows: list[dict[str, Any]]) -> str:
 
 def plot(runs: list[Run], path: Path) -> None:
     """Train loss, val loss and each val metric against the step, one line per run."""
-    from dualtrain.plots import log_y, pyplot
+    from dualtrain.plots import pyplot
 
     plt = pyplot()
     series = ["train/loss", "val/loss"]
@@ -155,11 +155,77 @@ def plot(runs: list[Run], path: Path) -> None:
         axis.set_title(name)
         axis.set_xlabel("optimizer step")
         if name.endswith("loss"):
-            log_y(axis)
+            plain_log_y(axis)
     axes[0][0].legend(fontsize="small")
     fig.tight_layout()
     fig.savefig(path, dpi=100)
     plt.close(fig)
+
+
+def plain_log_y(axis: Any) -> None:
+    """A log y axis labelled in plain numbers (0.02, 0.05, 0.1), as many as fit without overlap.
+
+    Labelling every minor tick (2, 3, ... 9 times each power of ten) piles the labels of a decade
+    into a few pixels once an axis spans more than a decade. The labels here follow the densest
+    series whose closest labels stay apart at this axis's drawn height: all of 1..9, then 1-2-3-5,
+    then 1-2-5, then powers of ten alone.
+    """
+    from matplotlib.ticker import LogLocator
+
+    axis.set_yscale("log")
+    axis.yaxis.set_major_locator(LogLocator(base=10, subs=(1.0,)))
+    axis.yaxis.set_minor_locator(LogLocator(base=10, subs=tuple(range(2, 10))))
+    axis.yaxis.set_major_formatter(_plain_log_labels(major=True))
+    axis.yaxis.set_minor_formatter(_plain_log_labels(major=False))
+
+
+# Label series of a log axis, densest first, with the smallest gap between two of their labels
+# in decades: log10(10/9) for 1..9, log10(3/2) for 1-2-3-5, log10(2) for 1-2-5.
+_LOG_SERIES = (
+    (frozenset(range(1, 10)), math.log10(10 / 9)),
+    (frozenset({1, 2, 3, 5}), math.log10(3 / 2)),
+    (frozenset({1, 2, 5}), math.log10(2)),
+    (frozenset({1}), 1.0),
+)
+
+
+def _plain_log_labels(major: bool) -> Any:
+    from matplotlib import rcParams
+    from matplotlib.font_manager import FontProperties
+    from matplotlib.ticker import Formatter
+
+    class PlainLogLabels(Formatter):
+        def __init__(self) -> None:
+            self.shown: frozenset[int] = frozenset({1})
+
+        def set_locs(self, locs: Any) -> None:
+            # Called before each draw's labels: the axis's current limits and size.
+            super().set_locs(locs)
+            axis: Any = self.axis
+            if axis is None or getattr(axis, "axes", None) is None:  # not drawn on an Axes
+                return
+            low, high = sorted(axis.get_view_interval())
+            decades = math.log10(high / low) if low > 0 and high > low else 1.0
+            axes = axis.axes
+            height = axes.get_window_extent().height  # pixels, at the drawing's dpi
+            points = FontProperties(size=rcParams["ytick.labelsize"]).get_size_in_points()
+            label_px = 1.6 * points * axes.figure.dpi / 72
+            per_decade = height / max(decades, 1e-9)
+            self.shown = next(
+                (series for series, gap in _LOG_SERIES if gap * per_decade >= label_px),
+                frozenset({1}),
+            )
+
+        def __call__(self, value: float, pos: int | None = None) -> str:
+            if value <= 0:
+                return ""
+            exponent = math.floor(math.log10(value) + 1e-9)
+            coefficient = round(value / 10.0**exponent)
+            if major or coefficient in self.shown:
+                return f"{value:g}"
+            return ""
+
+    return PlainLogLabels()
 
 
 def write_comparison(runs: list[Run], directory: Path) -> list[Path]:

@@ -221,7 +221,8 @@ def write_report(run_dir: Path, report: dict[str, Any]) -> None:
 
 def plot_parity(report: dict[str, Any], path: Path) -> None:
     """Per-step losses of both backends, and their relative difference against rtol."""
-    from dualtrain.plots import log_y, pyplot
+    from dualtrain.compare import plain_log_y
+    from dualtrain.plots import pyplot
 
     plt = pyplot()
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(8, 6.5), sharex=True)
@@ -230,7 +231,7 @@ def plot_parity(report: dict[str, Any], path: Path) -> None:
         speed = report["train_samples_per_sec"][backend]
         label = f"{backend} ({speed:,.0f} samples/s)" if speed else backend
         top.plot(steps, report["losses"][backend], style, label=label)
-    log_y(top)
+    plain_log_y(top)
     top.set_ylabel("train loss")
     top.legend()
     top.set_title(

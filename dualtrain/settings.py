@@ -6,10 +6,11 @@ everything below works with these frozen dataclasses.
 
 from __future__ import annotations
 
+import difflib
 import importlib.util
 import math
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +35,26 @@ ON_BAD_FILE = ("error", "skip")
 # data.augmentation keys: Keras preprocessing layers, applied to training batches only.
 AUGMENTATIONS = ("flip", "rotation", "zoom", "translation", "contrast", "brightness")
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
+# The keyword arguments of each optimizer's Keras class (Keras 3) that a config may set, as
+# optimizer.<name>: checked here, so that a misspelt one fails before any framework is imported.
+# A test compares them with the classes' signatures.
+OPTIMIZER_KWARGS = {
+    "adam": ("beta_1", "beta_2", "epsilon", "amsgrad", "weight_decay", "clipnorm", "use_ema",
+             "ema_momentum", "ema_overwrite_frequency", "loss_scale_factor"),
+    "adamw": ("beta_1", "beta_2", "epsilon", "amsgrad", "weight_decay", "clipnorm", "use_ema",
+              "ema_momentum", "ema_overwrite_frequency", "loss_scale_factor"),
+    "sgd": ("momentum", "nesterov", "weight_decay", "clipnorm", "use_ema", "ema_momentum",
+            "ema_overwrite_frequency", "loss_scale_factor"),
+}  # fmt: skip
+# The other arguments of those classes: dualtrain passes them itself, from these keys.
+OPTIMIZER_KWARGS_SET_BY = {
+    "learning_rate": "optimizer.lr",
+    "global_clipnorm": "trainer.grad_clip_norm",
+    "clipvalue": "trainer.grad_clip_value",
+    # dualtrain accumulates gradients itself; Keras's accumulation inside would compound it
+    "gradient_accumulation_steps": "trainer.grad_accum_steps",
+    "name": "optimizer=<option>",
+}
 
 
 @dataclass(frozen=True)
@@ -160,6 +181,7 @@ class Settings:
         Raises:
             ConfigError: naming the first bad key, its value and what would be right.
         """
+        check_keys("", cfg)
         mode = _choice(cfg, "mode", MODES)
         backend = _section(cfg, "backend")
         recipe = _section(cfg, "recipe")
@@ -167,6 +189,8 @@ class Settings:
         optimizer = _section(cfg, "optimizer")
         trainer = _section(cfg, "trainer")
         logger = _section(cfg, "logger")
+        for name in ("backend", "recipe", "trainer", "logger", "checkpoint", "parity", "export"):
+            check_keys(name, _section(cfg, name))
 
         jit = backend.get("jit_compile", "auto")
         jit = {True: "true", False: "false"}.get(jit, jit) if isinstance(jit, bool) else jit
@@ -228,11 +252,7 @@ class Settings:
                 name=_text(recipe, "recipe.name"), module=recipe_module, model=dict(model)
             ),
             data=_data_settings(data, source),
-            optimizer=OptimizerSettings(
-                name=_choice(optimizer, "name", OPTIMIZERS, "optimizer"),
-                lr=_positive_float(optimizer, "lr", "optimizer.lr"),
-                params={k: v for k, v in optimizer.items() if k not in ("name", "lr")},
-            ),
+            optimizer=_optimizer_settings(optimizer),
             trainer=_trainer_settings(trainer, max_steps),
             scheduler=_scheduler_settings(_section(cfg, "scheduler")),
             callbacks=_callback_specs(cfg.get("callbacks") or {}),
@@ -243,6 +263,101 @@ class Settings:
             parity=parity,
             export=export,
         )
+
+
+# Config sections that become a dataclass: (the dataclass, its fields that are not keys of the
+# section, the section's keys that are not fields). The fields are the one list of allowed keys.
+# Sections not here pass their other keys on and are checked where they are used: data (to the
+# source function), recipe.model (to build_model), callbacks.<name> (to the callback's class),
+# hydra (Hydra's own).
+_SECTIONS: dict[str, tuple[type, tuple[str, ...], tuple[str, ...]]] = {
+    # The composed config holds Hydra's own section only when composed with it.
+    "": (Settings, ("run_dir", "config_yaml"), ("init_from", "hydra")),
+    "backend": (BackendSettings, (), ()),
+    "recipe": (RecipeSettings, (), ()),
+    "optimizer": (OptimizerSettings, ("params",), ()),
+    "scheduler": (SchedulerSettings, (), ()),
+    "trainer": (TrainerSettings, (), ()),
+    "logger": (LoggerSettings, ("loggers",), LOGGERS),
+    "checkpoint": (CheckpointSettings, ("init_from",), ()),
+    "parity": (ParitySettings, (), ()),
+    "export": (ExportSettings, (), ()),
+}
+
+
+def section_keys(section: str, optimizer: str | None = None) -> tuple[str, ...] | None:
+    """The keys config section `section` ("" for the top level) may have, sorted; None where its
+    keys are free-form. The optimizer section's depend on the optimizer (None: any of them)."""
+    if section not in _SECTIONS:
+        return None
+    cls, not_keys, extra = _SECTIONS[section]
+    keys = {f.name for f in fields(cls)} - set(not_keys) | set(extra)
+    if section == "optimizer":
+        chosen = [optimizer] if optimizer in OPTIMIZER_KWARGS else list(OPTIMIZER_KWARGS)
+        keys |= {k for name in chosen for k in OPTIMIZER_KWARGS[str(name)]}
+    return tuple(sorted(keys))
+
+
+def unknown_key_error(
+    key: str, label: str = "", optimizer: str | None = None
+) -> ConfigError | None:
+    """The error for dotted config key `key` if no section takes it, else None (a known key, or
+    one of a free-form section). `label` names the section in the message."""
+    section, _, name = key.partition(".")
+    if not name:
+        section, name = "", key
+    name = name.split(".")[0]
+    if section and section not in (section_keys("") or ()):
+        section, name = "", section  # foo.bar where the config has no foo
+    known = section_keys(section, optimizer)
+    if known is None or name in known:
+        return None
+    if section == "optimizer" and name in OPTIMIZER_KWARGS_SET_BY:
+        return ConfigError(
+            f"optimizer.{name} is set from {OPTIMIZER_KWARGS_SET_BY[name]}; set that instead"
+        )
+    label = label or section or "the config"
+    prefix = f"{section}." if section else ""
+    message = f"{label} has no key {name}; its keys: {', '.join(known)}"
+    scores = {k: _likeness(name, k) for k in known}
+    near = sorted((k for k, score in scores.items() if score >= 0.6), key=lambda k: -scores[k])
+    near = [k for k in near if scores[k] > scores[near[0]] - 0.05]  # ties: beta_1 or beta_2
+    if near:
+        message += f"; did you mean {' or '.join(prefix + k for k in near[:2])}?"
+    return ConfigError(message)
+
+
+def _likeness(given: str, key: str) -> float:
+    """How near a misspelt key is to a real one, 0 to 1: compared without case and separators
+    (max_epoch, maxEpochs and max-epochs are near max_epochs); swapped letters (modle) and a
+    shortened name (jit for jit_compile) count as very near."""
+    given, key = (s.lower().replace("_", "").replace("-", "") for s in (given, key))
+    if sorted(given) == sorted(key):
+        return 1.0
+    if len(given) >= 3 and key.startswith(given):
+        return 0.9
+    return difflib.SequenceMatcher(None, given, key).ratio()
+
+
+def check_keys(
+    section: str, cfg: Mapping[str, Any], label: str = "", optimizer: str | None = None
+) -> None:
+    """Rejects the first key of `cfg`, config section `section`, that the section does not have:
+    a misspelt key added with +key=value would otherwise be ignored without a word."""
+    for key in cfg:
+        error = unknown_key_error(f"{section}.{key}" if section else str(key), label, optimizer)
+        if error is not None:
+            raise error
+
+
+def _optimizer_settings(optimizer: Mapping[str, Any]) -> OptimizerSettings:
+    name = _choice(optimizer, "name", OPTIMIZERS, "optimizer")
+    check_keys("optimizer", optimizer, f"optimizer={name}", name)
+    return OptimizerSettings(
+        name=name,
+        lr=_positive_float(optimizer, "lr", "optimizer.lr"),
+        params={k: v for k, v in optimizer.items() if k not in ("name", "lr")},
+    )
 
 
 def _distribution(backend: Mapping[str, Any]) -> dict[str, Any]:
@@ -416,12 +531,7 @@ def _trainer_settings(trainer: Mapping[str, Any], max_steps: int) -> TrainerSett
 
 def _scheduler_settings(scheduler: Mapping[str, Any]) -> SchedulerSettings:
     name = _choice(scheduler, "name", SCHEDULERS, "scheduler")
-    known = {"name", "step_size", "gamma", "warmup_steps", "decay_steps", "alpha"}
-    unknown = sorted(set(scheduler) - known)
-    if unknown:
-        raise ConfigError(
-            f"scheduler={name} has no key {unknown[0]}; its keys: {', '.join(sorted(known))}"
-        )
+    check_keys("scheduler", scheduler, f"scheduler={name}")
     decay = scheduler.get("decay_steps")
     if decay is not None:
         _integer(scheduler, "decay_steps", "scheduler.decay_steps", minimum=1)

@@ -3,6 +3,7 @@ Hydra's Optuna sweeper optimizing what each run returns."""
 
 from __future__ import annotations
 
+import itertools
 import json
 import subprocess
 import sys
@@ -121,3 +122,30 @@ def test_optuna_search_maximizes_what_the_runs_return(tmp_path: Path) -> None:
     results = yaml.safe_load((sweep / "optimization_results.yaml").read_text())
     assert results["best_value"] == pytest.approx(max(accuracies))
     assert len(json.loads((sweep / "comparison.json").read_text())) == 3
+
+
+@pytest.mark.parametrize(("low", "high"), [(0.003, 3.0), (0.015, 2.2), (0.03, 0.9), (0.3, 0.5)])
+def test_log_axis_labels_are_plain_numbers_that_do_not_overlap(low: float, high: float) -> None:
+    """comparison.png's and parity.png's loss axes: labelling every minor tick of a log axis
+    that spans decades piles the labels into each other."""
+    from dualtrain.compare import plain_log_y
+    from dualtrain.plots import pyplot
+
+    plt = pyplot()
+    fig, axis = plt.subplots(figsize=(4.6, 3.8), dpi=100)
+    axis.plot([0, 1], [high, low])
+    plain_log_y(axis)
+    fig.canvas.draw()
+    renderer = fig.canvas.get_renderer()
+    shown = [
+        (label.get_text(), label.get_window_extent(renderer))
+        for label in axis.get_yticklabels(minor=False) + axis.get_yticklabels(minor=True)
+        if label.get_visible() and label.get_text()
+        if low <= float(label.get_text()) <= high
+    ]
+    plt.close(fig)
+    assert len(shown) >= 2, shown
+    assert all("e" not in text and "$" not in text for text, _ in shown)  # 0.01, not 10^-2
+    boxes = sorted(box.y0 for _, box in shown)
+    height = shown[0][1].height
+    assert all(b - a >= height for a, b in itertools.pairwise(boxes)), shown
