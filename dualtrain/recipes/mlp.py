@@ -26,7 +26,9 @@ class Standardize(keras.layers.Layer):
 
     def build(self, input_shape: tuple[int | None, ...]) -> None:
         mean, variance = self._initial
-        shape = (int(input_shape[-1]),)
+        features = input_shape[-1]  # the batch axis may be None; the features' never is
+        assert features is not None
+        shape = (int(features),)
         if mean is None:  # rebuilt without data: the checkpoint restores the values
             mean, variance = np.zeros(shape, "float32"), np.ones(shape, "float32")
         std = np.sqrt(np.asarray(variance, "float32"))
