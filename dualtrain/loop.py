@@ -15,6 +15,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING
 
+import numpy as np
+
 from dualtrain.callbacks import Callback, TrainingRun
 from dualtrain.errors import Interrupted, RunError
 from dualtrain.logging import Logger
@@ -239,6 +241,16 @@ def _check_finite(engine: Engine, trainer: TrainerSettings, state: LoopState) ->
     new = count - state.nonfinite_seen
     state.nonfinite_seen = count
     state.skipped_steps += new
+    broken = _nonfinite_weight(engine)
+    if broken is not None:
+        # Weights that are NaN or Inf make every later loss so too: skipping steps would skip
+        # the rest of the run (and save the broken weights), so this stops with either setting.
+        raise RunError(
+            f"the weights became NaN or Inf during training ({broken}; the loss was NaN or Inf "
+            f"from step {first}): an update with NaN or Inf gradients made them so, and "
+            "skipping steps cannot mend them; the run stops and no checkpoint holds them; lower "
+            "optimizer.lr or clip gradients with trainer.grad_clip_norm, and train again"
+        )
     if trainer.on_nonfinite == "stop":
         raise RunError(
             f"the loss was NaN or Inf at step {first} (trainer.on_nonfinite=stop); the run stops "
@@ -250,6 +262,18 @@ def _check_finite(engine: Engine, trainer: TrainerSettings, state: LoopState) ->
         new,
         first,
     )
+
+
+def _nonfinite_weight(engine: Engine) -> str | None:
+    """The first model variable holding NaN or Inf, by path; None if all are finite.
+
+    Read only after a step with a NaN or Inf loss: it copies every weight off the device.
+    """
+    weights, _ = engine.checkpoint_arrays()
+    for path, value in weights.items():
+        if np.issubdtype(value.dtype, np.inexact) and not np.isfinite(value).all():
+            return path
+    return None
 
 
 def _done(state: LoopState, trainer: TrainerSettings) -> bool:

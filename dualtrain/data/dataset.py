@@ -9,6 +9,7 @@ from __future__ import annotations
 import importlib
 import inspect
 import logging
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
@@ -119,32 +120,38 @@ def load_data(
     num_classes = kwargs.get("num_classes")
     if "num_classes" not in accepted:
         kwargs.pop("num_classes", None)
+    # Bound before the call: a TypeError raised inside the source is the source's own, not a
+    # config key the function does not take.
     try:
-        result: SourceData | tuple[Any, ...] = source(**kwargs)
+        inspect.signature(source).bind(**kwargs)
     except TypeError as err:
-        if "argument" not in str(err):
-            raise
         raise RunError(
             f"data source {settings.source} does not take the config's data keys "
-            f"{sorted(settings.params)}: {err}; it accepts: {', '.join(accepted)}"
+            f"{sorted(settings.params)}: {err}; it accepts: {', '.join(accepted) or 'none'}"
         ) from None
+    result: SourceData | tuple[Any, ...] = source(**kwargs)
     if not isinstance(result, SourceData):
         result = _from_arrays(result, settings.source)
     for note in result.notes:
         log.warning(note)
     x, y = _features(result.x, result.said), _labels(result.y, result.said)
+    _check_lengths(x, y, result.said, "")
     if num_classes is None and result.classes is not None:
         num_classes = len(result.classes)
     if num_classes is not None:  # before the split, which a stray label could break
         _check_label_range(y, num_classes, result.said)
     if result.x_val is None:
-        train_idx, val_idx = stratified_indices(y, settings.val_fraction, seed)
+        train_idx, val_idx = stratified_indices(
+            y, settings.val_fraction, seed, result.said, result.classes
+        )
         whole = ArrayDataset(x, y)
         train, val = whole.subset(train_idx), whole.subset(val_idx)
     else:
         said_val = result.said + " (val)"
         train = ArrayDataset(x, y)
-        val = ArrayDataset(_features(result.x_val, said_val), _labels(result.y_val, said_val))
+        x_val, y_val = _features(result.x_val, said_val), _labels(result.y_val, said_val)
+        _check_lengths(x_val, y_val, result.said, "val ")
+        val = ArrayDataset(x_val, y_val)
         if train.x.shape[1:] != val.x.shape[1:]:
             raise RunError(
                 f"{result.said} train samples of shape {train.x.shape[1:]} and val samples of "
@@ -163,11 +170,23 @@ def load_data(
 
 
 def stratified_indices(
-    y: np.ndarray, val_fraction: float, seed: int
+    y: np.ndarray,
+    val_fraction: float,
+    seed: int,
+    said: str = "the data has",
+    classes: tuple[str, ...] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Seeded train and val indices that keep each class's share equal in both."""
+    """Seeded train and val indices that keep each class's share equal in both.
+
+    Raises:
+        RunError: where the samples are too few for such a split (`said` names the data, and
+            `classes` the labels, where they have names).
+    """
     from sklearn.model_selection import train_test_split
 
+    problem = split_problem(y, val_fraction, classes)
+    if problem is not None:
+        raise RunError(f"{said} {problem}: add samples, or change data.val_fraction")
     try:
         train, val = train_test_split(
             np.arange(len(y)), test_size=val_fraction, random_state=seed, stratify=y
@@ -175,6 +194,36 @@ def stratified_indices(
     except ValueError as err:
         raise RunError(f"cannot split the data into train and val: {err}") from None
     return train, val
+
+
+def split_problem(
+    y: Any, val_fraction: float, classes: tuple[str, ...] | None = None
+) -> str | None:
+    """Why a stratified train/val split of labels `y` cannot be made, or None where it can.
+
+    The rules are scikit-learn's: every class needs two samples (one for each split), and each
+    split needs at least one sample of every class. Said in the data's terms, not sklearn's.
+    """
+    values, counts = np.unique(np.asarray(y), return_counts=True)
+    n, num = len(y), len(values)
+    if not n:
+        return None
+    val = math.ceil(val_fraction * n)  # how train_test_split rounds a fractional test_size
+    needs = (
+        f"a split into train and val with data.val_fraction={val_fraction} needs at least 2 "
+        f"samples of every class and {num} samples (one per class) in each split"
+    )
+    if counts.min() < 2:
+        rare = values[counts < 2]
+        first = rare[0].item()
+        name = classes[first] if classes is not None else first
+        return (
+            f"{n} samples of {num} classes, {len(rare)} of them with a single sample "
+            f"(the first {name!r}); {needs}"
+        )
+    if val < num or n - val < num:
+        return f"{n} samples of {num} classes: {val} for val and {n - val} for train; {needs}"
+    return None
 
 
 def stratified_split(
@@ -190,7 +239,15 @@ def _resolve(source: str) -> Callable[..., Any]:
     module_name, _, attr = source.partition(":")
     if not attr:
         raise RunError(f"data.source must look like 'package.module:function'; got {source!r}")
-    module = importlib.import_module(module_name)
+    try:
+        module = importlib.import_module(module_name)
+    except ModuleNotFoundError as err:
+        if err.name is None or not (module_name + ".").startswith(err.name + "."):
+            raise  # a module that the source's own module imports: the user's code, as it is
+        raise RunError(
+            f"data.source={source}: there is no module {err.name}; give a module on the Python "
+            "path (the working directory, or --config-dir's folder) as package.module:function"
+        ) from None
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise RunError(f"data.source {source!r}: module {module_name} has no function {attr!r}")
@@ -199,6 +256,11 @@ def _resolve(source: str) -> Callable[..., Any]:
 
 def _from_arrays(arrays: Any, source: str) -> SourceData:
     said = f"data source {source} returned"
+    if not isinstance(arrays, (tuple, list)):
+        raise RunError(
+            f"data source {source} returned a {type(arrays).__name__}; expected a tuple (x, y) "
+            "or (x_train, y_train, x_val, y_val) of arrays, or a dualtrain.data.SourceData"
+        )
     if len(arrays) == 2:
         return SourceData(x=arrays[0], y=np.asarray(arrays[1]), said=said)
     if len(arrays) == 4:
@@ -218,6 +280,11 @@ def _features(x: Any, said: str) -> Any:
         raise RunError(
             f"{said} features of shape {x.shape}; expected (samples, features...) with at "
             "least one sample"
+        )
+    if min(x.shape[1:]) < 1:  # a model would build on samples with no values in them
+        raise RunError(
+            f"{said} features of shape {x.shape}, samples of shape {tuple(x.shape[1:])} with no "
+            "values; expected every dimension of a sample to be at least 1"
         )
     if not np.issubdtype(x.dtype, np.floating):
         raise RunError(
@@ -251,6 +318,15 @@ def _labels(y: Any, said: str) -> np.ndarray:
             "expected class indices 0..num_classes-1 as integers, one per sample"
         )
     return y.astype("int32")
+
+
+def _check_lengths(x: Any, y: np.ndarray, said: str, split: str) -> None:
+    # Zipping features with fewer labels would train on the shorter of the two, silently.
+    if len(x) != len(y):
+        raise RunError(
+            f"{said} {len(x)} {split}samples of features and {len(y)} {split}labels; expected "
+            "one label per sample, the same number of each"
+        )
 
 
 def _check_label_range(y: np.ndarray, num_classes: int, said: str) -> None:

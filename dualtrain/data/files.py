@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import zipfile
+import zlib
 from pathlib import Path
 from typing import Any
 
@@ -36,15 +38,18 @@ def npz(
                 f"data.path={path} has its own val arrays ({x_val_key}, {y_val_key}) and "
                 f"data.val_path={val_path} gives others; keep one of them"
             )
-        val = _read(Path(val_path), keys, required=True)
+        val = _read(Path(val_path), keys, required=True, label="data.val_path")
     said = f"data.path={path} has"
     if not val:
         return SourceData(x=arrays["x"], y=arrays["y"], said=said)
     return SourceData(x=arrays["x"], y=arrays["y"], x_val=val["x"], y_val=val["y"], said=said)
 
 
-def _read(path: Path, keys: dict[str, str], required: bool) -> dict[str, Any]:
-    """The arrays named by `keys`, or {} where none is there and none is required."""
+def _read(
+    path: Path, keys: dict[str, str], required: bool, label: str = "data.path"
+) -> dict[str, Any]:
+    """The arrays named by `keys`, or {} where none is there and none is required; `label` is
+    the config key that gave `path`."""
     if path.is_dir():
         files = {role: path / f"{key}.npy" for role, key in keys.items()}
         present = {role: file for role, file in files.items() if file.is_file()}
@@ -58,14 +63,15 @@ def _read(path: Path, keys: dict[str, str], required: bool) -> dict[str, Any]:
                 "data.y_key, data.x_val_key, data.y_val_key)"
             )
         # Labels are small: in memory. Features stay on disk.
-        return {"x": NpyRows(present["x"]), "y": np.load(present["y"], allow_pickle=False)}
+        return {"x": NpyRows(present["x"]), "y": _load_npy(present["y"])}
+    _check_npz_file(path, label)
     try:
         archive = np.load(path, allow_pickle=False)
-    except (OSError, ValueError) as err:
-        raise RunError(f"data.path={path} is not a readable .npz file or folder: {err}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
+        raise RunError(_damaged(path, label, err)) from None
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise RunError(
-            f"data.path={path} holds one array; expected a .npz archive with arrays "
+            f"{label}={path} holds one array; expected a .npz archive with arrays "
             f"{', '.join(keys.values())} (np.savez), or a folder of .npy files"
         )
     with archive:
@@ -75,10 +81,69 @@ def _read(path: Path, keys: dict[str, str], required: bool) -> dict[str, Any]:
         missing = [key for role, key in keys.items() if role not in found]
         if missing:
             raise ConfigError(
-                f"data.path={path} has no array {' or '.join(missing)}; it has "
-                f"{', '.join(archive.files)}: name them with data.x_key=..., data.y_key=..."
+                f"{label}={path} has no array {' or '.join(missing)}; it has "
+                f"{', '.join(archive.files) or 'none'}: name them with data.x_key=..., "
+                "data.y_key=..."
             )
-        arrays = {role: archive[key] for role, key in keys.items()}
+        arrays = {role: _member(archive, key, path, label) for role, key in keys.items()}
     if np.issubdtype(arrays["x"].dtype, np.integer):  # e.g. uint8 images: as they are, unscaled
         arrays["x"] = arrays["x"].astype("float32")
     return arrays
+
+
+# How a .npz (a zip archive) starts: a file entry, or the end record of an archive with none.
+_ZIP_STARTS = (b"PK\x03\x04", b"PK\x05\x06")
+
+
+def _check_npz_file(path: Path, label: str) -> None:
+    """Refuses what np.load would misreport: an empty file (EOFError) and a file that is neither
+    a zip archive nor a .npy array (it would be taken for a pickle)."""
+    try:
+        with open(path, "rb") as f:
+            start = f.read(len(np.lib.format.MAGIC_PREFIX))
+    except OSError as err:
+        raise RunError(f"{label}={path} cannot be read: {err}") from None
+    if not start:
+        raise RunError(
+            f"{label}={path} is empty (0 bytes); expected a .npz archive written by np.savez, "
+            "or a folder of .npy files"
+        )
+    if not start.startswith(_ZIP_STARTS) and start != np.lib.format.MAGIC_PREFIX:
+        raise RunError(
+            f"{label}={path} is not a .npz file (its first bytes are {start[:4]!r}, not a zip "
+            "archive's); expected a .npz archive written by np.savez, or a folder of .npy files"
+        )
+
+
+def _damaged(path: Path, label: str, err: BaseException) -> str:
+    return (
+        f"{label}={path} is a truncated or damaged .npz file ({type(err).__name__}: {err}); "
+        "write it again with np.savez"
+    )
+
+
+def _member(archive: Any, key: str, path: Path, label: str) -> np.ndarray:
+    """One array of the archive, with what can go wrong in reading it said in one line."""
+    try:
+        return np.asarray(archive[key])
+    except ValueError as err:
+        if "allow_pickle" in str(err):
+            raise RunError(
+                f"{label}={path}: array {key} holds Python objects (dtype object); expected "
+                "numeric arrays (e.g. np.asarray(values, dtype='float32') before np.savez)"
+            ) from None
+        raise RunError(_damaged(path, label, err)) from None
+    except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
+        raise RunError(_damaged(path, label, err)) from None
+
+
+def _load_npy(path: Path) -> np.ndarray:
+    """A folder's labels file, read into memory."""
+    try:
+        return np.asarray(np.load(path, allow_pickle=False))
+    except (OSError, ValueError, EOFError) as err:
+        what = "is empty (0 bytes)" if path.stat().st_size == 0 else f"does not read ({err})"
+        raise RunError(
+            f"{path} {what}; expected a numeric array written by np.save (class indices, one "
+            "per sample)"
+        ) from None

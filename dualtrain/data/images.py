@@ -126,6 +126,7 @@ def _files(
     """The image files of each class folder that decode, their labels, and notes for the log."""
     files: list[Path] = []
     labels: list[int] = []
+    empty: list[str] = []
     for index, name in enumerate(classes):
         folder = root / name
         found = (
@@ -133,11 +134,22 @@ def _files(
             if folder.is_dir()
             else []
         )
+        if folder.is_dir() and not found:
+            empty.append(name)
         files += found
         labels += [index] * len(found)
     if not files:
         raise RunError(
-            f"{label}={root} has no image files ({', '.join(EXTENSIONS)}) in its class folders"
+            f"{label}={root} has no image files ({', '.join(EXTENSIONS)}) in its class folders "
+            f"{', '.join(classes)}; expected images in each, e.g. {root / classes[0] / '001.png'}"
+        )
+    # A class with no training images would still get a logit that nothing ever trains. Val
+    # folders may lack classes, or hold no images of one: a val split of some classes only.
+    if empty and label == "data.path":
+        raise RunError(
+            f"{label}={root} has class folders with no image files ({', '.join(EXTENSIONS)}): "
+            f"{', '.join(empty)}; expected images in every class folder: add some, or remove "
+            "the empty folders"
         )
     bad = _undecodable(files, size, COLOR_MODES[color_mode])
     if not bad:

@@ -115,6 +115,8 @@ class NpyRows(Rows):
 
     def __init__(self, path: Path) -> None:
         self.path = Path(path)
+        if os.path.getsize(self.path) == 0:
+            raise RunError(f"{self.path} is empty (0 bytes); expected an array written by np.save")
         with open(self.path, "rb") as f:
             try:
                 version = np.lib.format.read_magic(f)

@@ -33,9 +33,9 @@ def load_csv(
     stratified `val_fraction` of `path`."""
     if categorical not in ENCODINGS:
         raise ConfigError(f"data.categorical must be one of onehot, index; got {categorical!r}")
-    header, rows, lines = _read(Path(path), target)
+    header, rows, lines = _read(Path(path), target, "data.path")
     if val_path is not None:
-        val_header, val_rows, val_lines = _read(Path(val_path), target)
+        val_header, val_rows, val_lines = _read(Path(val_path), target, "data.val_path")
         if val_header != header:
             raise RunError(
                 f"data.val_path={val_path} has the columns {val_header}; expected those of "
@@ -44,10 +44,13 @@ def load_csv(
         train_rows, train_lines = rows, lines
     else:
         labels = [row[header.index(target)] for row in rows]
-        train_idx, val_idx = stratified_indices(np.asarray(labels), val_fraction, seed)
+        train_idx, val_idx = stratified_indices(
+            np.asarray(labels), val_fraction, seed, f"data.path={path} has"
+        )
         train_rows, train_lines = [rows[i] for i in train_idx], [lines[i] for i in train_idx]
         val_rows, val_lines = [rows[i] for i in val_idx], [lines[i] for i in val_idx]
     if transform is None:
+        _check_mixed_columns(header, rows, lines, target, f"data.path={path}")
         transform = fit_transform(header, train_rows, target, categorical)
     fitted = [c["name"] for c in transform["columns"]] + [transform["target"]]
     if set(header) != set(fitted) or transform["target"] != target:
@@ -163,34 +166,63 @@ def apply_transform(
     return x.astype("float32"), y
 
 
-def _read(path: Path, target: str) -> tuple[list[str], list[list[str]], list[int]]:
+def _read(path: Path, target: str, label: str) -> tuple[list[str], list[list[str]], list[int]]:
     """The header, the rows below it, and each row's line number in the file."""
     rows, lines = [], []
     try:
         with open(path, newline="", encoding="utf-8") as f:
             reader = csv.reader(f)
-            header = [name.strip() for name in next(reader, [])]
+            # Blank lines before the header are skipped, as csv.reader skips them below it.
+            header = [name.strip() for name in next((row for row in reader if row), [])]
             for row in reader:
                 if row:
                     rows.append(row)
                     lines.append(reader.line_num)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise RunError(f"data.path={path} is not a readable CSV file: {err}") from None
+        raise RunError(f"{label}={path} is not a readable CSV file: {err}") from None
+    if not header:
+        raise RunError(
+            f"{label}={path} is empty ({path.stat().st_size} bytes); expected a CSV file with a "
+            f"header row naming the columns, {target} among them, and one row per sample below it"
+        )
     if target not in header:
         raise ConfigError(
-            f"data.target={target} is not a column of {path}; its columns: {', '.join(header)}"
+            f"data.target={target} is not a column of {label}={path}; its columns: "
+            f"{', '.join(header)}"
         )
     short = next((i for i, row in enumerate(rows) if len(row) != len(header)), None)
-    if short is not None or not rows:
+    if short is not None:
         raise RunError(
-            f"{path}: "
-            + (
-                f"line {lines[short]} has {len(rows[short])} values for {len(header)} columns"
-                if short is not None
-                else "no rows below the header"
-            )
+            f"{label}={path}: line {lines[short]} has {len(rows[short])} values for "
+            f"{len(header)} columns; expected one value per column in every row"
+        )
+    if not rows:
+        raise RunError(
+            f"{label}={path} has a header row and no rows below it; expected one row per sample"
         )
     return header, rows, lines
+
+
+# A column whose values are nearly all numbers is a numeric column with a few bad entries ("NA",
+# "?", a typo), not a text column: encoding it as categories would make each number a category.
+_NUMERIC_SHARE = 0.9
+
+
+def _check_mixed_columns(
+    header: list[str], rows: list[list[str]], lines: list[int], target: str, where: str
+) -> None:
+    for j, name in enumerate(header):
+        if name == target:
+            continue
+        parsed = [_number(row[j]) for row in rows]
+        text = [i for i, n in enumerate(parsed) if n is None]
+        if text and len(rows) - len(text) >= _NUMERIC_SHARE * len(rows):
+            first = text[0]
+            raise RunError(
+                f"{where}: column {name!r} holds numbers but {len(text)} rows hold text, the "
+                f"first on line {lines[first]} ({rows[first][j]!r}); expected a number in every "
+                "row: fix, fill or drop those rows"
+            )
 
 
 def _number(value: str) -> float | None:

@@ -492,6 +492,17 @@ def assign_variables(variables: list[Any], arrays: dict[str, np.ndarray], what: 
                 f"the checkpoint's {what} variable {path} has shape {arrays[path].shape}; this "
                 f"{what} expects {tuple(variable.shape)}"
             )
+    for path in by_path:
+        value = arrays[path]
+        if np.issubdtype(value.dtype, np.inexact) and not np.isfinite(value).all():
+            # Training from such weights makes every loss NaN, and no learning rate or clipping
+            # mends them: the fault is in the file, not in the run's settings.
+            bad = int(value.size - np.isfinite(value).sum())
+            raise RunError(
+                f"the checkpoint's {what} variable {path} holds NaN or Inf values ({bad} of "
+                f"{value.size}): the checkpoint itself is bad; use an earlier checkpoint of the "
+                "run (a checkpoints/step-N directory) with checkpoint.path or init_from"
+            )
     for path, variable in by_path.items():
         variable.assign(arrays[path])
 
