@@ -17,6 +17,7 @@ from __future__ import annotations
 import json
 import os
 import random
+import re
 import shutil
 import time
 import zipfile
@@ -100,6 +101,7 @@ def _write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
 
 def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     try:
+        _check_headers(path)
         with np.load(path, allow_pickle=False) as arrays:
             return {name: arrays[name] for name in arrays.files}
     except ValueError as err:  # object arrays need pickle: refused
@@ -108,6 +110,49 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
         ) from None
     except (OSError, zipfile.BadZipFile, EOFError) as err:
         raise RunError(f"{path} is truncated or corrupt: {err}") from None
+
+
+_NPY_HEADER_READERS = {
+    (1, 0): np.lib.format.read_array_header_1_0,
+    (2, 0): np.lib.format.read_array_header_2_0,
+}
+
+
+def _check_headers(path: Path) -> None:
+    """Reads each array's header, and refuses the file before any array is read unless every
+    array is a plain numeric one stored uncompressed, of the size its header declares.
+
+    NumPy allocates the array a header declares before reading its data, so a 1 MB file could
+    claim gigabytes: here no array may declare more bytes than the file holds for it.
+    """
+    size = path.stat().st_size
+    with zipfile.ZipFile(path) as archive:
+        for member in archive.infolist():
+            if not member.filename.endswith(".npy"):
+                raise RunError(f"{path} holds {member.filename!r}, which is not a NumPy array")
+            if member.compress_type != zipfile.ZIP_STORED or member.file_size > size:
+                raise RunError(
+                    f"{path}: {member.filename} is compressed or larger than the file; "
+                    "dualtrain writes arrays uncompressed (np.savez), so this is not its file"
+                )
+            with archive.open(member) as stream:
+                version = np.lib.format.read_magic(stream)
+                read_header = _NPY_HEADER_READERS.get(version)
+                if read_header is None:  # 3.0 is for non-Latin-1 field names: not ours
+                    raise RunError(f"{path}: {member.filename} has .npy version {version}")
+                shape, _, dtype = read_header(stream)
+                declared = int(np.prod(shape, dtype=np.int64)) * dtype.itemsize
+                if dtype.hasobject:
+                    raise RunError(
+                        f"{path}: {member.filename} holds Python objects, which would need "
+                        "pickle to load; refused"
+                    )
+                if declared > member.file_size - stream.tell():
+                    raise RunError(
+                        f"{path}: {member.filename} declares a {dtype} array of shape {shape} "
+                        f"({declared:,} bytes) in {member.file_size:,} bytes; the file is "
+                        "corrupt or crafted"
+                    )
 
 
 def find_checkpoint(path: Path) -> Path:
@@ -131,7 +176,10 @@ def newest_checkpoints(checkpoints_dir: Path) -> list[Path]:
     hidden temporary directories of unfinished saves do not match.
     """
     steps = sorted(checkpoints_dir.glob("step-*"), reverse=True)
-    return [d for d in steps if (d / "trainer.json").is_file()]
+    return [d for d in steps if _STEP_NAME.fullmatch(d.name) and (d / "trainer.json").is_file()]
+
+
+_STEP_NAME = re.compile(r"step-\d{9,}")  # what the checkpointer names its saves
 
 
 def python_rng_state() -> list[Any]:
@@ -249,19 +297,24 @@ class Checkpointer(Callback):
         return float(values[name])
 
     def _prune(self) -> None:
-        saved = []
+        saved: list[tuple[int, float | None, Path]] = []
         for directory in self.dir.glob("step-*"):
             try:
                 record = json.loads((directory / "trainer.json").read_text())
-            except (OSError, ValueError):
+                step = record["step"] if record.get("format") == FORMAT else None
+            except (OSError, ValueError, TypeError, AttributeError):
                 continue  # not ours to judge; left alone
-            saved.append((int(record["step"]), record.get("monitor_value"), directory))
+            if not isinstance(step, int) or isinstance(step, bool):
+                continue  # someone else's step-* directory: neither counted nor removed
+            value = record.get("monitor_value")
+            monitored = float(value) if isinstance(value, (int, float)) else None
+            saved.append((step, monitored, directory))
         saved.sort(key=lambda item: item[0])
         keep = {item[2] for item in saved[-2:]} if self.settings.save_last else set()
-        ranked = [item for item in saved if item[1] is not None]
-        ranked.sort(key=lambda item: item[1], reverse=self.settings.mode == "max")
+        ranked = [(value, directory) for _, value, directory in saved if value is not None]
+        ranked.sort(key=lambda item: item[0], reverse=self.settings.mode == "max")
         top_k = self.settings.save_top_k
-        keep |= {item[2] for item in (ranked if top_k < 0 else ranked[:top_k])}
+        keep |= {directory for _, directory in (ranked if top_k < 0 else ranked[:top_k])}
         for _, _, directory in saved:
             if directory not in keep:
                 shutil.rmtree(directory, ignore_errors=True)

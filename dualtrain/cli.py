@@ -19,7 +19,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
-from dualtrain import config_errors, distributed
+from dualtrain import config_errors, distributed, rundir
 from dualtrain.checkpoint import find_checkpoint
 from dualtrain.errors import ConfigError, DualtrainError
 from dualtrain.settings import Settings
@@ -93,6 +93,16 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     _add_user_config_dirs_to_path(hydra_cfg)
     try:
         settings = settings_from_config(cfg, Path(hydra_cfg.runtime.output_dir))
+        # Nothing is written before the run directory is this run's (hydra.output_subdir=null:
+        # .hydra/ is written here, not by Hydra before the config is even checked).
+        if rundir.claims(settings):
+            rundir.claim(settings.run_dir, continues=rundir.continues(settings))
+            rundir.write_hydra_files(
+                settings.run_dir,
+                cfg,
+                OmegaConf.create({"hydra": hydra_cfg}),
+                list(hydra_cfg.overrides.task),
+            )
         result = run(settings, command_for=lambda overrides, run_dir: _job_command(
             hydra_cfg, overrides, run_dir
         ))  # fmt: skip
@@ -100,6 +110,15 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         _exit_with(str(err), err.exit_code)
     except KeyboardInterrupt:
         _exit_with("interrupted; summary.json records where the run stopped", 130)
+    except OSError as err:  # a full disk, a read-only directory: say which file, not a traceback
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":
+            raise
+        where = f" {err.filename}" if err.filename else ""
+        _exit_with(
+            f"cannot write{where}: {err.strerror or err}; free some space or choose a writable "
+            "hydra.run.dir (files written before stay as they were)",
+            1,
+        )
     except Exception as err:  # a bug or a framework error: one line unless the user asks for more
         if os.environ.get("HYDRA_FULL_ERROR") == "1":
             raise

@@ -11,11 +11,11 @@ import signal
 import sys
 import threading
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dualtrain import __version__, distributed
+from dualtrain import __version__, distributed, rundir
 from dualtrain.callbacks import Callback, create_callbacks
 from dualtrain.checkpoint import (
     Checkpoint,
@@ -48,14 +48,38 @@ def train(settings: Settings) -> dict[str, Any]:
     The summary is written whatever happens: `completed`, `interrupted` (Ctrl-C) or `failed`;
     the exception, if any, is re-raised after it is written.
     """
+    # wall_seconds counts from here on both backends: the framework's import included.
+    started = time.time()
     sources = _checkpoint_sources(settings)  # file checks first: config errors before any framework
-    select_backend(settings.backend.name)  # before anything below imports Keras
     run_dir = settings.run_dir
-    run_dir.mkdir(parents=True, exist_ok=True)
     # Only rank 0 (torchrun) or the chief (tf multi_worker) writes; a single process does.
     # debug=fast_dev_run writes nothing either, and shows its lines on the console only.
     rank0 = distributed.is_writer(settings.backend.strategy)
     writes = rank0 and not settings.trainer.fast_dev_run
+    # The CLI has claimed the directory already; a call from Python claims it here.
+    claimed_here = rundir.claims(settings) and not rundir.holds(run_dir)
+    if claimed_here:
+        rundir.claim(run_dir, continues=rundir.continues(settings))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    if settings.checkpoint.resume and not sources:
+        log.info("checkpoint.resume=auto: no checkpoint in %s yet; starting fresh", run_dir)
+    try:
+        with _stop_on_signals() as stop:
+            return _train(settings, sources, run_dir, rank0, writes, started, stop)
+    finally:
+        if claimed_here:
+            rundir.release(run_dir)
+
+
+def _train(
+    settings: Settings,
+    sources: list[Path],
+    run_dir: Path,
+    rank0: bool,
+    writes: bool,
+    started: float,
+    stop: _SignalStop,
+) -> dict[str, Any]:
     logger_settings = settings.logger
     if rank0 and settings.trainer.fast_dev_run:
         logger_settings = dataclasses.replace(logger_settings, loggers=("console",))
@@ -65,11 +89,13 @@ def train(settings: Settings) -> dict[str, Any]:
         else LoggerGroup([])
     )
     state = LoopState()
-    started = time.time()
+    stop.step = lambda: state.step
     status = "failed"
     engine = None
     try:
+        # The data first: its mistakes are found before a framework is imported.
         data = load_data(settings.data, settings.seed)
+        select_backend(settings.backend.name)  # before anything below imports Keras
         recipe = load_recipe(settings.recipe)
         engine = engine_class(settings.backend.name, _strategy(settings))(settings, recipe, data)
         log.info(
@@ -109,11 +135,11 @@ def train(settings: Settings) -> dict[str, Any]:
                 )
             )
         logger.log_hparams(hparams(settings), settings.config_yaml)
-        with _stop_on_signals() as stop:
-            fit(
-                engine, settings.trainer, logger, state, settings.logger.histograms_every,
-                callbacks, stop, run_dir if writes else None,
-            )  # fmt: skip
+        stop.armed = True  # from here a first signal stops after the step under way
+        fit(
+            engine, settings.trainer, logger, state, settings.logger.histograms_every,
+            callbacks, stop, run_dir if writes else None,
+        )  # fmt: skip
         status = "completed"
     except (KeyboardInterrupt, Interrupted):
         status = "interrupted"
@@ -144,9 +170,14 @@ def train(settings: Settings) -> dict[str, Any]:
             "seed": settings.seed,
             "versions": _versions(settings.backend.name),
         }
-        if writes:
-            write_json(run_dir / "summary.json", summary)
-        logger.finalize(summary)
+        try:
+            if writes:
+                write_json(run_dir / "summary.json", summary)
+            logger.finalize(summary)
+        except OSError as err:  # a full disk: the run's own error, if any, is the one to report
+            log.warning("could not write summary.json: %s", err)
+            if status == "completed":
+                raise
     return summary
 
 
@@ -192,20 +223,38 @@ def load_trained(settings: Settings) -> tuple[Engine, Checkpoint, Path]:
     return engine, checkpoint, source
 
 
+class _SignalStop(StopRequest):
+    """The loop's stop request, and what the signal handler needs to know: whether the loop runs
+    (`armed`: a first signal then waits for the step under way) and the step it is at."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.armed = False
+        self.step: Callable[[], int] = lambda: 0
+
+
 @contextlib.contextmanager
-def _stop_on_signals() -> Iterator[StopRequest]:
-    """SIGINT and SIGTERM ask the loop to stop after the current step (and save a checkpoint);
-    a second signal stops at once, as usual."""
-    stop = StopRequest()
+def _stop_on_signals() -> Iterator[_SignalStop]:
+    """SIGINT and SIGTERM ask the loop to stop after the current step (and save a checkpoint).
+
+    A signal during start-up (before the loop runs) or a second one stops at once, by raising
+    `Interrupted` where the process is: the run still ends through `train`'s `finally`, so
+    summary.json records the stop and the CLI prints one line.
+    """
+    stop = _SignalStop()
     if threading.current_thread() is not threading.main_thread():
         yield stop  # signal handlers can only be set from the main thread
         return
     previous = {sig: signal.getsignal(sig) for sig in (signal.SIGINT, signal.SIGTERM)}
 
     def request(signum: int, frame: Any) -> None:
-        stop.signum = signum
-        for sig, handler in previous.items():
-            signal.signal(sig, handler)
+        if stop.armed and stop.signum is None:
+            stop.signum = signum
+            return
+        stop.armed = False  # one raise: a third signal while unwinding is ignored
+        for sig in previous:
+            signal.signal(sig, signal.SIG_IGN)
+        raise Interrupted(signum, stop.step(), saved=False)
 
     for sig in previous:
         signal.signal(sig, request)

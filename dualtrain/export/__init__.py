@@ -94,7 +94,6 @@ def export_checkpoint(settings: Settings, source: Path, command_for: CommandFor)
             "export.worker=true",
             f"export.formats=[{','.join(formats)}]",
             f"checkpoint.path='{_quoted(source)}'",
-            "hydra.output_subdir=null",  # the run's .hydra/ stays the one of this run
         ]
         print(f"export: {', '.join(formats)} on {backend} from {source}", flush=True)
         code = subprocess.call(command_for(overrides, settings.run_dir))
