@@ -2,15 +2,17 @@
 
 from __future__ import annotations
 
+import importlib.util
 import re
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_module
 
 from dualtrain.distributed import register_shared_now
 from dualtrain.logging import format_summary
-from tests.conftest import TINY, run_cli
+from tests.conftest import REPO, TINY, run_cli
 
 
 def _summary() -> dict:
@@ -86,3 +88,27 @@ def test_eval_of_a_run_goes_to_outputs_recipe_eval(tmp_path: Path) -> None:
     [eval_dir] = (tmp_path / "outputs" / "cnn" / "eval").iterdir()
     assert (eval_dir / "eval.json").is_file()
     assert sorted(p.name for p in (tmp_path / "outputs" / "cnn").iterdir()) == ["eval", "torch"]
+
+
+def _readme_figures() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "readme_figures", REPO / "scripts" / "readme_figures.py"
+    )
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_readme_figures_rewrites_only_between_its_markers() -> None:
+    rewrite = _readme_figures().rewrite
+    text = "a\n<!-- figures:start x -->\nold\n<!-- figures:end x -->\nb 0.983\n"
+    assert rewrite(text, {"x": "| new |"}) == (
+        "a\n<!-- figures:start x -->\n| new |\n<!-- figures:end x -->\nb 0.983\n"
+    )
+    with pytest.raises(SystemExit, match="0 blocks named 'y'"):
+        rewrite(text, {"y": "z"})
+    # README carries every block the script writes, once each.
+    readme = (REPO / "README.md").read_text(encoding="utf-8")
+    blocks = dict.fromkeys(("recipes", "run-table", "compare", "parity"), "z")
+    assert rewrite(readme, blocks).count("<!-- figures:start") == 4
