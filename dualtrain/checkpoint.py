@@ -197,8 +197,8 @@ class Checkpointer(Callback):
     Each save is a new directory `step-<step>`, never overwritten. With `save_last`, `last` is a
     symlink to the newest, swapped atomically, and the newest two are kept, so a crash at any
     moment, even while saving, leaves a whole checkpoint to resume from. Besides those, the
-    `save_top_k` best by `monitor` are kept (-1: all); the rest are removed once the new one is in
-    place.
+    `save_top_k` best by `monitor` are kept (-1: all), and `best` links the best of them; the rest
+    are removed once the new one is in place.
     """
 
     saves_checkpoints = True
@@ -277,12 +277,19 @@ class Checkpointer(Callback):
             self.dir / f"step-{state.step:09d}", Checkpoint(model, optimizer, trainer)
         )
         if self.settings.save_last:
-            link = self.dir / ".last.tmp"
-            link.unlink(missing_ok=True)
-            link.symlink_to(directory.name)
-            os.replace(link, self.dir / "last")
+            self._link("last", directory)
         self._prune()
         return directory
+
+    def _link(self, name: str, directory: Path | None) -> None:
+        """Points the symlink `name` at `directory` (None: removes it), swapped atomically."""
+        if directory is None:
+            (self.dir / name).unlink(missing_ok=True)
+            return
+        link = self.dir / f".{name}.tmp"
+        link.unlink(missing_ok=True)
+        link.symlink_to(directory.name)
+        os.replace(link, self.dir / name)
 
     def _monitored(self, state: Any) -> float | None:
         split, _, name = self.settings.monitor.partition("/")
@@ -315,6 +322,8 @@ class Checkpointer(Callback):
         ranked.sort(key=lambda item: item[0], reverse=self.settings.mode == "max")
         top_k = self.settings.save_top_k
         keep |= {directory for _, directory in (ranked if top_k < 0 else ranked[:top_k])}
+        # `best`: the best by monitor among those kept for it (none with save_top_k=0).
+        self._link("best", ranked[0][1] if ranked and top_k != 0 else None)
         for _, _, directory in saved:
             if directory not in keep:
                 shutil.rmtree(directory, ignore_errors=True)

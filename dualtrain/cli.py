@@ -16,7 +16,7 @@ from typing import TYPE_CHECKING, Any, NoReturn
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, OmegaConf, open_dict
 from omegaconf.errors import MissingMandatoryValue, OmegaConfBaseException
 
 from dualtrain import config_errors, distributed, rundir
@@ -92,6 +92,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         return _run_job_in_new_process(hydra_cfg, cfg)
     _add_user_config_dirs_to_path(hydra_cfg)
     try:
+        cfg = _model_from_checkpoint(cfg, list(hydra_cfg.overrides.task))
         settings = settings_from_config(cfg, Path(hydra_cfg.runtime.output_dir))
         # Nothing is written before the run directory is this run's (hydra.output_subdir=null:
         # .hydra/ is written here, not by Hydra before the config is even checked).
@@ -124,6 +125,27 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             raise
         _exit_with(f"{type(err).__name__}: {err} (set HYDRA_FULL_ERROR=1 for the traceback)", 1)
     return monitored_value(result, settings.checkpoint.monitor)
+
+
+def _model_from_checkpoint(cfg: DictConfig, overrides: list[str]) -> DictConfig:
+    """`mode=eval|export checkpoint.path=RUN` needs nothing else: the recipe (with its model
+    options) and the data come from the checkpoint's own config, unless the command line names
+    them (`recipe=...`, `data=...` or any of their keys)."""
+    mode, path = OmegaConf.select(cfg, "mode"), OmegaConf.select(cfg, "checkpoint.path")
+    if mode not in ("eval", "export") or not path:
+        return cfg
+    named = {_override_key(o).split(".")[0].split("/")[0] for o in overrides}
+    missing = [section for section in ("recipe", "data") if section not in named]
+    if not missing:
+        return cfg
+    from dualtrain.loading import checkpoint_sections
+
+    taken = checkpoint_sections(Path(str(path)), missing)
+    cfg = cfg.copy()
+    with open_dict(cfg):
+        for section, content in taken.items():
+            cfg[section] = content
+    return cfg
 
 
 def settings_from_config(cfg: DictConfig, run_dir: Path) -> Settings:

@@ -12,6 +12,7 @@ This module imports no framework at import time; `load_model` imports the chosen
 
 from __future__ import annotations
 
+import json
 import random
 import sys
 from pathlib import Path
@@ -70,6 +71,54 @@ def trusted_module(spec_module: str, named: str | None, source: Path) -> str:
             f"too: load_model(path, recipe={spec_module!r})"
         )
     return spec_module
+
+
+def checkpoint_sections(path: Path, sections: list[str]) -> dict[str, Any]:
+    """`sections` (`recipe`, `data`) of the config a checkpoint was trained with, for
+    `mode=eval|export checkpoint.path=RUN` with nothing else: only where what they name to import
+    ships with dualtrain (a recipe of dualtrain's, a data source of `dualtrain.data`); a module of
+    the user's own must be named on the command line instead.
+
+    Raises:
+        ConfigError: the checkpoint cannot be read, or names a module of its own choosing.
+    """
+    import yaml
+
+    source = find_checkpoint(path)
+    try:
+        record = json.loads((source / "trainer.json").read_text(encoding="utf-8"))
+        config = yaml.safe_load(record["config"])
+        taken = {name: dict(config[name]) for name in sections}
+    except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError) as err:
+        raise ConfigError(
+            f"{source / 'trainer.json'} has no readable config ({type(err).__name__}); name the "
+            "recipe and data on the command line"
+        ) from None
+    if "recipe" in taken and not shipped_recipe(str(taken["recipe"].get("module"))):
+        raise ConfigError(
+            f"{source} was trained with the recipe module {taken['recipe'].get('module')!r}, "
+            "which does not ship with dualtrain; name its recipe on the command line "
+            "(recipe=<name>, with --config-dir for your own)"
+        )
+    if "data" in taken and not _shipped_source(str(taken["data"].get("source"))):
+        raise ConfigError(
+            f"{source} was trained on the data source {taken['data'].get('source')!r}, which "
+            "does not ship with dualtrain; name the data on the command line (data=<name>)"
+        )
+    return taken
+
+
+def _shipped_source(source: str) -> bool:
+    """Whether `module:function` names a function of a module in `dualtrain.data` (on disk)."""
+    module, _, function = source.partition(":")
+    prefix, _, name = module.rpartition(".")
+    folder = Path(__file__).parent / "data"
+    return (
+        prefix == "dualtrain.data"
+        and name.isidentifier()
+        and function.isidentifier()
+        and (folder / f"{name}.py").is_file()
+    )
 
 
 def read_model_spec(record: dict[str, Any], source: Path) -> dict[str, Any]:

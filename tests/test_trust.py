@@ -149,7 +149,7 @@ def test_gan_classifier_refuses_a_module_the_checkpoint_names(
 @pytest.mark.parametrize(
     "args",
     [
-        pytest.param(["mode=eval", "checkpoint.path={ckpt}"], id="eval"),
+        pytest.param(["mode=eval", "recipe=cnn", "checkpoint.path={ckpt}"], id="eval"),
         pytest.param(["checkpoint.path={ckpt}", "trainer.max_epochs=2"], id="resume"),
         pytest.param(["init_from={ckpt}"], id="init_from"),
     ],
@@ -294,3 +294,46 @@ def test_a_live_run_is_locked_and_a_killed_one_resumes(tmp_path: Path) -> None:
     )
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     assert "resumed from" in resumed.stdout + resumed.stderr
+
+
+@pytest.mark.parametrize("backend", ["torch", "tf"])
+def test_eval_needs_only_the_checkpoint_and_takes_the_best(
+    trained: Path, tmp_path: Path, backend: str
+) -> None:
+    """Recipe, model options and data come from the checkpoint's own config; `best` links the
+    best checkpoint by the monitored value."""
+    best = trained / "checkpoints" / "best"
+    assert best.is_symlink()
+    result = run_cli(
+        "mode=eval", f"checkpoint.path={best}", f"backend={backend}", f"hydra.run.dir={tmp_path}"
+    )
+    assert result.returncode == 0, result.stderr[-2000:]
+    evaluated = json.loads((tmp_path / "eval.json").read_text())
+    trained_val = json.loads((best / "trainer.json").read_text())["final_val"]
+    assert (
+        evaluated["recipe"] == "cnn" and evaluated["samples"] == 52
+    )  # a stratified 20% of TINY's 256
+    assert evaluated["metrics"]["accuracy"] == pytest.approx(trained_val["accuracy"], abs=1e-9)
+    # float32 sums in another order on the other backend: agree to about 1e-6 relative
+    assert evaluated["metrics"]["loss"] == pytest.approx(trained_val["loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("what", ["recipe", "data"])
+def test_eval_from_a_crafted_checkpoint_alone_refuses_what_it_names(
+    hostile: tuple[Path, Path, Path], tmp_path: Path, what: str
+) -> None:
+    work, checkpoint, marker = hostile
+    if what == "data":  # only the data source is crafted
+        record = json.loads((checkpoint / "trainer.json").read_text())
+        config = yaml.safe_load(record["config"])
+        config["recipe"]["module"] = "dualtrain.recipes.cnn"
+        record["config"] = yaml.safe_dump(config)
+        (checkpoint / "trainer.json").write_text(json.dumps(record))
+    result = run_cli(
+        "mode=eval", f"checkpoint.path={checkpoint}", f"hydra.run.dir={tmp_path / 'e'}", cwd=work
+    )
+    assert result.returncode == 2
+    line = one_error_line(result)
+    assert ("'evil_recipe'" if what == "recipe" else "'os:system'") in line
+    assert "does not ship with dualtrain" in line
+    assert not marker.exists()
