@@ -92,7 +92,10 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         return _run_job_in_new_process(hydra_cfg, cfg)
     _add_user_config_dirs_to_path(hydra_cfg)
     try:
-        cfg = _model_from_checkpoint(cfg, list(hydra_cfg.overrides.task))
+        # As typed: an override may hold ${...}, which is not to be resolved here.
+        typed: Any = OmegaConf.to_container(hydra_cfg.overrides.task)
+        overrides = [str(o) for o in typed]
+        cfg = _model_from_checkpoint(cfg, overrides)
         settings = settings_from_config(cfg, Path(hydra_cfg.runtime.output_dir))
         # Nothing is written before the run directory is this run's (hydra.output_subdir=null:
         # .hydra/ is written here, not by Hydra before the config is even checked).
@@ -102,7 +105,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
                 settings.run_dir,
                 cfg,
                 OmegaConf.create({"hydra": hydra_cfg}),
-                list(hydra_cfg.overrides.task),
+                overrides,
             )
         result = run(settings, command_for=lambda overrides, run_dir: _job_command(
             hydra_cfg, overrides, run_dir
@@ -131,7 +134,10 @@ def _model_from_checkpoint(cfg: DictConfig, overrides: list[str]) -> DictConfig:
     """`mode=eval|export checkpoint.path=RUN` needs nothing else: the recipe (with its model
     options) and the data come from the checkpoint's own config, unless the command line names
     them (`recipe=...`, `data=...` or any of their keys)."""
-    mode, path = OmegaConf.select(cfg, "mode"), OmegaConf.select(cfg, "checkpoint.path")
+    try:
+        mode, path = OmegaConf.select(cfg, "mode"), OmegaConf.select(cfg, "checkpoint.path")
+    except OmegaConfBaseException:
+        return cfg  # settings_from_config says what cannot be resolved
     if mode not in ("eval", "export") or not path:
         return cfg
     named = {_override_key(o).split(".")[0].split("/")[0] for o in overrides}

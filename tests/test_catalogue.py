@@ -17,6 +17,7 @@ compare with the run directory afterwards.
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -45,10 +46,14 @@ class Case:
     id: str
     overrides: tuple[str, ...]
     code: int
-    message: str  # a part of the error line
+    message: str | tuple[str, ...]  # a part of the error line, or several parts
     files: Mapping[str, Writer] = field(default_factory=dict)  # name under {files} -> writer
     slow: bool = False  # imports a framework before it fails (or trains): seconds, not a second
     prepare_run_dir: Callable[[Path], Any] | None = None  # returns what Outcome.before holds
+
+    @property
+    def names_run_dir(self) -> bool:
+        return any(arg.startswith("hydra.run.dir=") for arg in self.overrides)
 
 
 @dataclass(frozen=True)
@@ -107,6 +112,16 @@ def images(classes: int, empty: tuple[str, ...] = ()) -> Writer:
         write_image_folder(path, per_class=3, classes=classes)
         for name in empty:
             (path / name).mkdir()
+
+    return write
+
+
+def user_recipe(content: str) -> Writer:
+    """A user's config directory with `recipe/mine.yaml`."""
+
+    def write(path: Path) -> None:
+        (path / "recipe").mkdir(parents=True)
+        (path / "recipe" / "mine.yaml").write_text(content)
 
     return write
 
@@ -218,6 +233,80 @@ CASES = [
          "nope does not exist; give a run directory or a checkpoint directory"),
     Case("init-from-missing", ("init_from={files}/nope",), 2,
          "nope does not exist; give a run directory or a checkpoint directory"),
+    # Mistakes that Hydra meets: overrides, keys, group options, options, YAML, the run dir.
+    Case("key-unknown-in-group", ("trainer.foo=1",), 2,
+         ("trainer has no key foo; its keys:", "max_epochs")),
+    Case("key-unknown-added", ("+trainer.foo=1",), 2, "trainer has no key foo"),
+    Case("key-near-miss", ("trainer.epochs=3",), 2, "did you mean trainer.max_epochs?"),
+    Case("key-near-miss-added", ("+trainer.max_epoch=5",), 2,
+         ("has no key max_epoch", "did you mean trainer.max_epochs?")),
+    Case("key-near-miss-backend", ("+backend.jit=true",), 2,
+         ("backend has no key jit", "did you mean backend.jit_compile?")),
+    Case("key-near-miss-logger", ("+logger.tensorbord=true",), 2,
+         "did you mean logger.tensorboard?"),
+    Case("key-near-miss-checkpoint", ("+checkpoint.every_n_epoch=2",), 2,
+         "did you mean checkpoint.every_n_epochs?"),
+    Case("key-near-miss-parity", ("+parity.step=3",), 2, "did you mean parity.steps?"),
+    Case("key-near-miss-export", ("+export.format=[onnx]",), 2, "did you mean export.formats?"),
+    Case("key-near-miss-recipe", ("+recipe.modle={{}}",), 2,
+         ("recipe has no key modle", "did you mean recipe.model?")),
+    Case("key-near-miss-scheduler", ("scheduler=cosine", "+scheduler.warmup=3"), 2,
+         "did you mean scheduler.warmup_steps?"),
+    Case("key-near-miss-top-level", ("+sed=3",), 2,
+         ("the config has no key sed", "did you mean seed?")),
+    Case("optimizer-key-added", ("+optimizer.betaa=0.9",), 2,
+         ("optimizer=adam has no key betaa", "optimizer.beta_1")),
+    Case("optimizer-key", ("optimizer.betaa=0.9",), 2,
+         ("optimizer has no key betaa", "did you mean optimizer.beta_1")),
+    Case("optimizer-key-of-another", ("+optimizer.momentum=0.9",), 2,
+         "optimizer=adam has no key momentum"),
+    Case("optimizer-key-sgd", ("optimizer=sgd", "+optimizer.nestrov=true"), 2,
+         "did you mean optimizer.nesterov?"),
+    Case("optimizer-key-set-by-dualtrain", ("+optimizer.learning_rate=0.1",), 2,
+         "optimizer.learning_rate is set from optimizer.lr"),
+    Case("passed-on-key-without-plus-optimizer", ("optimizer.weight_decay=0.1",), 2,
+         "add it with +optimizer.weight_decay=0.1"),
+    Case("passed-on-key-without-plus-data", ("data.noise=2",), 2, "add it with +data.noise=2"),
+    Case("passed-on-key-without-plus-model", ("recipe.model.width=3",), 2,
+         "add it with +recipe.model.width=3"),
+    Case("plus-on-a-known-key", ("+trainer.max_epochs=3",), 2,
+         "already in the config; change it without +: trainer.max_"),
+    Case("delete-unknown-key", ("~trainer.foo",), 2,
+         "cannot delete trainer.foo: trainer has no key foo"),
+    Case("override-without-value", ("trainer.max_epochs",), 2,
+         "has no value; write trainer.max_epochs=<value>"),
+    Case("override-without-key", ("=3",), 2, "the override '=3' names no key; write key=value"),
+    Case("override-unparsable", ("a=[1,",), 2,
+         ("cannot parse the override 'a=[1,'", "write key=value")),
+    Case("group-option-near-miss", ("recipe=cnnn",), 2,
+         ("recipe=cnnn: no such option; choose one of", "mean recipe=cnn?")),
+    Case("group-option-unknown", ("backend=mxnet",), 2,
+         "backend=mxnet: no such option; choose one of tf, torch"),
+    Case("group-option-in-multirun", ("-m", "recipe=cnnn"), 2, "did you mean recipe=cnn?"),
+    Case("optional-group-option", ("debug=fast_dev_rn",), 2,
+         ("debug=fast_dev_rn: no such option", "mean debug=fast_dev_run?")),
+    Case("optional-group-option-search", ("hparams_search=cnn_optun",), 2,
+         "did you mean hparams_search=cnn_optuna?"),
+    Case("option-unknown", ("--foo",), 2, ("unrecognized arguments: --foo", "--help")),
+    Case("options-that-exclude", ("--cfg", "job", "-m"), 2,
+         "Only one of --run, --multirun, --cfg"),
+    Case("config-dir-missing", ("--config-dir", "{files}/nowhere"), 2,
+         "nowhere' not found; give --config-dir a directory"),
+    Case("hydra-value", ("hydra.job.chdir=maybe",), 2,
+         "cannot set hydra.job.chdir=maybe: Value 'maybe' is not a"),
+    Case("interpolation-missing", ("backend.name=${{oops}}",), 2,
+         "cannot be resolved: Interpolation key 'oops' not found"),
+    Case("run-dir-not-creatable", ("hydra.run.dir=/proc/dualtrain/x",), 2,
+         ("cannot write the run dir", "hydra.run.dir=<dir>")),
+    Case("run-dir-under-a-file", ("hydra.run.dir={files}/file/run",), 2,
+         ("Not a directory", "hydra.run.dir=<dir>"), {"file": text("")}),
+    Case("user-yaml-syntax", ("--config-dir", "{files}/user", "recipe=mine"), 2,
+         "mine.yaml, line 3, column 6: invalid YAML",
+         {"user": user_recipe("name: mine\nmodule: x\n  bad: [1\n")}),
+    Case("user-yaml-python-tag", ("--config-dir", "{files}/user", "recipe=mine"), 2,
+         "the YAML tag !!python/name:os.system is not allowed",
+         {"user": user_recipe("# @package _global_\nrecipe:\n  name: !!python/name:os.system\n"
+                              "  module: x\n")}),
     # Found only once a framework is imported.
     Case("npz-fewer-labels-on-tf", (*NPZ, "backend=tf"), 1,
          "has 100 samples of features and 90 labels", {"d.npz": npz(y=lambda x, y: y[:90])},
@@ -260,10 +349,11 @@ def run_case(tmp_path: Path) -> Callable[[Case], Outcome]:
         run_dir = tmp_path / "run"
         before = case.prepare_run_dir(run_dir) if case.prepare_run_dir else None
         args = [arg.format(files=files) for arg in case.overrides]
+        if not case.names_run_dir:
+            args.append(f"hydra.run.dir={run_dir}")
         probe = tmp_path / "probe.json"
         result = subprocess.run(
-            [sys.executable, "-c", _PROBE,
-             json.dumps([*args, "logger.progress=false", f"hydra.run.dir={run_dir}"])],
+            [sys.executable, "-c", _PROBE, json.dumps([*args, "logger.progress=false"])],
             cwd=REPO,
             env={**os.environ, "OMP_NUM_THREADS": "1", "CATALOGUE_PROBE_OUT": str(probe)},
             capture_output=True,
@@ -284,7 +374,9 @@ def check_one_error_line(case: Case, outcome: Outcome) -> None:
     stderr = outcome.result.stderr
     lines = [line for line in stderr.splitlines() if line.startswith("dualtrain: error:")]
     assert len(lines) == 1, stderr
-    assert case.message.format(files=outcome.files) in lines[0], stderr
+    messages = (case.message,) if isinstance(case.message, str) else case.message
+    for message in messages:
+        assert message.format(files=outcome.files) in lines[0], stderr
 
 
 def check_no_traceback(case: Case, outcome: Outcome) -> None:
@@ -319,3 +411,63 @@ def test_a_bad_input_ends_the_run_with_one_line(
     outcome = run_case(case)
     for check in CHECKS:
         check(case, outcome)
+
+
+# -- an earlier run in the same directory -------------------------------------------------------
+
+
+def earlier_run(run_dir: Path) -> dict[str, bytes]:
+    """Writes what a finished run leaves in its directory; returns a snapshot of it."""
+    step = run_dir / "checkpoints" / "step-000000010"
+    step.mkdir(parents=True)
+    np.savez(step / "model.npz", **{"dense/kernel": np.ones((2, 2), "float32")})
+    np.savez(step / "optimizer.npz", **{"adam/iteration": np.array(10)})
+    (step / "trainer.json").write_text('{"format": "dualtrain-checkpoint/1", "step": 10}\n')
+    (run_dir / "checkpoints" / "last").symlink_to(step.name)
+    (run_dir / ".hydra").mkdir()
+    (run_dir / ".hydra" / "config.yaml").write_text("seed: 0\n")
+    (run_dir / ".hydra" / "overrides.yaml").write_text("[]\n")
+    (run_dir / "metrics.jsonl").write_text('{"step": 10, "split": "train", "loss": 0.5}\n')
+    (run_dir / "summary.json").write_text('{"status": "completed", "steps": 10}\n')
+    (run_dir / "dualtrain.log").write_text("[INFO] - training\n")
+    return snapshot(run_dir)
+
+
+def snapshot(run_dir: Path) -> dict[str, bytes]:
+    """Every file under `run_dir` with its bytes (a symlink: its target); not the lock file,
+    which a live run holds and whose content names it."""
+    files = {}
+    for path in sorted(run_dir.rglob("*")):
+        if path.is_symlink():
+            files[str(path.relative_to(run_dir))] = str(path.readlink()).encode()
+        elif path.is_file() and path.name != ".dualtrain.lock":
+            files[str(path.relative_to(run_dir))] = path.read_bytes()
+    return files
+
+
+@pytest.mark.parametrize(
+    "case",
+    [
+        pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.slow else [])
+        for c in CASES
+        if not c.names_run_dir
+    ],
+)
+def test_a_bad_input_leaves_an_earlier_run_as_it_was(
+    case: Case, run_case: Callable[[Case], Outcome]
+) -> None:
+    """The same mistakes made in a directory that holds an earlier run: each still ends with
+    one line (its own, or that the directory holds an earlier run), and not one of the earlier
+    run's files is changed, added to or removed."""
+    outcome = run_case(dataclasses.replace(case, prepare_run_dir=earlier_run))
+    stderr = outcome.result.stderr
+    lines = [line for line in stderr.splitlines() if line.startswith("dualtrain: error:")]
+    assert len(lines) == 1, outcome.result.stderr
+    check_no_traceback(case, outcome)
+    refused = "holds an earlier run" in lines[0]
+    assert outcome.result.returncode == (2 if refused else case.code), outcome.result.stderr
+    assert snapshot(outcome.run_dir) == outcome.before
+
+
+def test_the_catalogue_is_large_enough() -> None:
+    assert len(CASES) >= 80
