@@ -83,16 +83,15 @@ def _train(
     logger_settings = settings.logger
     if rank0 and settings.trainer.fast_dev_run:
         logger_settings = dataclasses.replace(logger_settings, loggers=("console",))
-    logger = (
-        create_loggers(logger_settings, run_dir, settings.backend.name)
-        if rank0
-        else LoggerGroup([])
-    )
+    logger = LoggerGroup([])
     state = LoopState()
     stop.step = lambda: state.step
     status = "failed"
     engine = None
     try:
+        # In the try: a signal while they start (TensorBoard's import) still ends in a summary.
+        if rank0:
+            logger = create_loggers(logger_settings, run_dir, settings.backend.name)
         # The data first: its mistakes are found before a framework is imported.
         data = load_data(settings.data, settings.seed)
         select_backend(settings.backend.name)  # before anything below imports Keras

@@ -337,3 +337,43 @@ def test_eval_from_a_crafted_checkpoint_alone_refuses_what_it_names(
     assert ("'evil_recipe'" if what == "recipe" else "'os:system'") in line
     assert "does not ship with dualtrain" in line
     assert not marker.exists()
+
+
+def test_a_signal_during_start_up_still_writes_the_summary(tmp_path: Path) -> None:
+    """SIGTERM once the run has its directory but may not have trained a step: exit 143, one
+    line, summary.json says interrupted (before: killed with no summary and no message)."""
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "dualtrain", *SMALL, f"hydra.run.dir={run_dir}"],
+        cwd=REPO,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    deadline = time.monotonic() + 120
+    while not (run_dir / "metrics.jsonl").exists():  # the loggers exist: train() has begun
+        assert proc.poll() is None and time.monotonic() < deadline, "the run never started"
+        time.sleep(0.02)
+    proc.send_signal(signal.SIGTERM)
+    _, stderr = proc.communicate(timeout=120)
+    assert proc.returncode == 128 + signal.SIGTERM, stderr[-2000:]
+    assert "interrupted by SIGTERM after step" in one_error_line(subprocess.CompletedProcess(
+        proc.args, proc.returncode, "", stderr
+    ))  # fmt: skip
+    assert json.loads((run_dir / "summary.json").read_text())["status"] == "interrupted"
+
+
+def test_a_full_disk_is_one_line_and_keeps_what_was_written(trained: Path, tmp_path: Path) -> None:
+    """metrics.jsonl made a link to /dev/full, where every write fails with ENOSPC."""
+    run_dir = tmp_path / "run"
+    shutil.copytree(trained, run_dir, symlinks=True)
+    (run_dir / "metrics.jsonl").unlink()
+    (run_dir / "metrics.jsonl").symlink_to("/dev/full")
+    checkpoints = snapshot(run_dir / "checkpoints")
+    result = run_cli(*SMALL, "trainer.max_epochs=3", "checkpoint.resume=auto",
+                     f"hydra.run.dir={run_dir}")  # fmt: skip
+    assert result.returncode == 1, result.stderr[-2000:]
+    line = one_error_line(result)
+    assert "metrics.jsonl" in line and "No space left on device" in line
+    after = snapshot(run_dir / "checkpoints")
+    assert {k: v for k, v in after.items() if k in checkpoints} == checkpoints  # none changed

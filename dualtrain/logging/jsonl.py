@@ -33,8 +33,11 @@ class JsonlLogger(Logger):
         }
         line.update({name: float(value) for name, value in metrics.items()})
         # One write per line, then flush: a crash leaves whole lines only.
-        self._file.write(json.dumps(line) + "\n")
-        self._file.flush()
+        try:
+            self._file.write(json.dumps(line) + "\n")
+            self._file.flush()
+        except OSError as err:  # a full disk: the error names the file (a flush's does not)
+            raise OSError(err.errno, err.strerror, str(self.path)) from None
 
     def finalize(self, summary: Mapping[str, Any]) -> None:
         self._file.close()
