@@ -32,9 +32,10 @@ try:
     main()
 except SystemExit as exit:
     code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
-with open(os.environ["PROBE_OUT"], "w") as f:
-    json.dump({"code": code, "torch": "torch" in sys.modules,
-               "tensorflow": "tensorflow" in sys.modules}, f)
+finally:  # by now the error line is written
+    with open(os.environ["PROBE_OUT"], "w") as f:
+        json.dump({"code": code, "torch": "torch" in sys.modules,
+                   "tensorflow": "tensorflow" in sys.modules}, f)
 sys.exit(code)
 """
 
@@ -54,19 +55,20 @@ def run_cli(
 
 
 def probe_cli(
-    *args: str, tmp_path: Path, timeout: float = 300
+    *args: str, tmp_path: Path, timeout: float = 300, env: dict[str, str] | None = None
 ) -> tuple[subprocess.CompletedProcess[str], dict[str, Any]]:
-    """Like run_cli, and also reports whether torch or tensorflow got imported."""
+    """Like run_cli, and also reports whether torch or tensorflow got imported (an empty dict
+    if the process ended before it could say)."""
     out = tmp_path / "probe.json"
     result = subprocess.run(
         [sys.executable, "-c", _PROBE, json.dumps(list(args))],
         cwd=REPO,
-        env={**os.environ, "PROBE_OUT": str(out)},
+        env={**os.environ, **(env or {}), "PROBE_OUT": str(out)},
         capture_output=True,
         text=True,
         timeout=timeout,
     )
-    return result, json.loads(out.read_text())
+    return result, json.loads(out.read_text()) if out.is_file() else {}
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

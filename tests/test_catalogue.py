@@ -18,10 +18,7 @@ compare with the run directory afterwards.
 from __future__ import annotations
 
 import dataclasses
-import json
-import os
 import subprocess
-import sys
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -30,7 +27,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.conftest import REPO
+from tests.conftest import probe_cli
 from tests.data_files import write_csv, write_image_folder
 
 Writer = Callable[[Path], Any]  # writes one file (or folder) at the path it is given
@@ -319,23 +316,6 @@ CASES = [
 
 # -- running a case ------------------------------------------------------------------------------
 
-# Runs the CLI in this interpreter and records which frameworks the process imported by the time
-# it exits: the error line is written by then.
-_PROBE = """
-import json, os, sys
-sys.argv = ["dualtrain", *json.loads(sys.argv[1])]
-code = 0
-try:
-    from dualtrain.cli import main
-    main()
-except SystemExit as exit:
-    code = exit.code if isinstance(exit.code, int) else (0 if exit.code is None else 1)
-finally:
-    with open(os.environ["CATALOGUE_PROBE_OUT"], "w") as f:
-        json.dump({name: name in sys.modules for name in ("torch", "tensorflow")}, f)
-sys.exit(code)
-"""
-
 
 @pytest.fixture
 def run_case(tmp_path: Path) -> Callable[[Case], Outcome]:
@@ -351,16 +331,10 @@ def run_case(tmp_path: Path) -> Callable[[Case], Outcome]:
         args = [arg.format(files=files) for arg in case.overrides]
         if not case.names_run_dir:
             args.append(f"hydra.run.dir={run_dir}")
-        probe = tmp_path / "probe.json"
-        result = subprocess.run(
-            [sys.executable, "-c", _PROBE, json.dumps([*args, "logger.progress=false"])],
-            cwd=REPO,
-            env={**os.environ, "OMP_NUM_THREADS": "1", "CATALOGUE_PROBE_OUT": str(probe)},
-            capture_output=True,
-            text=True,
-            timeout=300,
-        )  # fmt: skip
-        imported = json.loads(probe.read_text()) if probe.is_file() else {}
+        result, probed = probe_cli(
+            *args, "logger.progress=false", tmp_path=tmp_path, env={"OMP_NUM_THREADS": "1"}
+        )
+        imported = {name: probed[name] for name in ("torch", "tensorflow") if name in probed}
         return Outcome(result, imported, run_dir, files, before)
 
     return run
