@@ -92,9 +92,11 @@ def _train(
         # In the try: a signal while they start (TensorBoard's import) still ends in a summary.
         if rank0:
             logger = create_loggers(logger_settings, run_dir, settings.backend.name)
-        # The data first: its mistakes are found before a framework is imported.
+        # Keras's backend before a user's data source can import Keras; the framework itself
+        # after the data, whose mistakes are then found before it is imported.
+        select_backend(settings.backend.name, import_framework=False)
         data = load_data(settings.data, settings.seed)
-        select_backend(settings.backend.name)  # before anything below imports Keras
+        select_backend(settings.backend.name)
         recipe = load_recipe(settings.recipe)
         engine = engine_class(settings.backend.name, _strategy(settings))(settings, recipe, data)
         log.info(

@@ -173,6 +173,7 @@ def test_export_and_parity_init_ignore_what_the_checkpoint_names(
     work, checkpoint, marker = hostile
     exported = run_cli(
         *SMALL,
+        "recipe=cnn",  # named by the user: the checkpoint's own module is not imported
         "mode=export",
         f"checkpoint.path={checkpoint}",
         "export.formats=[torch]",

@@ -25,8 +25,12 @@ _ENGINES = {
 }
 
 
-def select_backend(name: str) -> None:
-    """Fixes Keras's backend for this process; fails if Keras already runs another one."""
+def select_backend(name: str, import_framework: bool = True) -> None:
+    """Fixes Keras's backend for this process; fails if Keras already runs another one.
+
+    `import_framework=False` only sets the environment, so that code which imports Keras later
+    (a user's data source) gets this backend, while mistakes found before it cost no import.
+    """
     if name not in _ENGINES:
         raise ConfigError(f"backend must be one of {', '.join(_ENGINES)}; got {name!r}")
     keras_name = _ENGINES[name][0]
@@ -41,7 +45,7 @@ def select_backend(name: str) -> None:
     if name == "tf" and "tensorflow" not in sys.modules:
         if platform.machine().lower() in ("x86_64", "amd64"):
             _use_onednn()
-        if "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
+        if import_framework and "TF_CPP_MIN_LOG_LEVEL" not in os.environ:
             _import_tensorflow_quietly()
 
 
