@@ -146,11 +146,11 @@ def create_callbacks(specs: dict[str, dict[str, Any]]) -> list[Callback]:
         module_name, _, attribute = str(target).rpartition(".")
         try:
             cls = getattr(importlib.import_module(module_name), attribute)
-        except (ImportError, AttributeError, ValueError):
+        except (ImportError, AttributeError, ValueError) as err:
             raise ConfigError(
                 f"callbacks.{name}._target_={target} cannot be imported; give a dotted path to a "
                 "Callback class, e.g. dualtrain.callbacks.EarlyStopping"
-            ) from None
+            ) from err
         if not (isinstance(cls, type) and issubclass(cls, Callback)):
             raise ConfigError(
                 f"callbacks.{name}._target_={target} is not a dualtrain.callbacks.Callback class"
@@ -159,5 +159,5 @@ def create_callbacks(specs: dict[str, dict[str, Any]]) -> list[Callback]:
         try:
             callbacks.append(cls(**kwargs))
         except TypeError as err:
-            raise ConfigError(f"callbacks.{name}: {err}") from None
+            raise ConfigError(f"callbacks.{name}: {err}") from err
     return callbacks

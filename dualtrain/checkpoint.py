@@ -84,7 +84,7 @@ def read_checkpoint(directory: Path) -> Checkpoint:
     try:
         trainer = json.loads((directory / "trainer.json").read_text(encoding="utf-8"))
     except (ValueError, UnicodeDecodeError) as err:
-        raise RunError(f"{directory / 'trainer.json'} is corrupt: {err}") from None
+        raise RunError(f"{directory / 'trainer.json'} is corrupt: {err}") from err
     if not isinstance(trainer, dict) or trainer.get("format") != FORMAT:
         raise RunError(f"{directory / 'trainer.json'} is not a {FORMAT} record")
     return Checkpoint(
@@ -107,9 +107,9 @@ def _read_arrays(path: Path) -> dict[str, np.ndarray]:
     except ValueError as err:  # object arrays need pickle: refused
         raise RunError(
             f"{path} holds data that would need pickle to load; refused ({err})"
-        ) from None
+        ) from err
     except (OSError, zipfile.BadZipFile, EOFError) as err:
-        raise RunError(f"{path} is truncated or corrupt: {err}") from None
+        raise RunError(f"{path} is truncated or corrupt: {err}") from err
 
 
 _NPY_HEADER_READERS = {

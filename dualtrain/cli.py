@@ -10,6 +10,7 @@ import json
 import os
 import subprocess
 import sys
+import traceback
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -111,6 +112,8 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             hydra_cfg, overrides, run_dir
         ))  # fmt: skip
     except DualtrainError as err:
+        if os.environ.get("HYDRA_FULL_ERROR") == "1":  # asked for: the chain, then the line
+            traceback.print_exception(err)
         _exit_with(str(err), err.exit_code)
     except KeyboardInterrupt:
         _exit_with("interrupted; summary.json records where the run stopped", 130)
@@ -163,9 +166,9 @@ def settings_from_config(cfg: DictConfig, run_dir: Path) -> Settings:
             f"{err.full_key} has no value; set it, e.g. data=python data.source=my_module:load_data"
             if err.full_key == "data.source"
             else f"{err.full_key} has no value; set it with {err.full_key}=<value>"
-        ) from None
+        ) from err
     except OmegaConfBaseException as err:
-        raise ConfigError(f"the config cannot be resolved: {err}") from None
+        raise ConfigError(f"the config cannot be resolved: {err}") from err
     return Settings.from_config(plain, run_dir=run_dir, config_yaml=OmegaConf.to_yaml(cfg))
 
 

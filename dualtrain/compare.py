@@ -73,10 +73,10 @@ def read_run(path: Path) -> Run:
     for number, text in enumerate(texts, 1):
         try:
             lines.append(json.loads(text))
-        except ValueError:
+        except ValueError as err:
             # A run killed while writing leaves at most a partial last line; skip it.
             if number != len(texts):
-                raise RunError(f"{metrics}: line {number} is not JSON") from None
+                raise RunError(f"{metrics}: line {number} is not JSON") from err
     return Run(path, summary, lines, _overrides(path))
 
 
@@ -343,7 +343,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except ValueError as err:
-        raise RunError(f"{path} is not valid JSON: {err}") from None
+        raise RunError(f"{path} is not valid JSON: {err}") from err
     return content if isinstance(content, dict) else {}
 
 

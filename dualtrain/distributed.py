@@ -38,12 +38,12 @@ def tf_config() -> dict[str, Any] | None:
     try:
         config = json.loads(raw)
         _ = config["cluster"]["worker"], config["task"]["type"], int(config["task"]["index"])
-    except (ValueError, KeyError, TypeError):
+    except (ValueError, KeyError, TypeError) as err:
         raise ConfigError(
             "TF_CONFIG must be JSON such as "
             '{"cluster": {"worker": ["host1:port", "host2:port"]}, '
             f'"task": {{"type": "worker", "index": 0}}}}; got {raw!r}'
-        ) from None
+        ) from err
     return config
 
 

@@ -93,7 +93,7 @@ def checkpoint_sections(path: Path, sections: list[str]) -> dict[str, Any]:
         raise ConfigError(
             f"{source / 'trainer.json'} has no readable config ({type(err).__name__}); name the "
             "recipe and data on the command line"
-        ) from None
+        ) from err
     if "recipe" in taken and not shipped_recipe(str(taken["recipe"].get("module"))):
         raise ConfigError(
             f"{source} was trained with the recipe module {taken['recipe'].get('module')!r}, "

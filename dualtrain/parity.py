@@ -318,7 +318,7 @@ def _read_json(path: Path) -> dict[str, Any]:
     try:
         content = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, ValueError) as err:
-        raise RunError(f"parity: cannot read {path}: {err}") from None
+        raise RunError(f"parity: cannot read {path}: {err}") from err
     if not isinstance(content, dict):
         raise RunError(f"parity: {path} is not a JSON object")
     return content

@@ -20,6 +20,7 @@ Importing the module imports Keras, so recipes are loaded only after the backend
 from __future__ import annotations
 
 import importlib
+import inspect
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from types import ModuleType
@@ -56,15 +57,16 @@ class Recipe:
     model_kwargs: dict[str, Any]
 
     def build_model(self, data: DataInfo) -> Any:
+        # Bound before the call: a TypeError raised inside build_model is the recipe's own, not
+        # a key of recipe.model that it does not take.
         try:
-            return self.module.build_model(data, **self.model_kwargs)
+            inspect.signature(self.module.build_model).bind(data, **self.model_kwargs)
         except TypeError as err:
-            if "argument" not in str(err):
-                raise
             raise RunError(
                 f"recipe {self.name}: build_model does not take the keys of recipe.model "
                 f"{sorted(self.model_kwargs)}: {err}"
-            ) from None
+            ) from err
+        return self.module.build_model(data, **self.model_kwargs)
 
     def loss(self) -> Callable[[Any, Any], Any]:
         return self.module.loss()

@@ -85,7 +85,7 @@ def claim(run_dir: Path, continues: bool) -> None:
         raise ConfigError(
             f"cannot create the run directory {run_dir}: {err.strerror}; choose a writable "
             "hydra.run.dir"
-        ) from None
+        ) from err
     if not _try_lock(handle):
         handle.seek(0)
         holder = handle.read().strip() or "another process"

@@ -86,3 +86,35 @@ def test_optimizer_keys_match_the_keras_signatures() -> None:
     assert set(signatures) == set(OPTIMIZER_KWARGS)
     for name, accepted in signatures.items():
         assert sorted(set(OPTIMIZER_KWARGS[name]) | set(OPTIMIZER_KWARGS_SET_BY)) == accepted
+
+
+def test_hydra_full_error_shows_the_cause_of_dualtrains_own_errors(tmp_path: Path) -> None:
+    """The one line stays, with its exit code; before it, the chain down to NumPy's error."""
+    (tmp_path / "d.npz").write_bytes(b"PK\x03\x04 not really a zip")
+    args = ["recipe=mlp", "data=npz", f"data.path={tmp_path / 'd.npz'}"]
+    plain = run_cli(*args, f"hydra.run.dir={tmp_path}/plain")
+    full = run_cli(*args, f"hydra.run.dir={tmp_path}/full", env={"HYDRA_FULL_ERROR": "1"})
+    assert plain.returncode == full.returncode == 1
+    assert "Traceback" not in plain.stderr
+    assert "The above exception was the direct cause of the following exception" in full.stderr
+    assert full.stderr.strip().splitlines()[-1] == plain.stderr.strip().splitlines()[-1]
+
+
+@pytest.mark.slow
+def test_a_type_error_inside_build_model_is_the_recipes_own(tmp_path: Path) -> None:
+    """Not reported as a recipe.model key that build_model does not take (it takes them all)."""
+    user = tmp_path / "user"
+    (user / "recipe").mkdir(parents=True)
+    (user / "recipe" / "broken.yaml").write_text(
+        "# @package _global_\nrecipe:\n  name: broken\n  module: broken_recipe\n  model:\n"
+        "    units: 4\n"
+    )
+    (user / "broken_recipe.py").write_text(
+        "def build_model(data, units):\n    return len(units)  # a bug: int has no len()\n\n"
+        "def loss():\n    return None\n"
+    )
+    result = run_cli("--config-dir", str(user), "recipe=broken", f"hydra.run.dir={tmp_path}/r")
+    assert result.returncode == 1
+    line = result.stderr.strip().splitlines()[-1]
+    assert "TypeError: object of type 'int' has no len()" in line
+    assert "does not take the keys" not in line

@@ -128,7 +128,7 @@ def load_data(
         raise RunError(
             f"data source {settings.source} does not take the config's data keys "
             f"{sorted(settings.params)}: {err}; it accepts: {', '.join(accepted) or 'none'}"
-        ) from None
+        ) from err
     result: SourceData | tuple[Any, ...] = source(**kwargs)
     if not isinstance(result, SourceData):
         result = _from_arrays(result, settings.source)
@@ -192,7 +192,7 @@ def stratified_indices(
             np.arange(len(y)), test_size=val_fraction, random_state=seed, stratify=y
         )
     except ValueError as err:
-        raise RunError(f"cannot split the data into train and val: {err}") from None
+        raise RunError(f"cannot split the data into train and val: {err}") from err
     return train, val
 
 
@@ -247,7 +247,7 @@ def _resolve(source: str) -> Callable[..., Any]:
         raise RunError(
             f"data.source={source}: there is no module {err.name}; give a module on the Python "
             "path (the working directory, or --config-dir's folder) as package.module:function"
-        ) from None
+        ) from err
     fn = getattr(module, attr, None)
     if not callable(fn):
         raise RunError(f"data.source {source!r}: module {module_name} has no function {attr!r}")

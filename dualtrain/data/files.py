@@ -68,7 +68,7 @@ def _read(
     try:
         archive = np.load(path, allow_pickle=False)
     except (OSError, ValueError, EOFError, zipfile.BadZipFile) as err:
-        raise RunError(_damaged(path, label, err)) from None
+        raise RunError(_damaged(path, label, err)) from err
     if not isinstance(archive, np.lib.npyio.NpzFile):
         raise RunError(
             f"{label}={path} holds one array; expected a .npz archive with arrays "
@@ -102,7 +102,7 @@ def _check_npz_file(path: Path, label: str) -> None:
         with open(path, "rb") as f:
             start = f.read(len(np.lib.format.MAGIC_PREFIX))
     except OSError as err:
-        raise RunError(f"{label}={path} cannot be read: {err}") from None
+        raise RunError(f"{label}={path} cannot be read: {err}") from err
     if not start:
         raise RunError(
             f"{label}={path} is empty (0 bytes); expected a .npz archive written by np.savez, "
@@ -131,10 +131,10 @@ def _member(archive: Any, key: str, path: Path, label: str) -> np.ndarray:
             raise RunError(
                 f"{label}={path}: array {key} holds Python objects (dtype object); expected "
                 "numeric arrays (e.g. np.asarray(values, dtype='float32') before np.savez)"
-            ) from None
-        raise RunError(_damaged(path, label, err)) from None
+            ) from err
+        raise RunError(_damaged(path, label, err)) from err
     except (OSError, EOFError, zipfile.BadZipFile, zlib.error) as err:
-        raise RunError(_damaged(path, label, err)) from None
+        raise RunError(_damaged(path, label, err)) from err
 
 
 def _load_npy(path: Path) -> np.ndarray:
@@ -146,4 +146,4 @@ def _load_npy(path: Path) -> np.ndarray:
         raise RunError(
             f"{path} {what}; expected a numeric array written by np.save (class indices, one "
             "per sample)"
-        ) from None
+        ) from err

@@ -127,7 +127,7 @@ class NpyRows(Rows):
                 )
                 shape, fortran, dtype = read_header(f)
             except ValueError as err:
-                raise RunError(f"{self.path} is not a .npy file: {err}") from None
+                raise RunError(f"{self.path} is not a .npy file: {err}") from err
             self.offset = f.tell()
         if fortran or dtype.hasobject or len(shape) < 1:
             raise RunError(

@@ -179,7 +179,7 @@ def _read(path: Path, target: str, label: str) -> tuple[list[str], list[list[str
                     rows.append(row)
                     lines.append(reader.line_num)
     except (OSError, UnicodeDecodeError, csv.Error) as err:
-        raise RunError(f"{label}={path} is not a readable CSV file: {err}") from None
+        raise RunError(f"{label}={path} is not a readable CSV file: {err}") from err
     if not header:
         raise RunError(
             f"{label}={path} is empty ({path.stat().st_size} bytes); expected a CSV file with a "

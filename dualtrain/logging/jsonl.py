@@ -37,7 +37,7 @@ class JsonlLogger(Logger):
             self._file.write(json.dumps(line) + "\n")
             self._file.flush()
         except OSError as err:  # a full disk: the error names the file (a flush's does not)
-            raise OSError(err.errno, err.strerror, str(self.path)) from None
+            raise OSError(err.errno, err.strerror, str(self.path)) from err
 
     def finalize(self, summary: Mapping[str, Any]) -> None:
         self._file.close()
