@@ -48,7 +48,7 @@ def test_help_lists_groups_and_options_without_importing_a_framework(tmp_path: P
 
 
 def test_help_copies_the_config_repository_once() -> None:
-    """--help must take under a second (issue 8). Not timed here (a shared CI machine is too
+    """--help must take under a second (docs/performance.md). Not timed here (a shared machine is too
     noisy); what made it slow is counted instead: Hydra copied its whole config repository once
     per config group option list, about a hundred times, which was most of 2 s."""
     code = (
@@ -125,7 +125,7 @@ def test_a_run_imports_only_its_framework_and_writes_the_run_dir(
     assert result.returncode == 0, result.stderr
     assert imported[other] is False
     assert imported["tensorflow" if backend == "tf" else "torch"] is True
-    # CONTRACT §3
+    # README's run-directory table: .hydra/config.yaml is the composed config
     config = (run_dir / ".hydra" / "config.yaml").read_text()
     assert f"name: {backend}" in config
     lines = read_jsonl(run_dir / "metrics.jsonl")

@@ -1,4 +1,4 @@
-"""metrics.jsonl: one JSON object per line, flushed as it is written (CONTRACT §3)."""
+"""metrics.jsonl: one JSON object per line, flushed as it is written (README: "What a run gives you")."""
 
 from __future__ import annotations
 
