@@ -48,8 +48,8 @@ def test_help_lists_groups_and_options_without_importing_a_framework(tmp_path: P
 
 
 def test_help_copies_the_config_repository_once() -> None:
-    """--help must take under a second (docs/performance.md). Not timed here (a shared machine is too
-    noisy); what made it slow is counted instead: Hydra copied its whole config repository once
+    """--help must take under a second (docs/performance.md). Not timed here (a shared machine is
+    too noisy); what made it slow is counted instead: Hydra copied its whole config repository once
     per config group option list, about a hundred times, which was most of 2 s."""
     code = (
         "import sys\n"

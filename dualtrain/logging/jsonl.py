@@ -1,4 +1,7 @@
-"""metrics.jsonl: one JSON object per line, flushed as it is written (README: "What a run gives you")."""
+"""metrics.jsonl: one JSON object per line, flushed as it is written.
+
+The keys are README's ("What a run gives you"), the same on both backends.
+"""
 
 from __future__ import annotations
 
