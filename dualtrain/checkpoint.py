@@ -23,13 +23,17 @@ import time
 import zipfile
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from dualtrain.callbacks import Callback, TrainingRun
 from dualtrain.errors import ConfigError, RunError
 from dualtrain.settings import CheckpointSettings
+
+if TYPE_CHECKING:
+    from dualtrain.engines.base import Engine
+    from dualtrain.loop import LoopState
 
 FORMAT = "dualtrain-checkpoint/1"
 FILES = ("model.npz", "optimizer.npz", "trainer.json")
@@ -227,37 +231,37 @@ class Checkpointer(Callback):
         run.check_finite()
         self.finish(run.engine, run.state)
 
-    def saves_after_step(self, state: Any, epoch_ends: bool) -> bool:
+    def saves_after_step(self, state: LoopState, epoch_ends: bool) -> bool:
         """Whether `after_step` will save now (not at an epoch end: `after_epoch` does)."""
         every = self.settings.every_n_steps
         return bool(every) and state.step % every == 0 and not epoch_ends
 
-    def after_step(self, engine: Any, state: Any, epoch_ends: bool) -> None:
+    def after_step(self, engine: Engine, state: LoopState, epoch_ends: bool) -> None:
         if self.settings.every_n_steps and state.step % self.settings.every_n_steps == 0:
             if epoch_ends:  # saved once, after the epoch's validation, by after_epoch
                 self._due_at_epoch_end = True
             else:
                 self.save(engine, state)
 
-    def after_epoch(self, engine: Any, state: Any) -> None:
+    def after_epoch(self, engine: Engine, state: LoopState) -> None:
         every = self.settings.every_n_epochs
         if self._due_at_epoch_end or (every and state.epochs % every == 0):
             self.save(engine, state)
         self._due_at_epoch_end = False
 
-    def finish(self, engine: Any, state: Any) -> None:
+    def finish(self, engine: Engine, state: LoopState) -> None:
         """At the end of training or at a stop: saves unless this step is saved already."""
         if not (self.dir / f"step-{state.step:09d}" / "trainer.json").is_file():
             self.save(engine, state)
 
-    def save(self, engine: Any, state: Any) -> Path:
+    def save(self, engine: Engine, state: LoopState) -> Path:
         started = time.perf_counter()
         try:
             return self._save(engine, state)
         finally:
             state.checkpoint_seconds += time.perf_counter() - started
 
-    def _save(self, engine: Any, state: Any) -> Path:
+    def _save(self, engine: Engine, state: LoopState) -> Path:
         model, optimizer = engine.checkpoint_arrays()
         trainer = {
             **self.record,
@@ -291,7 +295,7 @@ class Checkpointer(Callback):
         link.symlink_to(directory.name)
         os.replace(link, self.dir / name)
 
-    def _monitored(self, state: Any) -> float | None:
+    def _monitored(self, state: LoopState) -> float | None:
         split, _, name = self.settings.monitor.partition("/")
         values = state.final_val if split == "val" else state.final_train
         if not values:
