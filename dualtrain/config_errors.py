@@ -26,6 +26,7 @@ from hydra.errors import (
 )
 from omegaconf.errors import OmegaConfBaseException
 
+from dualtrain import compat
 from dualtrain.errors import ConfigError
 from dualtrain.settings import unknown_key_error
 
@@ -37,35 +38,19 @@ def hydra_errors_raised(argv: Sequence[str], package_configs: Path) -> Iterator[
     """Checks the command line as Hydra will parse it, then lets the errors Hydra meets while
     composing the config and starting the job reach the caller instead of Hydra's reporter.
 
-    Written for Hydra 1.3.8: `hydra._internal.utils._run_hydra` parses the command line with
-    `get_args_parser()` (whose errors print a usage block) and wraps its steps in
-    `run_and_report`, which prints the error and exits 1. Where those internals differ, the
-    command line is not checked here and Hydra reports its own errors as before.
+    Hydra parses the command line and reports errors inside `@hydra.main`; compat hands out its
+    parser and keeps its reporter out of the way (`compat.hydra_args_parser`,
+    `compat.hydra_errors_unreported`). Where Hydra's internals differ, the command line is not
+    checked here and Hydra reports its own errors as before.
     """
-    try:
-        from hydra._internal import utils
-    except ImportError:
-        yield
-        return
-    if callable(getattr(utils, "get_args_parser", None)):
-        parser = utils.get_args_parser()
-        parser.error = _raise_usage_error  # type: ignore[method-assign]
+    parser = compat.hydra_args_parser()
+    if parser is not None:
+        parser.error = _raise_usage_error
         args = parser.parse_args(list(argv))
         check_overrides(args.overrides)
         check_optional_group_options(args.overrides, package_configs, args.config_dir)
-    original = getattr(utils, "run_and_report", None)
-    if not callable(original):
+    with compat.hydra_errors_unreported():
         yield
-        return
-    utils.run_and_report = _call
-    try:
-        yield
-    finally:
-        utils.run_and_report = original
-
-
-def _call(func: Any) -> Any:
-    return func()
 
 
 def _raise_usage_error(message: str) -> Any:

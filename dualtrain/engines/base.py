@@ -19,6 +19,7 @@ from typing import Any, ClassVar
 import keras
 import numpy as np
 
+from dualtrain import compat
 from dualtrain.data import ArrayDataset, DataSplits
 from dualtrain.errors import ConfigError, RunError
 from dualtrain.loop import planned_steps
@@ -434,9 +435,8 @@ def make_deterministic(model: keras.Model) -> tuple[list[dict[str, Any]], list[s
     """
     changed: list[dict[str, Any]] = []
     left: list[str] = []
-    # Keras has no public walk over nested layers; _flatten_layers is what its own summary uses.
-    for layer in model._flatten_layers(include_self=False, recursive=True):
-        if not getattr(layer, "_seed_generators", None):
+    for layer in compat.sublayers(model):
+        if not compat.seed_generators(layer):
             continue  # draws no random numbers
         attribute = next(
             (a for a in _NOISE_ATTRIBUTES if type(getattr(layer, a, None)) in (int, float)), None
@@ -460,16 +460,10 @@ def fresh_layer_names() -> Iterator[None]:
     Checkpoints name variables by path (`conv2d_1/kernel`), and Keras numbers auto-named layers
     per process: a model built after another one (a second run in a notebook, a GAN's judge)
     would get other numbers and not fit its checkpoints. Keras keeps the counters in its global
-    state with no public way to set them aside, so they are swapped out for the build.
+    state with no public way to set them aside; compat swaps them out for the build.
     """
-    from keras.src.backend.common import global_state
-
-    saved = global_state.get_global_attribute("object_name_uids")
-    global_state.set_global_attribute("object_name_uids", None)
-    try:
+    with compat.fresh_object_names():
         yield
-    finally:
-        global_state.set_global_attribute("object_name_uids", saved)
 
 
 def _arrays(variables: list[Any]) -> dict[str, np.ndarray]:

@@ -12,7 +12,8 @@ What tf.distribute asks for, and where it happens here:
   loss and sample count with the others' (`ReplicaContext.all_reduce`), weighted by its share of
   the global batch, so every replica applies the gradient of the global batch's mean loss, as one
   process would. Keras's optimizer would all-reduce (sum) the gradients once more, which would
-  multiply them by the number of replicas; `_reduced_by_step` turns that off (see there);
+  multiply them by the number of replicas; `compat.skip_optimizer_all_reduce` turns that off,
+  and `compat.unscaled_keras_losses` undoes Keras losses' division by the number of replicas;
 - metrics' variables aggregate by sum across replicas (Keras creates them so), so val metrics and
   the logged train loss are global values.
 
@@ -22,13 +23,15 @@ Only the chief writes (`dualtrain.distributed.is_writer`). Collectives time out 
 
 from __future__ import annotations
 
+import functools
 import logging
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from dualtrain import compat
 from dualtrain.distributed import tf_config
 from dualtrain.engines.base import Batch
 from dualtrain.engines.tensorflow import Branch, TensorFlowEngine
@@ -42,19 +45,18 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
         # tf.distribute logs every collective it builds at INFO; warnings and errors stay.
         logging.getLogger("tensorflow").setLevel(logging.WARNING)
         self.strategy = self._make_strategy()
-        _unscaled_keras_losses()
+        compat.check_unscaled_keras_losses()
         # Gradients are reduced inside the replicas; histograms show weights only.
         self._keep_gradients = False
         with self.strategy.scope():
             super().setup()
             for optimizer in self.optimizers:
-                _reduced_by_step(optimizer)
+                compat.skip_optimizer_all_reduce(optimizer)
         self._dist_train_fns: dict[int, Any] = {}
         self._read_train_fn = self._read_train_values
-        self._dist_eval_fn = tf.function(
-            lambda x, y: self.strategy.run(self._eval_step_impl, args=(x, y)),
-            reduce_retracing=True,
-        )
+        self._dist_eval_fn = tf.function(_unscaled(
+            lambda x, y: self.strategy.run(self._eval_step_impl, args=(x, y))
+        ), reduce_retracing=True)  # fmt: skip
 
     def _resolve_jit(self, choice: str) -> bool:
         # The steps synchronize replicas inside (merge_call), which XLA-compiled replica functions
@@ -70,7 +72,7 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
         config = tf_config()
         return {
             "world_size": self.strategy.num_replicas_in_sync,
-            "backend": type(self.strategy.extended._cross_device_ops or object()).__name__
+            "backend": compat.cross_device_ops_name(self.strategy)
             if self.settings.backend.strategy == "mirrored"
             else "collective",
             "strategy": self.settings.backend.strategy,
@@ -172,7 +174,7 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
             def step(*tensors: Any) -> None:
                 self.strategy.run(self._train_step, args=tensors)
 
-            self._dist_train_fns[count] = tf.function(step, reduce_retracing=True)
+            self._dist_train_fns[count] = tf.function(_unscaled(step), reduce_retracing=True)
         self._dist_train_fns[count](*(t for batch in batches for t in batch))
         self._last_gradients = None
 
@@ -218,44 +220,17 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
         return out, loss_sum / samples, tf.cast(tf.round(samples), total.dtype)
 
 
-def _reduced_by_step(optimizer: Any) -> None:
-    """Stops a Keras optimizer from all-reducing gradients that the step has already reduced.
+def _unscaled(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function` with Keras's losses unscaled while it runs (`compat.unscaled_keras_losses`).
 
-    Keras 3's TensorFlow optimizer sums the gradients across replicas in `apply`
-    (`TFOptimizer._all_reduce_sum_gradients`, private, checked against keras 3.15.1), expecting a
-    loss that Keras's own trainer divided by the number of replicas. dualtrain's steps reduce the
-    gradients themselves (weighted by each replica's share of the batch, which Keras's fixed
-    division gets wrong for uneven shards, and before clipping, which must see the global
-    gradient), so the optimizer's sum is replaced by the identity. A Keras version without the
-    method fails here loudly instead of training with gradients summed twice.
+    Keras decides the scaling while tf.function traces a step, so only the traced Python body
+    is wrapped: a compiled step runs no Python, and the module's function is restored after each
+    trace rather than replaced for the whole process.
     """
-    for target in (optimizer, getattr(optimizer, "inner_optimizer", None)):
-        if target is None:
-            continue
-        if not hasattr(target, "_all_reduce_sum_gradients"):
-            raise RunError(
-                "this Keras version's TensorFlow optimizer has no _all_reduce_sum_gradients "
-                "(dualtrain's tf.distribute support was checked against keras 3.15.1)"
-            )
-        target._all_reduce_sum_gradients = lambda grads_and_vars: list(grads_and_vars)
 
+    @functools.wraps(function)
+    def unscaled(*args: Any) -> Any:
+        with compat.unscaled_keras_losses():
+            return function(*args)
 
-def _unscaled_keras_losses() -> None:
-    """Makes Keras losses return the plain mean of a replica's batch, as outside tf.distribute.
-
-    Under a strategy, Keras 3's mean-reduced losses divide by the number of replicas
-    (`keras.src.losses.loss.scale_loss_for_distribution`, private, checked against keras 3.15.1),
-    for its own trainer, which then sums the replicas' gradients. A recipe's loss written in
-    keras.ops is not divided, and the steps here weight each replica by its share of the batch
-    themselves, so the division would halve (with 2 replicas) only the Keras losses: the logged
-    losses and, under SGD, the updates. This process runs one engine, so the module-level
-    function is replaced for the process.
-    """
-    from keras.src.losses import loss as keras_loss
-
-    if not hasattr(keras_loss, "scale_loss_for_distribution"):
-        raise RunError(
-            "this Keras version has no keras.src.losses.loss.scale_loss_for_distribution "
-            "(dualtrain's tf.distribute support was checked against keras 3.15.1)"
-        )
-    keras_loss.scale_loss_for_distribution = lambda value: value
+    return unscaled

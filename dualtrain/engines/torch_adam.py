@@ -29,6 +29,8 @@ import keras
 import torch
 from keras import ops
 
+from dualtrain import compat
+
 
 def fuse_adam(optimizer: Any) -> str | None:
     """Makes a Keras Adam/AdamW (or a LossScaleOptimizer around one) update with the fused
@@ -40,15 +42,20 @@ def fuse_adam(optimizer: Any) -> str | None:
         return "amsgrad has no fused update here"
     if inner.use_ema:
         return "use_ema keeps Keras's update"
+    # The internals are checked here, once; without them Keras's own update stays (compat.py).
+    kernel = compat.fused_adam_kernel()
+    if kernel is None:
+        return "this torch's fused Adam kernel differs from the one dualtrain was written for"
+    adam = compat.keras_adam_update(inner)
+    if adam is None:
+        return "this Keras's Adam internals differ from the ones dualtrain was written for"
     beta_1, beta_2, epsilon = float(inner.beta_1), float(inner.beta_2), float(inner.epsilon)
-    keras_update = inner._parallel_update_step
+    keras_update = adam.keras_update
 
     @torch.no_grad()
     def update(grads: list[torch.Tensor], variables: list[Any], learning_rate: Any) -> None:
         params = [v.value for v in variables]
-        index = inner._get_variable_index
-        momentums = [inner._momentums[index(v)].value for v in variables]
-        velocities = [inner._velocities[index(v)].value for v in variables]
+        momentums, velocities = adam.slots(variables)
         if not params or not _fusable(params, momentums, velocities, grads):
             return keras_update(grads, variables, learning_rate)
         # Two reads (on a GPU a sync each, as the engine's finiteness check already is): the
@@ -67,7 +74,7 @@ def fuse_adam(optimizer: Any) -> str | None:
         correction_1, correction_2 = 1.0 - beta_1**t, math.sqrt(1.0 - beta_2**t)
         # The kernel reads the step from a tensor per parameter; one tensor serves them all.
         steps = [torch.tensor(t, dtype=torch.float32, device=params[0].device)] * len(params)
-        torch._fused_adam_(
+        kernel(
             params,
             # The kernel reads each gradient's memory as laid out contiguously (torch 2.13's CPU
             # kernel makes a contiguous copy and then does not use it); gradients of permuted
@@ -86,7 +93,7 @@ def fuse_adam(optimizer: Any) -> str | None:
             maximize=False,
         )
 
-    inner._parallel_update_step = update
+    adam.replace(update)
     return None
 
 

@@ -29,6 +29,8 @@ import keras
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
+from dualtrain import compat
+
 log = logging.getLogger("dualtrain")
 aten = torch.ops.aten
 
@@ -41,27 +43,22 @@ _CHECK_ATOL = 1e-5
 
 def capture_problem(model: Any) -> str | None:
     """Why `model` cannot be captured safely, or None if it can."""
-    if not isinstance(model, keras.Model) or not _is_functional(model):
+    if not isinstance(model, keras.Model) or not compat.is_functional(model):
         return f"{type(model).__name__} is not a functional or Sequential model"
-    for layer in model._flatten_layers(include_self=False, recursive=True):
+    for layer in compat.sublayers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             return f"layer {layer.name} (BatchNormalization) updates its statistics in training"
-        if not getattr(layer, "_seed_generators", None):
+        generators = compat.seed_generators(layer)
+        if not generators:
             continue
         unseeded_dropout = (
             type(layer) is keras.layers.Dropout
             and layer.noise_shape is None
-            and all(g._initial_seed is None for g in layer._seed_generators)
+            and all(g.get_config()["seed"] is None for g in generators)
         )
         if not unseeded_dropout:
             return f"layer {layer.name} ({type(layer).__name__}) draws from a seeded generator"
     return None
-
-
-def _is_functional(model: Any) -> bool:
-    from keras.src.models.functional import Functional
-
-    return isinstance(model, Functional)  # Sequential models are functional once built
 
 
 class CapturedFunction:
@@ -79,7 +76,8 @@ class CapturedFunction:
         self.variables = list(variables)
         self.name = name
         self.graphs: dict[tuple[Any, ...], Callable[..., Any] | None] = {}
-        self.failed: str | None = None
+        # The library internals the capture needs, checked once (compat logs if they differ).
+        self.failed: str | None = compat.graph_capture_problem(self.variables)
 
     def __call__(self, *tensors: torch.Tensor) -> Any:
         key = tuple((tuple(t.shape), t.dtype) for t in tensors)
@@ -94,7 +92,7 @@ class CapturedFunction:
         if self.failed:
             return None
         values = [v.value for v in self.variables]
-        versions = [t._version for t in values]
+        versions = [compat.tensor_version(t) for t in values]
         try:
             # Tracing runs the function on real tensors: keep the RNG stream (dropout masks)
             # where the eager path would have it.
@@ -102,7 +100,7 @@ class CapturedFunction:
                 graph = make_fx(self._with_variables)(*tensors, *values)
         except Exception as err:  # an op or a Python construct make_fx cannot record
             return self._fail(_untraceable(err), err)
-        if [t._version for t in values] != versions or any(
+        if [compat.tensor_version(t) for t in values] != versions or any(
             v.value is not t for v, t in zip(self.variables, values, strict=True)
         ):
             return self._fail("the function changes the model's variables")
@@ -120,14 +118,12 @@ class CapturedFunction:
     def _with_variables(self, *args: torch.Tensor) -> Any:
         """`fn` with the variables' tensors replaced by the graph's inputs."""
         count = len(args) - len(self.variables)
-        saved = [v._value for v in self.variables]
-        for variable, value in zip(self.variables, args[count:], strict=True):
-            variable._value = value
+        saved = compat.variable_tensors(self.variables)
+        compat.set_variable_tensors(self.variables, args[count:])
         try:
             return self.fn(*args[:count])
         finally:
-            for variable, value in zip(self.variables, saved, strict=True):
-                variable._value = value
+            compat.set_variable_tensors(self.variables, saved)
 
     def _same_values(
         self, graph: Callable[..., Any], tensors: Sequence[torch.Tensor], values: list[Any]
@@ -181,7 +177,7 @@ def _flat(value: Any) -> list[torch.Tensor]:
 
 
 def _schema(node: torch.fx.Node) -> Any:
-    return getattr(node.target, "_schema", None) if node.op == "call_function" else None
+    return compat.op_schema(node.target) if node.op == "call_function" else None
 
 
 def _aliases(node: torch.fx.Node) -> bool:

@@ -8,15 +8,14 @@ entry (the flattened config, backend included) whose metrics are the `val/*` sca
 
 from __future__ import annotations
 
-import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
-from types import ModuleType
 from typing import Any
 
 import numpy as np
 
+from dualtrain import compat
 from dualtrain.logging.base import Logger
 from dualtrain.settings import LoggerSettings
 
@@ -29,11 +28,8 @@ class TensorBoardLogger(Logger):
         return cls(run_dir / "tensorboard")
 
     def __init__(self, log_dir: Path) -> None:
-        if "tensorflow" not in sys.modules:
-            # tensorboard's file I/O imports TensorFlow when it is installed, unless the module
-            # `tensorboard.compat.notf` exists: then it uses its own TF-free stub. A torch run must
-            # not load TensorFlow just to log.
-            sys.modules.setdefault("tensorboard.compat.notf", ModuleType("tensorboard.compat.notf"))
+        # A torch run must not load TensorFlow just to log (compat: tensorboard's TF-free stub).
+        compat.tensorboard_without_tensorflow()
         # Imported on first use: runs without this logger never load tensorboard.
         from tensorboard.compat.proto import event_pb2, summary_pb2
         from tensorboard.summary.writer.event_file_writer import EventFileWriter

@@ -1,0 +1,704 @@
+"""Every use of another library's private internals, in one place.
+
+dualtrain reaches into Keras, torch, TensorFlow, Hydra and TensorBoard where their public APIs
+are too slow or give other numbers. Each such use is a hook here: a small function (or class)
+that the engines, the CLI and the loggers call instead of touching the internal. Each hook's
+docstring says what it does, why the public path is not enough, and what happens when the
+internal is missing or has changed. Each hook checks its internal once, at set-up (never per
+step), and where the check fails it takes the public path and says so in ONE log line on the
+"dualtrain" logger; a fallback that would silently change results refuses with a RunError
+instead.
+
+All hooks were written for, and are tested on, the versions in `WRITTEN_FOR` (constraints.txt);
+pyproject.toml's ranges stay within the releases these checks were run against.
+
+This module imports no framework at import time: the CLI (framework-free) uses it too.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import functools
+import inspect
+import logging
+import sys
+from collections.abc import Callable, Iterator, Sequence
+from types import ModuleType
+from typing import Any
+
+log = logging.getLogger("dualtrain")
+
+WRITTEN_FOR = {
+    "keras": "3.15.1",
+    "torch": "2.13.0",
+    "tensorflow": "2.21.0",
+    "hydra-core": "1.3.8",
+    "tensorboard": "2.21.0",
+}
+
+# Hooks whose fallback was already reported in this process: one line per hook, not per engine.
+_reported: set[str] = set()
+
+
+def _fall_back(
+    hook: str, library: str, problem: str, fallback: str, level: int = logging.INFO
+) -> None:
+    if hook in _reported:
+        return
+    _reported.add(hook)
+    log.log(
+        level,
+        "compat.%s: %s (written for %s %s); %s",
+        hook,
+        problem,
+        library,
+        WRITTEN_FOR[library],
+        fallback,
+    )
+
+
+def _parameters(function: Any) -> list[str] | None:
+    """The parameter names of a function or bound method (without `self`), or None."""
+    try:
+        return list(inspect.signature(function).parameters)
+    except (TypeError, ValueError):
+        return None
+
+
+def _signature_problem(function: Any, what: str, expected: Sequence[str]) -> str | None:
+    if not callable(function):
+        return f"{what} is missing"
+    names = _parameters(function)
+    if names is None or names[: len(expected)] != list(expected):
+        return f"{what} takes ({', '.join(names or ['?'])}), not ({', '.join(expected)})"
+    return None
+
+
+# -- torch: the fused Adam kernel (engines/torch_adam.py) ----------------------------------------
+
+_FUSED_ADAM_ARGUMENTS = (
+    "self",
+    "grads",
+    "exp_avgs",
+    "exp_avg_sqs",
+    "max_exp_avg_sqs",
+    "state_steps",
+    "lr",
+    "beta1",
+    "beta2",
+    "weight_decay",
+    "eps",
+    "amsgrad",
+    "maximize",
+)
+
+
+@functools.cache
+def _fused_adam_problem() -> str | None:
+    import torch
+
+    kernel = getattr(torch, "_fused_adam_", None)
+    if not callable(kernel):
+        return "torch has no _fused_adam_"
+    try:
+        schema = torch.ops.aten._fused_adam_.default._schema
+        names = [argument.name for argument in schema.arguments]
+    except (AttributeError, RuntimeError) as err:
+        return f"torch._fused_adam_ has no readable schema ({err})"
+    if names[: len(_FUSED_ADAM_ARGUMENTS)] != list(_FUSED_ADAM_ARGUMENTS):
+        return f"torch._fused_adam_ takes ({', '.join(names)})"
+    # One step on numbers worked out by hand: m = 0.1, v = 0.001, and with the bias corrections
+    # c1 = 0.1, c2 = sqrt(0.001) the update is (lr / c1) * m / (sqrt(v) / c2) = 0.1. The kernel
+    # must read the step, not count it (torch's Adam counts before calling it).
+    param, momentum, velocity, step = torch.ones(1), torch.zeros(1), torch.zeros(1), torch.ones(1)
+    try:
+        kernel(
+            [param], [torch.ones(1)], [momentum], [velocity], [], [step],
+            lr=0.1, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=0.0, amsgrad=False,
+            maximize=False,
+        )  # fmt: skip
+    except Exception as err:  # a kernel that refuses what dualtrain hands it
+        return f"torch._fused_adam_ failed on a probe step ({type(err).__name__}: {err})"
+    got = [float(t) for t in (param, momentum, velocity, step)]
+    if any(abs(g - e) > 1e-6 for g, e in zip(got, [0.9, 0.1, 0.001, 1.0], strict=True)):
+        return f"torch._fused_adam_'s probe step gave (param, m, v, step) = {got}"
+    return None
+
+
+def fused_adam_kernel() -> Callable[..., Any] | None:
+    """`torch._fused_adam_`: Adam's update of every parameter in one pass, or None.
+
+    Keras's torch Adam makes about ten `torch._foreach_*` passes per update; the fused kernel
+    (the one `torch.optim.Adam(fused=True)` calls) makes one. torch.optim's public Adam cannot
+    update Keras's own momentum and velocity variables with Keras's step size, so the kernel is
+    called directly. Checked at set-up: the kernel exists, its schema has the arguments
+    dualtrain passes, and one probe step gives Adam's numbers. Otherwise: None, one info line,
+    and Adam/AdamW keep Keras's own update (same results, slower steps).
+    """
+    problem = _fused_adam_problem()
+    if problem is not None:
+        _fall_back(
+            "fused_adam_kernel",
+            "torch",
+            problem,
+            "Adam and AdamW keep Keras's own update (same results, slower steps)",
+        )
+        return None
+    import torch
+
+    return torch._fused_adam_
+
+
+# -- Keras: the torch Adam's update step and its state (engines/torch_adam.py) -------------------
+
+
+class KerasAdamUpdate:
+    """Keras's torch Adam update step, and the state it updates, for one optimizer.
+
+    Keras's torch optimizers update all variables in `_parallel_update_step(grads, variables,
+    learning_rate)`, called by the public `apply` after clipping, loss-scale unscaling, weight
+    decay and the learning-rate schedule. Replacing only that step keeps all of those Keras's.
+    The momentums and velocities are Keras's own variables (`_momentums`, `_velocities`, indexed
+    by `_get_variable_index`), so checkpoints see no difference. Keras has no public access to
+    either.
+    """
+
+    def __init__(self, optimizer: Any) -> None:
+        self.optimizer = optimizer
+        self.keras_update: Callable[..., Any] = optimizer._parallel_update_step
+
+    def slots(self, variables: Sequence[Any]) -> tuple[list[Any], list[Any]]:
+        """The momentum and velocity tensors of `variables`, in their order."""
+        optimizer = self.optimizer
+        index = optimizer._get_variable_index
+        momentums = [optimizer._momentums[index(v)].value for v in variables]
+        velocities = [optimizer._velocities[index(v)].value for v in variables]
+        return momentums, velocities
+
+    def replace(self, update: Callable[..., Any]) -> None:
+        self.optimizer._parallel_update_step = update
+
+
+def keras_adam_update(optimizer: Any) -> KerasAdamUpdate | None:
+    """The update step of a built Keras torch Adam, or None (one info line): then the optimizer
+    keeps Keras's own update. Checked at set-up: `_parallel_update_step` takes (grads, variables,
+    learning_rate), `_get_variable_index` exists, and `_momentums`/`_velocities` hold one
+    variable per trainable variable."""
+    problem = _signature_problem(
+        getattr(optimizer, "_parallel_update_step", None),
+        "Adam._parallel_update_step",
+        ("grads", "variables", "learning_rate"),
+    )
+    if problem is None and not callable(getattr(optimizer, "_get_variable_index", None)):
+        problem = "Adam._get_variable_index is missing"
+    if problem is None:
+        for name in ("_momentums", "_velocities"):
+            state = getattr(optimizer, name, None)
+            if not isinstance(state, list) or not all(hasattr(s, "value") for s in state):
+                problem = f"Adam.{name} is not a list of variables"
+                break
+    if problem is not None:
+        _fall_back(
+            "keras_adam_update",
+            "keras",
+            problem,
+            "Adam and AdamW keep Keras's own update (same results, slower steps)",
+        )
+        return None
+    return KerasAdamUpdate(optimizer)
+
+
+# -- Keras: layers, seed generators, functional models, object names (engines/base.py, -----------
+# -- engines/torch_graph.py) ---------------------------------------------------------------------
+
+
+def sublayers(model: Any) -> list[Any]:
+    """Every layer nested in `model` (not the model itself), at any depth.
+
+    Keras has no public recursive walk: `model.layers` is one level, and a subclassed layer's
+    own sublayers are reachable only through Keras's tracking. `_flatten_layers(include_self=
+    False, recursive=True)` is what Keras's own summary and weight loading use. Checked at each
+    call (set-up only): the method exists and takes (include_self, recursive). Otherwise one
+    warning, and a public walk: `layers` of models, and layers held in a layer's attributes
+    (directly or in lists, tuples and dicts), which is what Keras's tracking records; it may
+    also list helper models Keras keeps untracked (a Sequential's own Functional), which hold
+    the same layers again.
+    """
+    problem = _signature_problem(
+        getattr(model, "_flatten_layers", None),
+        "Layer._flatten_layers",
+        ("include_self", "recursive"),
+    )
+    if problem is None:
+        return list(model._flatten_layers(include_self=False, recursive=True))
+    _fall_back(
+        "sublayers",
+        "keras",
+        problem,
+        "nested layers are found through `layers` and the layers' attributes",
+        logging.WARNING,
+    )
+    return _public_sublayers(model)
+
+
+def _public_sublayers(model: Any) -> list[Any]:
+    import keras
+
+    def children(layer: Any) -> list[Any]:
+        values: list[Any] = list(getattr(layer, "layers", None) or [])
+        for value in vars(layer).values():
+            if isinstance(value, dict):
+                values.extend(value.values())
+            elif isinstance(value, (list, tuple)):
+                values.extend(value)
+            else:
+                values.append(value)
+        return [v for v in values if isinstance(v, keras.layers.Layer)]
+
+    found: list[Any] = []
+    seen = {id(model)}
+    pending = children(model)
+    while pending:
+        layer = pending.pop(0)
+        if id(layer) in seen:
+            continue
+        seen.add(id(layer))
+        found.append(layer)
+        pending[:0] = children(layer)
+    return found
+
+
+def seed_generators(layer: Any) -> list[Any]:
+    """The `keras.random.SeedGenerator`s a layer draws its random numbers from (Dropout, noise,
+    random augmentation), empty for a layer that draws none.
+
+    Keras tracks them in `Layer._seed_generators` and has no public accessor. Checked at each
+    call (set-up only): the attribute is a list of SeedGenerators. Otherwise one warning, and
+    the SeedGenerators held in the layer's attributes (where Keras's own layers keep them).
+    """
+    import keras
+
+    tracked = getattr(layer, "_seed_generators", None)
+    if isinstance(tracked, list) and all(
+        isinstance(g, keras.random.SeedGenerator) for g in tracked
+    ):
+        return tracked
+    _fall_back(
+        "seed_generators",
+        "keras",
+        "Layer._seed_generators is missing or not a list of SeedGenerators",
+        "seed generators are found among the layers' attributes",
+        logging.WARNING,
+    )
+    return [v for v in vars(layer).values() if isinstance(v, keras.random.SeedGenerator)]
+
+
+@functools.cache
+def _functional_class() -> Any:
+    try:
+        from keras.src.models.functional import Functional
+    except ImportError as err:
+        return f"keras.src.models.functional.Functional cannot be imported ({err})"
+    import keras
+
+    if not (isinstance(Functional, type) and issubclass(Functional, keras.Model)):
+        return "keras.src.models.functional.Functional is not a keras.Model class"
+    return Functional
+
+
+def is_functional(model: Any) -> bool | None:
+    """Whether `model` is a functional Keras model (`keras.Model(inputs, outputs)`), or None when
+    this Keras cannot say.
+
+    `keras.Model(inputs, outputs)` returns an instance of the private class `Functional`; a
+    public test would be `type(model) is keras.Model`, which is never true for it, and
+    subclassed models (whose `call` may branch on values) look alike otherwise. Checked once:
+    the class imports and is a keras.Model. Otherwise None with one info line: the callers then
+    treat the model as not functional (the torch engine runs it eagerly, same results).
+    """
+    functional = _functional_class()
+    if isinstance(functional, str):
+        _fall_back("is_functional", "keras", functional, "models are treated as not functional")
+        return None
+    return isinstance(model, functional)
+
+
+@functools.cache
+def _object_names_problem() -> str | None:
+    try:
+        from keras.src.backend.common import global_state
+    except ImportError as err:
+        return f"keras.src.backend.common.global_state cannot be imported ({err})"
+    get = getattr(global_state, "get_global_attribute", None)
+    set_ = getattr(global_state, "set_global_attribute", None)
+    if not (callable(get) and callable(set_)):
+        return "global_state has no get_global_attribute/set_global_attribute"
+    import keras
+
+    # Probe: with the counters set aside, two new layers must be numbered as in a new process.
+    saved = get("object_name_uids")
+    set_("object_name_uids", None)
+    try:
+        names = [keras.layers.Identity().name for _ in range(2)]
+    finally:
+        set_("object_name_uids", saved)
+    if names != ["identity", "identity_1"]:
+        return f"layers made with object_name_uids set aside are named {names}"
+    return None
+
+
+@contextlib.contextmanager
+def fresh_object_names() -> Iterator[None]:
+    """Inside: Keras numbers auto-named layers (`conv2d`, `conv2d_1`) as in a new process.
+
+    Checkpoints name variables by layer path, and Keras counts names per process in its global
+    state ("object_name_uids"); a model built after another one would get other numbers and not
+    fit its checkpoints. `keras.backend.clear_session()` resets the counters too, but also
+    everything else (other models' graphs, the tf name scopes), so only the counters are set
+    aside and restored. Checked once: the global state's accessors exist, and two layers made
+    with the counters set aside are named `identity`, `identity_1`. Otherwise one warning, and
+    names are numbered after the process's earlier models (as Keras does by itself).
+    """
+    problem = _object_names_problem()
+    if problem is not None:
+        _fall_back(
+            "fresh_object_names",
+            "keras",
+            problem,
+            "layer names continue the process's numbering (a model built after another one "
+            "may not fit checkpoints written by a new process)",
+            logging.WARNING,
+        )
+        yield
+        return
+    from keras.src.backend.common import global_state
+
+    saved = global_state.get_global_attribute("object_name_uids")
+    global_state.set_global_attribute("object_name_uids", None)
+    try:
+        yield
+    finally:
+        global_state.set_global_attribute("object_name_uids", saved)
+
+
+# -- Keras on torch and torch: swapping the variables' tensors while a graph is captured ---------
+# -- (engines/torch_graph.py) --------------------------------------------------------------------
+
+
+@functools.cache
+def _torch_capture_problem() -> str | None:
+    import torch
+
+    tensor = torch.zeros(1)
+    version = getattr(tensor, "_version", None)
+    tensor.add_(1)
+    if not isinstance(version, int) or getattr(tensor, "_version", None) == version:
+        return "torch.Tensor._version does not count in-place changes"
+    aten = torch.ops.aten
+    try:
+        mutable = aten.add_.Tensor._schema.is_mutable and not aten.add.Tensor._schema.is_mutable
+        aliasing = aten.view.default._schema.returns[0].alias_info is not None
+    except (AttributeError, IndexError) as err:
+        return f"torch's OpOverload._schema cannot be read ({err})"
+    if not (mutable and aliasing):
+        return "torch's OpOverload._schema does not mark in-place and view ops"
+    return None
+
+
+def _variables_problem(variables: Sequence[Any]) -> str | None:
+    for variable in variables:
+        value = vars(variable).get("_value")
+        if value is None or variable.value is not value:
+            return "a Keras variable's `value` is not its `_value` tensor"
+    return None
+
+
+def graph_capture_problem(variables: Sequence[Any]) -> str | None:
+    """Why the internals the graph capture relies on are not there, or None.
+
+    The capture (engines/torch_graph.py) traces the forward pass with the model's variables
+    replaced by graph inputs; Keras has no public way to point a variable at another tensor
+    without copying into it (`assign` copies, which make_fx would record as an in-place change of
+    the graph's inputs), so the tensor behind `value` (`KerasVariable._value`) is swapped. Its
+    safety checks read torch's in-place counter (`Tensor._version`: did tracing change a
+    variable?) and op schemas (`OpOverload._schema`: which ops write or alias their inputs), for
+    which torch has no public equivalent. Checked at set-up: a variable's `value` is its
+    `_value`, `_version` counts an in-place add, and the schemas mark `add_` as in-place and
+    `view` as aliasing. Otherwise one info line: the model runs eagerly (same results, slower).
+    """
+    problem = _torch_capture_problem() or _variables_problem(variables)
+    if problem is not None:
+        _fall_back("graph_capture", "torch", problem, "the model runs eagerly")
+    return problem
+
+
+def variable_tensors(variables: Sequence[Any]) -> list[Any]:
+    """The tensors behind the variables (graph_capture_problem checked that they are there)."""
+    return [v._value for v in variables]
+
+
+def set_variable_tensors(variables: Sequence[Any], tensors: Sequence[Any]) -> None:
+    """Points each variable at a tensor without copying (see graph_capture_problem)."""
+    for variable, tensor in zip(variables, tensors, strict=True):
+        variable._value = tensor
+
+
+def tensor_version(tensor: Any) -> int:
+    """torch's count of in-place changes of a tensor (see graph_capture_problem)."""
+    return int(tensor._version)
+
+
+def op_schema(target: Any) -> Any:
+    """The schema of an ATen op (see graph_capture_problem), or None for other callables."""
+    return getattr(target, "_schema", None)
+
+
+# -- Keras on TensorFlow under tf.distribute (engines/tf_distribute.py) --------------------------
+
+
+def skip_optimizer_all_reduce(optimizer: Any) -> None:
+    """Stops a Keras TensorFlow optimizer from summing gradients across replicas in `apply`.
+
+    Keras 3's TensorFlow optimizer sums the gradients across replicas
+    (`TFOptimizer._all_reduce_sum_gradients(grads_and_vars)`) for its own trainer, which divided
+    the loss by the number of replicas. dualtrain's steps reduce the gradients themselves
+    (weighted by each replica's share of the batch, and before clipping), so the sum is replaced
+    by the identity on this optimizer (and its inner optimizer); Keras offers no public switch.
+    Checked at set-up: the method exists and takes (grads_and_vars). Otherwise no public path
+    gives the same gradients (Keras would sum them a second time, multiplying them by the number
+    of replicas), so this refuses with a RunError instead of training with other numbers.
+    """
+    from dualtrain.errors import RunError
+
+    for target in (optimizer, getattr(optimizer, "inner_optimizer", None)):
+        if target is None:
+            continue
+        problem = _signature_problem(
+            getattr(target, "_all_reduce_sum_gradients", None),
+            "the TensorFlow optimizer's _all_reduce_sum_gradients",
+            ("grads_and_vars",),
+        )
+        if problem is not None:
+            raise RunError(
+                f"{problem}: dualtrain's tf.distribute support was checked against keras "
+                f"{WRITTEN_FOR['keras']}; use backend.strategy=none with this Keras"
+            )
+        target._all_reduce_sum_gradients = _as_list
+
+
+def _as_list(grads_and_vars: Any) -> list[Any]:
+    return list(grads_and_vars)
+
+
+def _keras_loss_module() -> Any:
+    from keras.src.losses import loss as keras_loss
+
+    return keras_loss
+
+
+def check_unscaled_keras_losses() -> None:
+    """Raises RunError unless `unscaled_keras_losses` can work with this Keras (set-up check:
+    `keras.src.losses.loss.scale_loss_for_distribution(value)` exists)."""
+    from dualtrain.errors import RunError
+
+    try:
+        function = getattr(_keras_loss_module(), "scale_loss_for_distribution", None)
+    except ImportError:
+        function = None
+    problem = _signature_problem(
+        function, "keras.src.losses.loss.scale_loss_for_distribution", ("value",)
+    )
+    if problem is not None:
+        raise RunError(
+            f"{problem}: dualtrain's tf.distribute support was checked against keras "
+            f"{WRITTEN_FOR['keras']}; use backend.strategy=none with this Keras"
+        )
+
+
+@contextlib.contextmanager
+def unscaled_keras_losses() -> Iterator[None]:
+    """Inside: Keras losses return the plain mean of a replica's batch, as outside tf.distribute.
+
+    Under a strategy, Keras 3's mean-reduced losses divide by the number of replicas
+    (`keras.src.losses.loss.scale_loss_for_distribution`, looked up by `Loss.__call__` at each
+    call) for its own trainer, which sums the replicas' gradients. dualtrain's steps weight each
+    replica by its share of the batch themselves, and a recipe's loss written in keras.ops is
+    not divided: the division would scale only the Keras losses. Keras has no public switch.
+    The division is decided while tf.function traces a step, so the engine wraps the Python
+    bodies it traces (no cost per step), and the module's function is restored on the way out.
+    `check_unscaled_keras_losses` checks the internal at set-up; without it, this refuses.
+    """
+    module = _keras_loss_module()
+    saved = module.scale_loss_for_distribution
+    module.scale_loss_for_distribution = _identity
+    try:
+        yield
+    finally:
+        module.scale_loss_for_distribution = saved
+
+
+def _identity(value: Any) -> Any:
+    return value
+
+
+def cross_device_ops_name(strategy: Any) -> str:
+    """The class name of a MirroredStrategy's cross-device reduction (for run info only).
+
+    tf.distribute keeps the object in `strategy.extended._cross_device_ops`, with no public
+    getter. A missing attribute gives "unknown" with one info line; None (TensorFlow chooses
+    at the first reduction) gives "object", as before.
+    """
+    extended = getattr(strategy, "extended", None)
+    if extended is None or not hasattr(extended, "_cross_device_ops"):
+        _fall_back(
+            "cross_device_ops_name",
+            "tensorflow",
+            "the strategy has no extended._cross_device_ops",
+            "run info says backend=unknown",
+        )
+        return "unknown"
+    return type(extended._cross_device_ops or object()).__name__
+
+
+# -- Hydra (cli.py, config_errors.py) ------------------------------------------------------------
+
+
+def share_hydra_config_repository() -> bool:
+    """Makes Hydra's `--help` copy the config repository once per config and overrides instead
+    of once per config group (most of `--help`'s 2 s); returns whether it did.
+
+    Hydra 1.3's `ConfigLoaderImpl.get_group_options(group_name, results_filter, config_name,
+    overrides)` builds a new repository with `_parse_overrides_and_create_caching_repo(
+    config_name, overrides)` on every call; there is no public cache. The replacement keeps one
+    per (loader, config, overrides). Checked at set-up (only for --help): both methods exist
+    with those parameters. Otherwise one info line and Hydra's own (slower) path.
+    """
+    try:
+        from hydra._internal.config_loader_impl import ConfigLoaderImpl
+        from hydra.core.object_type import ObjectType
+    except ImportError as err:
+        problem: str | None = f"hydra._internal.config_loader_impl cannot be imported ({err})"
+    else:
+        problem = _signature_problem(
+            getattr(ConfigLoaderImpl, "get_group_options", None),
+            "ConfigLoaderImpl.get_group_options",
+            ("self", "group_name", "results_filter", "config_name", "overrides"),
+        ) or _signature_problem(
+            getattr(ConfigLoaderImpl, "_parse_overrides_and_create_caching_repo", None),
+            "ConfigLoaderImpl._parse_overrides_and_create_caching_repo",
+            ("self", "config_name", "overrides"),
+        )
+    if problem is not None:
+        _fall_back("share_hydra_config_repository", "hydra-core", problem, "--help is slower")
+        return False
+    repositories: dict[tuple[int, str | None, tuple[str, ...]], Any] = {}
+
+    def get_group_options(
+        self: Any,
+        group_name: str,
+        results_filter: Any = ObjectType.CONFIG,
+        config_name: str | None = None,
+        overrides: list[str] | None = None,
+    ) -> list[str]:
+        key = (id(self), config_name, tuple(overrides or ()))
+        if key not in repositories:
+            _, repositories[key] = self._parse_overrides_and_create_caching_repo(
+                config_name, list(overrides or ())
+            )
+        return repositories[key].get_group_options(group_name, results_filter)
+
+    ConfigLoaderImpl.get_group_options = get_group_options  # type: ignore[method-assign]
+    return True
+
+
+def hydra_args_parser() -> Any:
+    """Hydra's own command-line parser (`hydra._internal.utils.get_args_parser()`), or None.
+
+    `@hydra.main` parses the command line itself and prints a usage block on a mistake; using
+    its parser first lets dualtrain check the command line and report one line. Hydra has no
+    public accessor. Checked when the CLI starts: the function exists and takes no arguments.
+    Otherwise one info line and None: Hydra checks the command line itself, as before.
+    """
+    try:
+        from hydra._internal import utils
+    except ImportError as err:
+        problem: str | None = f"hydra._internal.utils cannot be imported ({err})"
+    else:
+        function = getattr(utils, "get_args_parser", None)
+        problem = _signature_problem(function, "hydra._internal.utils.get_args_parser", ())
+        if problem is None and _parameters(function):
+            problem = "hydra._internal.utils.get_args_parser takes arguments"
+    if problem is not None:
+        _fall_back(
+            "hydra_args_parser", "hydra-core", problem, "Hydra checks the command line itself"
+        )
+        return None
+    return utils.get_args_parser()
+
+
+@contextlib.contextmanager
+def hydra_errors_unreported() -> Iterator[bool]:
+    """Inside: errors Hydra meets while composing the config and starting the job reach the
+    caller instead of Hydra's reporter; yields whether that is so.
+
+    Hydra 1.3's `_run_hydra` wraps its steps in `hydra._internal.utils.run_and_report(func)`,
+    which prints the error (a traceback, or several lines) and exits 1; there is no public
+    option to raise instead. It is replaced by a plain call for the duration and restored.
+    Checked on entry: the function exists and takes (func). Otherwise one info line, and Hydra
+    reports its own errors as before.
+    """
+    try:
+        from hydra._internal import utils
+    except ImportError as err:
+        problem: str | None = f"hydra._internal.utils cannot be imported ({err})"
+    else:
+        original = getattr(utils, "run_and_report", None)
+        problem = _signature_problem(original, "hydra._internal.utils.run_and_report", ("func",))
+    if problem is not None:
+        _fall_back("hydra_errors_unreported", "hydra-core", problem, "Hydra reports its own errors")
+        yield False
+        return
+    utils.run_and_report = _call
+    try:
+        yield True
+    finally:
+        utils.run_and_report = original  # type: ignore[assignment]
+
+
+def _call(func: Any) -> Any:
+    return func()
+
+
+# -- TensorBoard (logging/tensorboard.py) --------------------------------------------------------
+
+
+def tensorboard_without_tensorflow() -> bool:
+    """Makes the `tensorboard` package write event files with its TF-free stub, unless TensorFlow
+    is already loaded; returns whether the stub is in use.
+
+    tensorboard's file I/O (`tensorboard.compat.tf`) imports TensorFlow when it is installed,
+    which takes seconds and much memory in a torch run, unless a module
+    `tensorboard.compat.notf` exists (the switch its own TF-free builds use); there is no
+    public option. Checked at set-up: with the switch in place, `tensorboard.compat.tf` is the
+    stub. Otherwise one info line, and tensorboard uses TensorFlow as it chooses.
+    """
+    if "tensorflow" in sys.modules:
+        return False
+    sys.modules.setdefault("tensorboard.compat.notf", ModuleType("tensorboard.compat.notf"))
+    import tensorboard.compat
+
+    module = getattr(tensorboard.compat, "tf", None)
+    try:
+        dir(module)  # loads a lazy module: its name becomes the loaded module's
+    except ImportError:
+        module = None
+    name = getattr(module, "__name__", None)
+    if name != "tensorboard.compat.tensorflow_stub":
+        _fall_back(
+            "tensorboard_without_tensorflow",
+            "tensorboard",
+            f"with tensorboard.compat.notf in place, tensorboard.compat.tf is {name}",
+            "tensorboard may load TensorFlow to write event files",
+        )
+        return False
+    return True
