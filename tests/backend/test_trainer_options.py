@@ -103,8 +103,10 @@ def test_accumulated_batches_step_like_one_large_batch(tmp_path: Path) -> None:
     # The batch order is one permutation cut into batches, so 4 batches of 16 hold the samples of
     # one of 64, and the steps and their counts match.
     assert summary["steps"] == len(large) == len(accumulated) == 8
-    # Sums in another order: float32 rounding, grown over 10 Adam steps, stays below 1e-5.
-    np.testing.assert_allclose(accumulated, large, rtol=1e-5)
+    # Sums in another order: float32 rounding, grown over 8 Adam steps. Below 1e-5 on an AVX2
+    # CPU; 1.75e-5 at the last step on an AVX-512 one (torch's CPU kernels sum in other orders
+    # there): 5e-5 holds on both and still fails a step that differs in any real way.
+    np.testing.assert_allclose(accumulated, large, rtol=5e-5)
 
 
 def _nan_run(tmp_path: Path, *overrides: str):  # type: ignore[no-untyped-def]
