@@ -47,7 +47,6 @@ def make_engine(backend: str, *overrides: str, recipe: str = "bench_cnn") -> Any
     settings = settings_from_config(cfg, Path("/tmp/dualtrain-scaling"))
     data = load_data(settings.data, settings.seed)
     engine = engine_class(backend)(settings, load_recipe(settings.recipe), data)
-    engine.setup()
     return engine
 
 

@@ -262,7 +262,7 @@ class Checkpointer(Callback):
             state.checkpoint_seconds += time.perf_counter() - started
 
     def _save(self, engine: Engine, state: LoopState) -> Path:
-        model, optimizer = engine.checkpoint_arrays()
+        model, optimizer = engine.state.checkpoint_arrays()
         trainer = {
             **self.record,
             "step": state.step,

@@ -193,7 +193,7 @@ def load_model(path: str | Path, backend: str | None = None, recipe: str | None 
             else _BACKEND_NAMES[keras.backend.backend()]
         )
     select_backend(backend)
-    from dualtrain.engines.base import assign_variables, fresh_layer_names
+    from dualtrain.engines.state import assign_variables, fresh_layer_names
 
     info = DataInfo(
         input_shape=tuple(spec["input_shape"]),

@@ -20,6 +20,7 @@ import numpy as np
 from dualtrain.callbacks import Callback, TrainingRun
 from dualtrain.errors import Interrupted, RunError
 from dualtrain.logging import Logger
+from dualtrain.plan import batches_per_epoch
 from dualtrain.settings import TrainerSettings
 
 if TYPE_CHECKING:
@@ -85,7 +86,7 @@ def fit(
     num_batches = batches_per_epoch(trainer, len(engine.data.train), batch_size)
     steps_per_epoch = math.ceil(num_batches / trainer.grad_accum_steps)
     first_epoch = state.epochs  # of this process: its time includes tracing and compiling
-    engine.start_at(state.step)
+    engine.state.start_at(state.step)
     run = TrainingRun(
         engine,
         state,
@@ -189,31 +190,6 @@ def fit(
         callback.on_train_end(run)
 
 
-def planned_steps(trainer: TrainerSettings, num_samples: int, batch_size: int) -> int:
-    """The optimizer steps a run will take: what `cosine` schedules decay over by default."""
-    total = steps_per_epoch(trainer, num_samples, batch_size) * trainer.max_epochs
-    return min(total, trainer.max_steps) if trainer.max_steps > 0 else total
-
-
-def batches_per_epoch(
-    trainer: TrainerSettings, num_samples: int, batch_size: int, split: str = "train"
-) -> int:
-    """The batches an epoch trains on (or a validation reads): all, or `limit_<split>_batches`
-    of them; with `overfit_batches`, that many train batches."""
-    full = math.ceil(num_samples / batch_size)
-    if split == "train" and trainer.overfit_batches:
-        return min(full, trainer.overfit_batches)
-    limit = trainer.limit_train_batches if split == "train" else trainer.limit_val_batches
-    if isinstance(limit, int):
-        return min(full, limit)
-    return max(1, int(full * limit))
-
-
-def steps_per_epoch(trainer: TrainerSettings, num_samples: int, batch_size: int) -> int:
-    """Optimizer steps per epoch: `grad_accum_steps` batches make one (the last may have fewer)."""
-    return math.ceil(batches_per_epoch(trainer, num_samples, batch_size) / trainer.grad_accum_steps)
-
-
 def _chunk_size(state: LoopState, trainer: TrainerSettings, per_call: int) -> int:
     """Steps for the next engine call: up to the next multiple of `per_call`, within max_steps."""
     size = per_call - state.step % per_call
@@ -235,7 +211,7 @@ def _check_finite(engine: Engine, trainer: TrainerSettings, state: LoopState) ->
     Raises:
         RunError: naming the first such step, before anything is saved after it.
     """
-    count, first = engine.nonfinite_steps()
+    count, first = engine.state.nonfinite_steps()
     if count <= state.nonfinite_seen:
         return
     new = count - state.nonfinite_seen
@@ -269,7 +245,7 @@ def _nonfinite_weight(engine: Engine) -> str | None:
 
     Read only after a step with a NaN or Inf loss: it copies every weight off the device.
     """
-    weights, _ = engine.checkpoint_arrays()
+    weights, _ = engine.state.checkpoint_arrays()
     for path, value in weights.items():
         if np.issubdtype(value.dtype, np.inexact) and not np.isfinite(value).all():
             return path

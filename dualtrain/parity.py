@@ -118,8 +118,7 @@ def _write_initial_weights(settings: Settings, init: Path) -> None:
 
     data = load_data(settings.data, settings.seed)
     engine = engine_class(settings.backend.name)(settings, load_recipe(settings.recipe), data)
-    engine.setup()
-    model, optimizer = engine.checkpoint_arrays()
+    model, optimizer = engine.state.checkpoint_arrays()
     record = {
         "backend": settings.backend.name,
         "recipe": settings.recipe.name,
@@ -127,8 +126,8 @@ def _write_initial_weights(settings: Settings, init: Path) -> None:
         "step": 0,
         "config": settings.config_yaml,
         "model_spec": model_spec(settings.recipe, data.info),
-        "made_deterministic": engine.made_deterministic,
-        "stochastic_layers": engine.stochastic_layers,
+        "made_deterministic": engine.state.made_deterministic,
+        "stochastic_layers": engine.state.stochastic_layers,
     }
     write_checkpoint(init, Checkpoint(model, optimizer, record))
     # The run that follows builds the model again in this process; with Keras's name counters

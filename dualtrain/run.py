@@ -108,7 +108,6 @@ def _train(
             len(data.val),
             run_dir,
         )
-        engine.setup()
         _load_checkpoint(
             engine, state, sources, weights_only=settings.checkpoint.init_from is not None
         )
@@ -219,8 +218,7 @@ def load_trained(settings: Settings) -> tuple[Engine, Checkpoint, Path]:
         )
     data = load_data(settings.data, settings.seed, record.get("data_transform"))
     engine = engine_class(settings.backend.name)(settings, load_recipe(settings.recipe), data)
-    engine.setup()
-    engine.restore(checkpoint.model, None)
+    engine.state.restore(checkpoint.model, None)
     return engine, checkpoint, source
 
 
@@ -306,10 +304,10 @@ def _load_checkpoint(
             log.warning("%s; falling back to the previous checkpoint", err)
             continue
         if weights_only:
-            engine.restore(checkpoint.model, None)
+            engine.state.restore(checkpoint.model, None)
             log.info("initialized the weights from %s", source)
             return
-        engine.restore(checkpoint.model, checkpoint.optimizer)
+        engine.state.restore(checkpoint.model, checkpoint.optimizer)
         record = checkpoint.trainer
         engine.restore_train_loss_state(record["train_loss_state"])
         restore_python_rng(record["python_rng"])

@@ -30,7 +30,7 @@ class DumpWeights(Callback):
 
     def on_train_end(self, run: TrainingRun) -> None:
         self.directory.mkdir(parents=True, exist_ok=True)
-        model, _ = run.engine.checkpoint_arrays()
+        model, _ = run.engine.state.checkpoint_arrays()
         np.savez(self.directory / f"rank-{this_rank()}.npz", **model)
 
 

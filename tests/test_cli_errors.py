@@ -70,11 +70,12 @@ def test_help_imports_no_framework(tmp_path: Path) -> None:
     assert imported == {"code": 0, "torch": False, "tensorflow": False}
 
 
+@pytest.mark.slow
 def test_optimizer_keys_match_the_keras_signatures() -> None:
     """The table of optimizer arguments is checked without Keras; here it is held to Keras."""
     code = (
         "import inspect, json, keras\n"
-        "from dualtrain.engines.base import _OPTIMIZERS\n"
+        "from dualtrain.engines.state import _OPTIMIZERS\n"
         "print(json.dumps({name: sorted(set(inspect.signature(getattr(keras.optimizers, cls))"
         ".parameters) - {'kwargs'}) for name, cls in _OPTIMIZERS.items()}))\n"
     )

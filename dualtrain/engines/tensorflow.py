@@ -52,7 +52,7 @@ class TensorFlowEngine(Engine):
             jit_compile=self.jit_compile,
         )
         # One graph call instead of several eager ops per log line; traced here, not in the loop.
-        self._read_train_fn = tf.function(self._read_train_values)
+        self._read_train_fn = tf.function(self.state.read_train_values)
         self._read_train_fn()
         self._train_arrays = _as_tensors(self.data.train)
         self._val_arrays = _as_tensors(self.data.val)
@@ -109,7 +109,7 @@ class TensorFlowEngine(Engine):
         total = tf.add_n([tf.shape(x)[0] for x, _ in batches])
         all_grads, losses = [], []
         for phase, optimizer, variables in zip(
-            self.phases, self.optimizers, self.phase_variables, strict=True
+            self.phases, self.state.optimizers, self.state.phase_variables, strict=True
         ):
             # Phases run in order, in the same graph: each sees the updates of the ones before.
             grads: list[Any] = [None] * len(variables)
@@ -133,13 +133,13 @@ class TensorFlowEngine(Engine):
             losses.append(loss)
 
         def track(losses: list[tf.Tensor], samples: tf.Tensor) -> None:
-            self.train_loss.update_state(tf.add_n(losses), sample_weight=samples)
-            for metric, loss in zip(self.phase_train_losses, losses, strict=False):
+            self.state.train_loss.update_state(tf.add_n(losses), sample_weight=samples)
+            for metric, loss in zip(self.state.phase_train_losses, losses, strict=False):
                 metric.update_state(loss, sample_weight=samples)
 
         finite = tf.reduce_all([tf.math.is_finite(loss) for loss in losses])
-        self._cond(finite, track, lambda *_: self._record_nonfinite(), losses, samples)
-        self._steps_run.assign(self._steps_run.value + 1)
+        self._cond(finite, track, lambda *_: self.state.record_nonfinite(), losses, samples)
+        self.state.steps_run.assign(self.state.steps_run.value + 1)
         return self._gradients_by_path(all_grads)
 
     def _cond(self, pred: tf.Tensor, true_fn: Branch, false_fn: Branch, *args: Any) -> None:

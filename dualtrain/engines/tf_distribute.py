@@ -23,9 +23,10 @@ Only the chief writes (`dualtrain.distributed.is_writer`). Collectives time out 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -41,19 +42,23 @@ from dualtrain.errors import RunError
 class DistributedTensorFlowEngine(TensorFlowEngine):
     """The tf engine with `backend.strategy=mirrored|multi_worker`."""
 
-    def setup(self) -> None:
+    @contextlib.contextmanager
+    def _building(self) -> Iterator[None]:
         # tf.distribute logs every collective it builds at INFO; warnings and errors stay.
         logging.getLogger("tensorflow").setLevel(logging.WARNING)
         self.strategy = self._make_strategy()
         compat.check_unscaled_keras_losses()
         # Gradients are reduced inside the replicas; histograms show weights only.
         self._keep_gradients = False
-        with self.strategy.scope():
-            super().setup()
-            for optimizer in self.optimizers:
-                compat.skip_optimizer_all_reduce(optimizer)
+        with self.strategy.scope():  # variables, optimizers and steps are the strategy's
+            yield
+
+    def _make_steps(self) -> None:
+        super()._make_steps()
+        for optimizer in self.state.optimizers:
+            compat.skip_optimizer_all_reduce(optimizer)
         self._dist_train_fns: dict[int, Any] = {}
-        self._read_train_fn = self._read_train_values
+        self._read_train_fn = self.state.read_train_values
         self._dist_eval_fn = tf.function(_unscaled(
             lambda x, y: self.strategy.run(self._eval_step_impl, args=(x, y))
         ), reduce_retracing=True)  # fmt: skip
@@ -85,11 +90,11 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
         # Read locally: a synchronized read would be a collective, and only the chief saves.
         return [
             float(self.strategy.experimental_local_results(v.value)[0].numpy())
-            for v in self.train_loss.variables
+            for v in self.state.train_loss.variables
         ]
 
     def restore_train_loss_state(self, values: list[float]) -> None:
-        for variable, value in zip(self.train_loss.variables, values, strict=True):
+        for variable, value in zip(self.state.train_loss.variables, values, strict=True):
             for local in self.strategy.experimental_local_results(variable.value):
                 local.assign(value)
 

@@ -50,7 +50,7 @@ class TorchEngine(Engine):
                 log.debug("backend.keep_host_memory: not applied: %s", problem)
         self._train_fn = self._train_step
         self._eval_fn = self._eval_step_impl
-        self._read_train_fn = self._read_train_values
+        self._read_train_fn = self.state.read_train_values
         if self.jit_compile:
             self._train_fn = torch.compile(self._train_step)
             self._eval_fn = torch.compile(self._eval_step_impl)
@@ -60,7 +60,7 @@ class TorchEngine(Engine):
             self._capture_forward()
         # Adam and AdamW: Keras's update arithmetic in torch's one-pass kernel (torch_adam.py).
         # Not under torch.compile, which traces the update and cannot functionalize the kernel.
-        for optimizer in self.optimizers:
+        for optimizer in self.state.optimizers:
             problem = "torch.compile" if self.jit_compile else fuse_adam(optimizer)
             if problem is not None:
                 log.debug("optimizer %s: Keras's own update: %s", optimizer.name, problem)
@@ -94,7 +94,7 @@ class TorchEngine(Engine):
         variables = list(self.model.variables)
         self.phases = [_captured_phase(phase, self.model, variables) for phase in self.phases]
         model = self.model
-        self._predict = CapturedFunction(  # type: ignore[method-assign,assignment]
+        self._predict = CapturedFunction(
             lambda x: model(x, training=False), variables, "the eval forward pass"
         )
 
@@ -105,7 +105,7 @@ class TorchEngine(Engine):
         total = sum(int(x.shape[0]) for x, _ in batches)
         all_grads, losses = [], []
         for phase, optimizer, variables in zip(
-            self.phases, self.optimizers, self.phase_variables, strict=True
+            self.phases, self.state.optimizers, self.state.phase_variables, strict=True
         ):
             # Phases run in order: each sees the variables the phases before it updated.
             grads: list[torch.Tensor | None] = [None] * len(variables)
@@ -129,12 +129,12 @@ class TorchEngine(Engine):
             losses.append(loss)
         with torch.no_grad():
             if all(torch.isfinite(loss) for loss in losses):
-                self.train_loss.update_state(sum(losses), sample_weight=samples)
-                for metric, loss in zip(self.phase_train_losses, losses, strict=False):
+                self.state.train_loss.update_state(sum(losses), sample_weight=samples)
+                for metric, loss in zip(self.state.phase_train_losses, losses, strict=False):
                     metric.update_state(loss, sample_weight=samples)
             else:
-                self._record_nonfinite()
-            self._steps_run.assign(self._steps_run.value + 1)
+                self.state.record_nonfinite()
+            self.state.steps_run.assign(self.state.steps_run.value + 1)
         return self._gradients_by_path(all_grads)
 
     def _all_reduce(

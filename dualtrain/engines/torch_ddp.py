@@ -23,6 +23,7 @@ ranks before they are read. The process group uses gloo on CPU and nccl on GPU; 
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 from collections.abc import Iterator
 from datetime import timedelta
@@ -45,14 +46,18 @@ _BUCKET_BYTES = 25 * 2**20  # DistributedDataParallel's bucket_cap_mb default
 class DistributedTorchEngine(TorchEngine):
     """The torch engine on one rank of a torchrun job (any world size, 1 included)."""
 
-    def setup(self) -> None:
+    @contextlib.contextmanager
+    def _building(self) -> Iterator[None]:
         self.rank = int(os.environ["RANK"])
         self.world_size = int(os.environ["WORLD_SIZE"])
         self._init_process_group()
-        super().setup()
+        yield
+
+    def _make_steps(self) -> None:
+        super()._make_steps()
         # The same seed builds the same weights on every rank; the broadcast makes sure of it
         # (as DDP does), whatever a recipe's build draws.
-        self._broadcast([*self.model.variables, *self._optimizer_variables()])
+        self._broadcast([*self.model.variables, *self.state.optimizer_variables()])
 
     def distributed_info(self) -> dict[str, Any]:
         return {

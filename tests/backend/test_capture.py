@@ -27,7 +27,6 @@ def _engine(tmp_path: Path, *overrides: str) -> Any:
     settings = make_settings(tmp_path, *SMALL, *overrides)
     data = load_data(settings.data, settings.seed)
     engine = engine_class(BACKEND)(settings, load_recipe(settings.recipe), data)
-    engine.setup()
     return engine
 
 
@@ -52,8 +51,8 @@ def test_captured_steps_match_eager_in_training_and_eval(recipe: str, tmp_path: 
     captured = _engine(tmp_path, f"recipe={recipe}", *shape)
     assert captured.phases[0].loss is not eager.phases[0].loss  # the captured path is in use
     np.testing.assert_allclose(_train(captured, 4), _train(eager, 4), rtol=RTOL)
-    weights_eager, _ = eager.checkpoint_arrays()
-    weights_captured, _ = captured.checkpoint_arrays()
+    weights_eager, _ = eager.state.checkpoint_arrays()
+    weights_captured, _ = captured.state.checkpoint_arrays()
     assert weights_captured.keys() == weights_eager.keys()  # the same checkpoint layout
     for path, value in weights_eager.items():
         np.testing.assert_allclose(weights_captured[path], value, rtol=RTOL, atol=1e-6)
@@ -69,7 +68,9 @@ def test_captured_graph_reads_restored_weights(tmp_path: Path) -> None:
     _train(trained, 2)
     fresh = _engine(tmp_path, "recipe=bench_cnn", "data.shape=[28,28,1]")
     _train(fresh, 1)  # captures its graph on its own initial weights
-    fresh.restore(trained.checkpoint_arrays()[0], None)  # weights (optimizers are named apart)
+    fresh.state.restore(
+        trained.state.checkpoint_arrays()[0], None
+    )  # weights (optimizers are named apart)
     assert _train(fresh, 1) == pytest.approx(_train(trained, 1), rel=RTOL)
 
 

@@ -61,7 +61,7 @@ def test_sublayers_matches_the_public_walk(
 ) -> None:
     import keras
 
-    from dualtrain.engines.base import make_deterministic
+    from dualtrain.engines.state import make_deterministic
 
     model = _nested_model()
     found = compat.sublayers(model)

@@ -47,6 +47,7 @@ def _kept_after_free(mode: str) -> int:
     return int(result.stdout.split()[-1])
 
 
+@pytest.mark.slow  # a subprocess that imports torch
 @pytest.mark.skipif(BACKEND != "torch" or not LINUX_GLIBC, reason="torch engine, glibc")
 def test_freed_host_memory_stays_with_the_process() -> None:
     block = 64 << 20
@@ -66,10 +67,9 @@ def test_torch_engine_keeps_host_memory_as_configured(
     calls: list[str] = []
     monkeypatch.setattr(torch_engine, "keep_freed_host_memory", lambda: calls.append("kept"))
     settings = make_settings(tmp_path, *SMALL, f"backend.keep_host_memory={keep}")
-    engine = torch_engine.TorchEngine(
+    torch_engine.TorchEngine(  # built: its steps are made, keep_freed_host_memory with them
         settings, load_recipe(settings.recipe), load_data(settings.data, settings.seed)
     )
-    engine.setup()
     assert calls == (["kept"] if keep else [])
 
 
@@ -81,6 +81,7 @@ print(_pywrap_util_port.IsMklEnabled())
 """
 
 
+@pytest.mark.slow  # a subprocess that imports TensorFlow, three times
 @pytest.mark.skipif(BACKEND != "tf" or not X86, reason="tf engine, x86")
 @pytest.mark.parametrize("user_value,enabled", [(None, "True"), ("0", "False"), ("1", "True")])
 def test_tf_runs_onednn_unless_the_user_says_otherwise(

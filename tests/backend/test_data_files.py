@@ -30,7 +30,6 @@ def engine_for(tmp_path: Path, *overrides: str):  # type: ignore[no-untyped-def]
     settings = make_settings(tmp_path, *overrides)
     data = load_data(settings.data, settings.seed)
     engine = engine_class(settings.backend.name)(settings, load_recipe(settings.recipe), data)
-    engine.setup()
     return engine
 
 

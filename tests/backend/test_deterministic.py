@@ -5,7 +5,7 @@ from __future__ import annotations
 import keras
 import numpy as np
 
-from dualtrain.engines.base import make_deterministic
+from dualtrain.engines.state import make_deterministic
 
 
 def _noisy_model() -> keras.Model:

@@ -86,11 +86,11 @@ def test_engine_trains_the_same_with_the_fused_update(
 
     overrides = ("recipe=cnn", f"optimizer={optimizer}")
     fused = _engine(tmp_path / "fused", *overrides)
-    assert fused.optimizer._parallel_update_step.__qualname__.startswith("fuse_adam")
+    assert fused.state.optimizer._parallel_update_step.__qualname__.startswith("fuse_adam")
     fused_losses = _train(fused, 5)
     monkeypatch.setattr(torch_engine, "fuse_adam", lambda optimizer: "switched off by the test")
     plain = _engine(tmp_path / "plain", *overrides)
-    assert not plain.optimizer._parallel_update_step.__qualname__.startswith("fuse_adam")
+    assert not plain.state.optimizer._parallel_update_step.__qualname__.startswith("fuse_adam")
     plain_losses = _train(plain, 5)
     # A few ulp per step apart (above); the losses of 5 steps agree far inside capture's 1e-5.
     np.testing.assert_allclose(fused_losses, plain_losses, rtol=1e-5)

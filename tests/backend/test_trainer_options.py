@@ -72,10 +72,9 @@ def _one_sgd_step(tmp_path: Path, *overrides: str) -> tuple[float, int]:
     engine = engine_class(BACKEND)(
         settings, load_recipe(settings.recipe), load_data(settings.data, 0)
     )
-    engine.setup()
-    before = [keras.ops.convert_to_numpy(v.value).copy() for v in engine.trainable_variables]
+    before = [keras.ops.convert_to_numpy(v.value).copy() for v in engine.state.trainable_variables]
     engine.train_step([next(iter(engine.train_batches(0)))])
-    after = [keras.ops.convert_to_numpy(v.value) for v in engine.trainable_variables]
+    after = [keras.ops.convert_to_numpy(v.value) for v in engine.state.trainable_variables]
     deltas = [(a - b).astype(np.float64) for a, b in zip(after, before, strict=True)]
     return float(np.sqrt(sum(np.sum(d**2) for d in deltas))), sum(d.size for d in deltas)
 
@@ -266,7 +265,6 @@ def test_phases_train_their_own_variables_with_their_own_optimizers(tmp_path: Pa
     )  # fmt: skip
     data = load_data(settings.data, settings.seed)
     engine = engine_class(BACKEND)(settings, load_recipe(settings.recipe), data)
-    engine.setup()
     before = {v.path: keras.ops.convert_to_numpy(v.value).copy() for v in engine.model.variables}
     for batch in engine.train_batches(0):
         engine.train_step([batch])
@@ -274,9 +272,9 @@ def test_phases_train_their_own_variables_with_their_own_optimizers(tmp_path: Pa
     moved = {path for path in before if not np.array_equal(before[path], after[path])}
     # Each phase updates its layer only; the layer in no phase stays as it was.
     assert moved == {"first/kernel", "first/bias", "second/kernel", "second/bias"}
-    _, optimizer_arrays = engine.checkpoint_arrays()
+    _, optimizer_arrays = engine.state.checkpoint_arrays()
     assert {p.split("/")[0] for p in optimizer_arrays} == {"first_optimizer", "second_optimizer"}
-    assert [float(o.learning_rate) for o in engine.optimizers] == pytest.approx([0.002, 0.01])
+    assert [float(o.learning_rate) for o in engine.state.optimizers] == pytest.approx([0.002, 0.01])
     values = engine.train_metrics()
     # The step's loss is the phases' sum; each phase's mean is logged under its name.
     assert values["loss"] == pytest.approx(values["first_loss"] + values["second_loss"], rel=1e-5)
@@ -296,7 +294,6 @@ def test_mixed_precision_computes_in_16_bits_and_learns(
         engine = engine_class(BACKEND)(
             settings, load_recipe(settings.recipe), load_data(settings.data, 0)
         )
-        engine.setup()
     finally:
         keras.config.set_dtype_policy("float32")  # the policy is per process
     dense = next(layer for layer in engine.model.layers if layer.name.startswith("dense"))
@@ -308,4 +305,4 @@ def test_mixed_precision_computes_in_16_bits_and_learns(
     # 1.82-1.84 / 0.44-0.48, on torch and tf.
     assert losses[-1] < 0.8 * losses[0] and summary["final"]["val"]["accuracy"] > 0.3
     if precision == "mixed_float16":
-        assert all(type(o).__name__ == "LossScaleOptimizer" for o in engine.optimizers)
+        assert all(type(o).__name__ == "LossScaleOptimizer" for o in engine.state.optimizers)

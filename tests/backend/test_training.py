@@ -50,7 +50,6 @@ def test_batches_follow_the_seeded_backend_neutral_order(tmp_path: Path) -> None
     settings = make_settings(tmp_path, *SMALL, "data.batch_size=50", "seed=3")
     data = load_data(settings.data, settings.seed)
     engine = engine_class(BACKEND)(settings, load_recipe(settings.recipe), data)
-    engine.setup()
     seen = []
     for epoch in (0, 1):
         labels = [
