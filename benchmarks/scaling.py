@@ -10,7 +10,7 @@ machine do not decide the figures.
   drawn as docs/images/scaling.png (--png).
 - pipeline: the train step fed by the engine's real input pipeline (`train_batches`: a
   DataLoader on torch, an eager `tf.gather` per batch on tf) against the same steps on batches
-  already in memory as framework tensors, for W1 and W2 (`--recipes`); the issue asks for step
+  already in memory as framework tensors, for W1 and W2 (`--recipes`); the goal is step
   times within 5%.
 
 Each backend runs in a process of its own (this script with --child); the engine is built

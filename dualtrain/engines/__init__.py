@@ -53,9 +53,9 @@ def _use_onednn() -> None:
     """TensorFlow's oneDNN ops on x86, unless the user has set TF_ENABLE_ONEDNN_OPTS.
 
     TensorFlow turns them on by default only on CPUs with AVX-512 VNNI/BF16, AVX-VNNI or AMX; on
-    others it runs its own Eigen kernels. On this project's AVX2 CPU (AMD EPYC) oneDNN made the
-    benchmark workloads 1.23-1.67x as fast (docs/performance.md), and it runs the convolutions
-    that torch runs, so the backends agree more closely (docs/parity.md). Read once, when
+    others it runs its own Eigen kernels. On an AVX2 CPU oneDNN made the benchmark workloads
+    faster (docs/performance.md, "Measured choices"), and it runs the convolutions that torch
+    runs, so the backends agree more closely (docs/parity.md). Read once, when
     TensorFlow is imported; `TF_ENABLE_ONEDNN_OPTS=0` keeps TensorFlow's own kernels.
     """
     os.environ.setdefault("TF_ENABLE_ONEDNN_OPTS", "1")

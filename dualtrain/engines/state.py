@@ -222,7 +222,7 @@ def make_optimizer(
             **settings.params,
         )
     except (TypeError, ValueError) as err:
-        raise ConfigError(f"optimizer={settings.name}: {err}") from None
+        raise ConfigError(f"optimizer={settings.name}: {err}") from err
 
 
 def learning_rate(lr: float, scheduler: SchedulerSettings, total_steps: int) -> Any:

@@ -18,8 +18,8 @@ class TensorFlowEngine(Engine):
     name = "tf"
 
     def _resolve_jit(self, choice: str) -> bool:
-        # auto = XLA on GPU only. Measured on the 2-core CPU (docs/architecture.md): XLA made the
-        # cnn step slower than plain tf.function and added seconds of compile time.
+        # auto = XLA on GPU only: on a CPU, XLA made the cnn step slower than plain tf.function
+        # and added seconds of compile time (docs/performance.md, "Measured choices").
         if choice == "auto":
             return bool(tf.config.list_physical_devices("GPU"))
         return choice == "true"
@@ -163,10 +163,10 @@ class TensorFlowEngine(Engine):
     def _pipeline(self, arrays: tuple[Any, tf.Tensor], order: list[np.ndarray]) -> Iterable[Batch]:
         """The given batches of the split, in order.
 
-        Arrays in memory are gathered eagerly, one `tf.gather` per batch (about 0.2 ms for a
-        256x784 batch). A tf.data pipeline costs more here: built anew each epoch for the epoch's
-        order, it retraces its map function (about 19 ms), and each batch through it took 0.4 ms
-        more: together 2.5 ms of W2's 19 ms step (docs/performance.md).
+        Arrays in memory are gathered eagerly, one `tf.gather` per batch. A tf.data pipeline
+        costs more here: built anew each epoch for the epoch's order, it retraces its map
+        function, and each batch through it takes longer (docs/performance.md, "Measured
+        choices").
 
         Features on disk (`Rows`: files to read or images to decode) go through tf.data, read in
         Python by `tf.numpy_function`, several batches at once and prefetched: file reads and

@@ -115,7 +115,7 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
                 raise RunError(
                     f"backend.cpu_replicas={backend.cpu_replicas}: TensorFlow's devices were "
                     f"already set up in this process ({err}); run it in a new process"
-                ) from None
+                ) from err
             devices = [f"/cpu:{i}" for i in range(backend.cpu_replicas)]
             return tf.distribute.MirroredStrategy(
                 devices, cross_device_ops=tf.distribute.ReductionToOneDevice()

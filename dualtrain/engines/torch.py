@@ -26,8 +26,8 @@ class TorchEngine(Engine):
     name = "torch"
 
     def _resolve_jit(self, choice: str) -> bool:
-        # auto = off. Measured on the 2-core CPU (docs/architecture.md): torch.compile of the cnn
-        # step took about 70 s to compile and then ran no faster than eager.
+        # auto = off: on a CPU, torch.compile of the cnn step compiled for over a minute and then
+        # ran no faster than eager (docs/performance.md, "Measured choices").
         return choice == "true"
 
     def _seed_framework(self, seed: int) -> None:
@@ -190,11 +190,11 @@ def keep_freed_host_memory() -> str | None:
     and freed. glibc hands large blocks back to the OS when they are freed (a block above its mmap
     threshold, 128 KiB at first and at most 32 MiB as it adapts, is mmap'd and unmapped; the free
     top of the heap is trimmed), so every step asks for them again and the kernel zero-fills each
-    of their pages anew: on W3 (docs/performance.md) 11,000 page faults a step, 21-24 ms of
-    system time in a 430 ms step. With blocks up to 1 GiB served from the heap and the heap kept
-    (up to 2 GiB free at its top), the process keeps its peak host memory, as the CUDA allocator
-    keeps its peak device memory. TensorFlow's allocator already
-    keeps its memory: the tf engine needs nothing of this (measured: no faults a step on W1).
+    of their pages anew: thousands of page faults a step on W3 (docs/performance.md, "Measured
+    choices"). With blocks up to 1 GiB served from the heap and the heap kept (up to 2 GiB free
+    at its top), the process keeps its peak host memory, as the CUDA allocator keeps its peak
+    device memory. TensorFlow's allocator already keeps its memory: the tf engine needs nothing
+    of this.
     """
     if platform.system() != "Linux" or not _confstr("CS_GNU_LIBC_VERSION").startswith("glibc"):
         return "not Linux with glibc"

@@ -1,9 +1,8 @@
 """Keras's Adam and AdamW on torch, updated by torch's fused Adam kernel.
 
 Keras's torch Adam (keras/src/backend/torch/optimizers/torch_adam.py) updates the variables in
-about ten `torch._foreach_*` passes over every parameter; torch's `_fused_adam_` makes one. For
-the 784-512-512-10 MLP (one thread) an `optimizer.apply` took 4.0 ms with Keras's update and
-0.7 ms fused: W2 of docs/performance.md went from 0.91x to 0.99x the torch.nn loop.
+about ten `torch._foreach_*` passes over every parameter; torch's `_fused_adam_` makes one,
+several times faster (docs/performance.md, "Measured choices").
 
 Only the update arithmetic is replaced. Everything else stays Keras's: `optimizer.apply` still
 clips, unscales (LossScaleOptimizer), applies AdamW's decoupled weight decay, evaluates the lr
@@ -17,7 +16,7 @@ updates
     var -= (lr' / c1) * m / (sqrt(v) / c2 + eps')
 which is Keras's update for lr' = alpha * c1 / c2 and eps' = eps / c2. With Keras's own float32
 alpha the two differ in rounding only: tests/backend/test_torch_adam.py holds them within a few
-ulp of the weights over 100 steps (the kernel's own float64 corrections alone differ 2-3x more).
+ulp of the weights over 100 steps.
 """
 
 from __future__ import annotations

@@ -100,7 +100,7 @@ class DistributedTorchEngine(TorchEngine):
                 f"rank {self.rank} of {self.world_size}: could not join the process group "
                 f"({self.communication}) within backend.collective_timeout_s="
                 f"{timeout.total_seconds():g} s: {first[:200]}"
-            ) from None
+            ) from err
         atexit.register(_destroy_process_group)
 
     # -- data: this rank's shard of each global batch ---------------------------------------------
@@ -172,7 +172,7 @@ class DistributedTorchEngine(TorchEngine):
                 f"rank {self.rank} of {self.world_size}: the {what} failed: another rank died or "
                 f"did not answer within backend.collective_timeout_s="
                 f"{self.settings.backend.collective_timeout_s:g} s ({first[:200]})"
-            ) from None
+            ) from err
 
 
 def _buckets(tensors: list[torch.Tensor]) -> Iterator[list[int]]:

@@ -61,7 +61,7 @@ def write_tflite(
     try:
         flatbuffer = converter.convert()
     except Exception as err:  # the converter's errors name the op it cannot convert
-        raise ExportFailure(f"the TFLite converter failed: {_first_line(err)}") from None
+        raise ExportFailure(f"the TFLite converter failed: {_first_line(err)}") from err
     finally:
         tf.io.gfile.rmtree(str(saved))
     path = directory / "model.tflite"
@@ -113,7 +113,7 @@ def _write_saved_model(model: keras.Model, directory: Path, signature: Signature
     try:
         archive.write_out(str(directory), verbose=False)
     except Exception as err:
-        raise ExportFailure(f"writing the SavedModel failed: {_first_line(err)}") from None
+        raise ExportFailure(f"writing the SavedModel failed: {_first_line(err)}") from err
     finally:
         tf_logger.setLevel(level)
 

@@ -65,7 +65,7 @@ def write_onnx(
     except ImportError as err:
         raise ExportFailure(
             f"needs the {err.name} package: pip install -c constraints.txt 'dualtrain[export]'"
-        ) from None
+        ) from err
     path = directory / "model.onnx"
     try:
         with _quiet():
@@ -82,9 +82,9 @@ def write_onnx(
     except ImportError as err:  # onnxscript, which the dynamo exporter needs
         raise ExportFailure(
             f"needs the {err.name} package: pip install -c constraints.txt 'dualtrain[export]'"
-        ) from None
+        ) from err
     except Exception as err:
-        raise ExportFailure(f"torch.onnx.export failed: {_first_line(err)}") from None
+        raise ExportFailure(f"torch.onnx.export failed: {_first_line(err)}") from err
     proto = onnx.load(str(path))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     [input_meta] = session.get_inputs()
@@ -118,7 +118,7 @@ def _export(model: keras.Model, batch: np.ndarray) -> Any:
                 dynamic_shapes=_dynamic_batch(),
             )
     except Exception as err:
-        raise ExportFailure(f"torch.export could not trace the model: {_first_line(err)}") from None
+        raise ExportFailure(f"torch.export could not trace the model: {_first_line(err)}") from err
 
 
 @contextlib.contextmanager
