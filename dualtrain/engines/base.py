@@ -24,7 +24,7 @@ from dualtrain.engines.state import TrainingState, number
 from dualtrain.recipe import Phase, Recipe
 from dualtrain.settings import Settings
 
-Batch = Any  # a (features, labels) pair of framework tensors
+Batch = tuple[Any, Any]  # (features, labels): framework tensors (torch.Tensor or tf.Tensor)
 
 
 class Engine(ABC):
