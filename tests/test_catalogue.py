@@ -308,6 +308,8 @@ CASES = [
     Case("npz-fewer-labels-on-tf", (*NPZ, "backend=tf"), 1,
          "has 100 samples of features and 90 labels", {"d.npz": npz(y=lambda x, y: y[:90])},
          slow=True),
+    Case("labels-of-one-class", NPZ, 1, "the labels hold 1 class; a classifier needs at least two",
+         {"d.npz": npz(y=lambda x, y: np.zeros_like(y))}, slow=True),
     Case("model-does-not-fit-the-data", ("recipe=cnn", "data=synthetic", "data.shape=[4]",
          "data.num_samples=64"), 1, "recipe cnn takes images of shape (height, width, channels)",
          slow=True),
@@ -419,14 +421,10 @@ def snapshot(run_dir: Path) -> dict[str, bytes]:
     return files
 
 
-@pytest.mark.parametrize(
-    "case",
-    [
-        pytest.param(c, id=c.id, marks=[pytest.mark.slow] if c.slow else [])
-        for c in CASES
-        if not c.names_run_dir
-    ],
-)
+# The full suite only (about a second a case): the fast tier (`scripts/test --fast`) runs each
+# fast case once, in the test above; both variants of every case would take it past 3 minutes.
+@pytest.mark.slow
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES if not c.names_run_dir])
 def test_a_bad_input_leaves_an_earlier_run_as_it_was(
     case: Case, run_case: Callable[[Case], Outcome]
 ) -> None:

@@ -173,6 +173,11 @@ def _check_model(model: keras.Model, recipe: Recipe, data: DataSplits) -> None:
             f"recipe {recipe.name}: the model takes inputs of shape {got} but the data "
             f"has samples of shape {info.input_shape}; build the model for data.input_shape"
         )
+    if _classifies(recipe) and info.num_classes < 2:
+        raise RunError(
+            f"recipe {recipe.name}: the labels hold {info.num_classes} class; a classifier needs "
+            "at least two (check data.target, or the labels the data source returns)"
+        )
     # A classifier's logits must cover every class the labels name.
     outputs = getattr(model, "outputs", None) or []
     out_shape = tuple(outputs[0].shape) if len(outputs) == 1 else ()
