@@ -15,6 +15,9 @@ import pytest
 
 from tests.conftest import REPO
 
+# Each test runs the benchmark harness, which trains in subprocesses: the full suite only.
+pytestmark = pytest.mark.slow
+
 # Two halves, one per framework, so two pytest-xdist workers run them side by side. XLA is left
 # out: dualtrain/tf+xla is dualtrain/tf with one flag, and its compile would double the tf half.
 HALVES = {

@@ -33,6 +33,7 @@ def train_losses(run_dir: Path) -> dict[int, float]:
     }
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "tf"])
 def test_kill_9_then_resume_gives_the_uninterrupted_losses(backend: str, tmp_path: Path) -> None:
     straight, killed = tmp_path / "straight", tmp_path / "killed"
@@ -68,6 +69,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_losses(backend: str, tmp_pat
     assert (summary["status"], summary["steps"], summary["epochs"]) == ("completed", 12, 3)
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "tf"])
 def test_resume_mid_epoch_after_a_validation_gives_the_uninterrupted_losses(
     backend: str, tmp_path: Path
@@ -86,6 +88,7 @@ def test_resume_mid_epoch_after_a_validation_gives_the_uninterrupted_losses(
     assert train_losses(split) == train_losses(straight)  # to the bit, as above
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("first,second", [("torch", "tf"), ("tf", "torch")])
 def test_one_epoch_on_one_backend_the_rest_on_the_other(
     first: str, second: str, tmp_path: Path
@@ -113,6 +116,7 @@ def test_one_epoch_on_one_backend_the_rest_on_the_other(
     assert abs(final - reference) <= 0.005
 
 
+@pytest.mark.slow
 def test_init_from_loads_weights_only(tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     assert run_cli(*RUN, f"hydra.run.dir={first}").returncode == 0
@@ -124,6 +128,7 @@ def test_init_from_loads_weights_only(tmp_path: Path) -> None:
     assert lines[0]["loss"] < 0.5 * train_losses(first)[1]
 
 
+@pytest.mark.slow
 def test_checkpoint_of_another_model_is_refused_by_name(tmp_path: Path) -> None:
     first, second = tmp_path / "first", tmp_path / "second"
     assert run_cli(*RUN, "trainer.max_epochs=1", f"hydra.run.dir={first}").returncode == 0
@@ -149,6 +154,7 @@ def test_missing_checkpoint_path_is_a_config_error(tmp_path: Path) -> None:
     assert "is neither a checkpoint directory nor a run directory" in result.stderr
 
 
+@pytest.mark.slow
 def test_pickle_payload_is_refused_without_running_it(tmp_path: Path) -> None:
     good = tmp_path / "good"
     assert run_cli(*RUN, "trainer.max_epochs=1", f"hydra.run.dir={good}").returncode == 0
@@ -169,6 +175,7 @@ def test_pickle_payload_is_refused_without_running_it(tmp_path: Path) -> None:
     assert not marker.exists()
 
 
+@pytest.mark.slow
 def test_truncated_checkpoint_names_the_file_and_resume_auto_falls_back(tmp_path: Path) -> None:
     run_dir = tmp_path / "run"
     result = run_cli(*RUN, "checkpoint.every_n_steps=2", f"hydra.run.dir={run_dir}")
@@ -185,6 +192,7 @@ def test_truncated_checkpoint_names_the_file_and_resume_auto_falls_back(tmp_path
     assert "falling back to the previous checkpoint" in result.stdout  # Hydra logs to stdout
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("writer,reader", [("torch", "tf"), ("tf", "torch"), ("tf", "tf")])
 def test_eval_mode_evaluates_a_checkpoint_of_either_backend(
     writer: str, reader: str, tmp_path: Path
@@ -208,6 +216,7 @@ def test_eval_mode_evaluates_a_checkpoint_of_either_backend(
     assert f"on {reader}: loss=" in result.stdout
 
 
+@pytest.mark.slow
 def test_eval_of_a_checkpoint_from_another_recipe_names_it(tmp_path: Path) -> None:
     trained = tmp_path / "trained"
     assert run_cli(*RUN, f"hydra.run.dir={trained}").returncode == 0
@@ -226,6 +235,7 @@ def test_a_keras_file_is_not_a_checkpoint_and_is_never_loaded(tmp_path: Path) ->
     assert "is neither a checkpoint directory nor a run directory" in result.stderr
 
 
+@pytest.mark.slow
 def test_save_top_k_keeps_the_best_by_monitor_and_the_newest_two(tmp_path: Path) -> None:
     args = [*RUN, "trainer.max_epochs=6", "checkpoint.monitor=val/accuracy", "checkpoint.mode=max",
             "checkpoint.save_top_k=2", "logger.progress=false"]  # fmt: skip
@@ -241,6 +251,7 @@ def test_save_top_k_keeps_the_best_by_monitor_and_the_newest_two(tmp_path: Path)
     assert (record["monitor"], record["monitor_value"]) == ("val/accuracy", val[-1]["accuracy"])
 
 
+@pytest.mark.slow
 def test_monitor_must_be_a_logged_value(tmp_path: Path) -> None:
     result = run_cli(*RUN, "checkpoint.monitor=val/f1", f"hydra.run.dir={tmp_path}")
     assert result.returncode == 1

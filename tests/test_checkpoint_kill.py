@@ -29,6 +29,9 @@ from dualtrain.checkpoint import newest_checkpoints, read_checkpoint
 from dualtrain.errors import RunError
 from tests.conftest import REPO, run_cli
 
+# Every test here trains in subprocesses (a framework start-up each): the full suite only.
+pytestmark = pytest.mark.slow
+
 # Tiny and checkpoint-heavy: 4 steps of 64 per epoch, a save after every step and every epoch.
 RUN = [
     "data=synthetic",
@@ -165,8 +168,17 @@ def test_sigkill_while_saving_leaves_a_checkpoint_that_resumes(
         futures = [pool.submit(chain, index) for index in range(CHAINS)]
         kills = [kill for future in futures for kill in future.result()]
     assert len(kills) == CHAINS * KILLS_PER_CHAIN
-    # Shown with -s: how many kills landed inside a save.
+    # Shown with -s: how many kills landed inside a save, told by what the save left behind
+    # (its `.step-N.tmp-PID` directory, `.old-PID` or `.last.tmp`; see `leftovers`).
     mid_save = [k for k in kills if k["mid_save"]]
     print(f"\n{backend}: {len(kills)} kills, {len(mid_save)} inside a save")
     for kill in kills:
         print(json.dumps(kill))
+    # Without enough of them the test would pass without testing a kill inside a save. Measured
+    # in two runs per backend on 2 shared cores (load average 2 to 4): 4 and 5 of the 10 kills
+    # inside a save on torch, 4 and 6 on tf; in the first run, listed kill by kill, exactly the
+    # 4 aimed ones, each leaving a `.step-N.tmp-PID` directory. The threshold, half of the aimed
+    # kills, leaves room for a machine so slow that the 0-5 ms wait after a save has started
+    # outlasts the save.
+    aimed = CHAINS * (KILLS_PER_CHAIN // 2)  # the odd-numbered kills of each chain
+    assert len(mid_save) >= aimed // 2, f"{len(mid_save)} of {len(kills)} kills inside a save"

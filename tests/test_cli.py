@@ -114,6 +114,7 @@ def test_unknown_group_option_names_the_valid_ones(
         assert option in result.stderr
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend,other", [("torch", "tensorflow"), ("tf", "torch")])
 def test_a_run_imports_only_its_framework_and_writes_the_run_dir(
     backend: str, other: str, tmp_path: Path
@@ -165,6 +166,7 @@ def test_a_run_imports_only_its_framework_and_writes_the_run_dir(
     assert "step/s" not in result.stdout and "epoch 1/2" not in result.stdout
 
 
+@pytest.mark.slow
 def test_progress_bar_on_a_terminal(tmp_path: Path) -> None:
     main, child = pty.openpty()
     fcntl.ioctl(child, termios.TIOCSWINSZ, struct.pack("HHHH", 40, 120, 0, 0))  # rows, columns
@@ -235,6 +237,7 @@ def readme_recipe_example() -> tuple[str, str]:
     return yaml, python
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "tf"])
 def test_user_recipe_from_a_directory_outside_the_repo(backend: str, tmp_path: Path) -> None:
     user = tmp_path / "my_recipes"
@@ -260,6 +263,7 @@ def test_user_recipe_from_a_directory_outside_the_repo(backend: str, tmp_path: P
     assert summary["final"]["val"]["accuracy"] >= 0.95
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("signum", [signal.SIGINT, signal.SIGTERM])
 def test_ctrl_c_and_sigterm_stop_after_a_step_save_and_resume(
     signum: signal.Signals, tmp_path: Path

@@ -25,12 +25,14 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return sweep
 
 
+@pytest.mark.slow
 def test_multirun_runs_each_backend_in_its_own_process(sweep: Path) -> None:
     for job, backend in (("0", "torch"), ("1", "tf")):
         summary = json.loads((sweep / job / "summary.json").read_text())
         assert (summary["status"], summary["backend"]) == ("completed", backend)
 
 
+@pytest.mark.slow
 def test_the_sweep_directory_gets_a_comparison(sweep: Path) -> None:
     rows = json.loads((sweep / "comparison.json").read_text())
     assert [r["run"] for r in rows] == ["backend=torch", "backend=tf"]  # what tells them apart
@@ -47,6 +49,7 @@ def test_the_sweep_directory_gets_a_comparison(sweep: Path) -> None:
     assert (sweep / "comparison.png").read_bytes().startswith(PNG)
 
 
+@pytest.mark.slow
 def test_compare_prints_a_table_and_draws_the_curves(sweep: Path, tmp_path: Path) -> None:
     png, table = tmp_path / "curves.png", tmp_path / "table.json"
     result = subprocess.run(
@@ -63,6 +66,7 @@ def test_compare_prints_a_table_and_draws_the_curves(sweep: Path, tmp_path: Path
     assert [r["backend"] for r in json.loads(table.read_text())] == ["tf", "torch"]
 
 
+@pytest.mark.slow
 def test_compare_writes_its_png_with_the_runs_not_into_the_working_directory(
     sweep: Path, tmp_path: Path
 ) -> None:
@@ -103,6 +107,7 @@ def test_compare_of_a_directory_without_runs_is_one_line_exit_2(tmp_path: Path) 
     )
 
 
+@pytest.mark.slow
 def test_optuna_search_maximizes_what_the_runs_return(tmp_path: Path) -> None:
     sweep = tmp_path / "optuna"
     result = run_cli(

@@ -47,6 +47,7 @@ def one_line_error(result: subprocess.CompletedProcess[str], code: int) -> str:
 # -- training on each format, on each backend -------------------------------------------------
 
 
+@pytest.mark.slow
 def test_npz_trains_from_the_command_line(tmp_path: Path) -> None:
     # Its own val arrays (100 samples). Blobs separate cleanly: an mlp gets (nearly) every val
     # sample right in a few epochs (0.98-1.0 in trials, either backend). The other backend and
@@ -62,6 +63,7 @@ def test_npz_trains_from_the_command_line(tmp_path: Path) -> None:
     assert "300 train / 100 val samples" in (run_dir / "dualtrain.log").read_text()
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("backend", ["torch", "tf"])
 def test_image_folder_trains_the_cnn_skipping_a_corrupt_file(backend: str, tmp_path: Path) -> None:
     images = write_image_folder(tmp_path / "images", per_class=24)

@@ -9,6 +9,9 @@ import pytest
 
 from tests.conftest import run_cli
 
+# Every test here trains or exports in subprocesses: the full suite only.
+pytestmark = pytest.mark.slow
+
 FORMATS = ["saved_model", "tflite", "onnx", "torch"]
 # Small runs: few samples and steps keep the matrix inside CI's time; the checks compare the
 # exported model with the Keras model on the same weights, so accuracy does not matter here.

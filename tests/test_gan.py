@@ -10,6 +10,9 @@ import pytest
 
 from tests.conftest import read_jsonl, run_cli
 
+# Every test here trains in subprocesses (a framework start-up each): the full suite only.
+pytestmark = pytest.mark.slow
+
 EPOCHS = 6
 
 

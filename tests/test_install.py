@@ -8,7 +8,12 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 from tests.conftest import REPO, TINY
+
+# A pip install and a run from it: the full suite only.
+pytestmark = pytest.mark.slow
 
 
 def test_non_editable_install_runs_from_another_directory(tmp_path: Path) -> None:

@@ -9,6 +9,9 @@ import pytest
 
 from tests.conftest import REPO, probe_cli, read_jsonl, run_cli
 
+# Every test here trains both backends in subprocesses: the full suite only.
+pytestmark = pytest.mark.slow
+
 # The bench_* recipes are benchmark workloads (docs/performance.md) built from the same layers as
 # the others, without random layers; the harness smoke test runs bench_cnn on both backends.
 SHIPPED_RECIPES = sorted(

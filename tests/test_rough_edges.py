@@ -39,6 +39,7 @@ def test_final_table_shows_one_throughput_named_as_steady_state() -> None:
     assert "train/loss" in table and "val/accuracy" in table
 
 
+@pytest.mark.slow
 def test_export_shows_the_report_not_the_exporters_info_logs(tmp_path: Path) -> None:
     """The ONNX exporter's optimizer passes (onnxscript, onnx_ir), TensorFlow's saver and LiteRT's
     C++ runtime each log at INFO; an export run shows its own lines only."""
@@ -76,6 +77,7 @@ def test_default_run_dir_names_the_backend_for_training_and_the_mode_otherwise(
     assert re.fullmatch(r"\d{4}-\d\d-\d\d_\d\d-\d\d-\d\d", run_dir.parts[3])
 
 
+@pytest.mark.slow
 def test_eval_of_a_run_goes_to_outputs_recipe_eval(tmp_path: Path) -> None:
     trained = run_cli(*TINY, "trainer.max_epochs=1", cwd=tmp_path)
     assert trained.returncode == 0, trained.stderr[-3000:]

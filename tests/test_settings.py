@@ -36,10 +36,23 @@ def test_defaults_are_cnn_on_torch() -> None:
     assert s.backend.keep_host_memory is True  # torch: glibc keeps freed host memory
 
 
+# The data settings have no name: each option is known by its source and its batch size.
+DATA = {
+    "digits": ("dualtrain.data.sources:digits", 32),
+    "breast_cancer": ("dualtrain.data.sources:breast_cancer", 32),
+    "synthetic": ("dualtrain.data.sources:synthetic", 64),
+}
+
+
 @pytest.mark.parametrize("group,option", [(g, o) for g, opts in GROUPS.items() for o in opts])
 def test_every_config_group_option_composes(group: str, option: str) -> None:
     s = settings(f"{group}={option}")
-    assert getattr(s, group).name == option if group in ("backend", "recipe", "optimizer") else True
+    if group == "data":
+        assert (s.data.source, s.data.batch_size) == DATA[option]
+        # recipe=mlp brings breast_cancer: the command line's choice still wins.
+        assert settings("recipe=mlp", f"data={option}").data.source == DATA[option][0]
+    else:
+        assert getattr(s, group).name == option
 
 
 def test_loggers_default_and_several_at_once() -> None:

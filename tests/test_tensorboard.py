@@ -17,6 +17,9 @@ import pytest
 
 from tests.conftest import REPO, TINY, read_jsonl, run_cli
 
+# Every test here trains in subprocesses (a framework start-up each): the full suite only.
+pytestmark = pytest.mark.slow
+
 ALL_LOGGERS = "logger=[jsonl,console,tensorboard,csv]"
 TAGS = {"train/loss", "train/lr", "train/samples_per_sec", "val/loss", "val/accuracy"}
 

@@ -27,6 +27,10 @@ from conftest import REPO, TINY, run_cli
 from dualtrain.checkpoint import read_checkpoint
 from dualtrain.errors import RunError
 
+# Every test here needs a run that trained (the `trained` fixture) or trains in a subprocess:
+# the full suite only.
+pytestmark = pytest.mark.slow
+
 SMALL = [*TINY, "trainer.max_epochs=1"]
 
 
@@ -166,7 +170,6 @@ def test_loading_paths_use_the_weights_and_ignore_what_the_checkpoint_names(
     assert not marker.exists()
 
 
-@pytest.mark.slow
 def test_export_and_parity_init_ignore_what_the_checkpoint_names(
     hostile: tuple[Path, Path, Path], tmp_path: Path
 ) -> None:

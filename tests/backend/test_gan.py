@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import pytest
+
 from dualtrain.run import train
 from tests.backend.conftest import make_settings
 from tests.backend.test_training import losses
@@ -11,6 +13,7 @@ from tests.backend.test_training import losses
 SMALL = ["recipe=gan", "data.batch_size=128", "logger=jsonl", "trainer.log_every_n_steps=4"]
 
 
+@pytest.mark.slow  # three gan trainings: 12-18 s
 def test_gan_resumed_draws_the_same_noise(tmp_path: Path) -> None:
     """The noise generator's state is in the checkpoint: 2 epochs, then a resume to 3, log the
     same losses as 3 epochs in one go, exactly (one backend's kernels are deterministic here)."""
