@@ -330,4 +330,15 @@ class Checkpointer(Callback):
         self._link("best", ranked[0][1] if ranked and top_k != 0 else None)
         for _, _, directory in saved:
             if directory not in keep:
-                shutil.rmtree(directory, ignore_errors=True)
+                _remove(directory)
+
+
+def _remove(directory: Path) -> None:
+    """Removes a checkpoint so that no kill leaves half of it under its name: renamed to a hidden
+    name first (one atomic step), then deleted; a leftover is removed when a run saves next."""
+    hidden = directory.parent / f".{directory.name}.del-{os.getpid()}"
+    try:
+        os.replace(directory, hidden)
+    except OSError:
+        return  # gone already, or not ours to move
+    shutil.rmtree(hidden, ignore_errors=True)

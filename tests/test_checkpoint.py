@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import signal
 import subprocess
 import sys
@@ -259,3 +260,27 @@ def test_monitor_must_be_a_logged_value(tmp_path: Path) -> None:
         "checkpoint.monitor=val/f1 is not a logged value; choose one of val/loss, val/accuracy"
         in (result.stderr)
     )
+
+
+def test_a_kill_while_pruning_leaves_no_half_checkpoint_under_its_name(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A pruned checkpoint is renamed to a hidden name before it is deleted: a kill during the
+    deletion (here: an exception from rmtree) leaves no step-N that is missing files."""
+    from dualtrain import checkpoint as module
+    from dualtrain.checkpoint import newest_checkpoints
+
+    step = tmp_path / "step-000000005"
+    step.mkdir()
+    for name in ("model.npz", "optimizer.npz", "trainer.json"):
+        (step / name).write_text("x")
+
+    def killed(path: Path, ignore_errors: bool = False) -> None:
+        (path / "optimizer.npz").unlink()  # part of the deletion happened
+        raise KeyboardInterrupt  # then the process was stopped
+
+    monkeypatch.setattr(module.shutil, "rmtree", killed)
+    with pytest.raises(KeyboardInterrupt):
+        module._remove(step)
+    assert not step.exists() and newest_checkpoints(tmp_path) == []
+    assert [p.name for p in tmp_path.iterdir()] == [f".step-000000005.del-{os.getpid()}"]
