@@ -85,17 +85,28 @@ def read_checkpoint(directory: Path) -> Checkpoint:
     for name in FILES:
         if not (directory / name).is_file():
             raise RunError(f"{directory} is not a dualtrain checkpoint: {name} is missing")
+    return Checkpoint(
+        model=_read_arrays(directory / "model.npz"),
+        optimizer=_read_arrays(directory / "optimizer.npz"),
+        trainer=read_record(directory),
+    )
+
+
+def read_record(directory: Path) -> dict[str, Any]:
+    """A checkpoint's trainer.json, without its arrays.
+
+    Raises:
+        RunError: the file is missing, corrupt, or not a dualtrain checkpoint record.
+    """
     try:
         trainer = json.loads((directory / "trainer.json").read_text(encoding="utf-8"))
+    except OSError as err:
+        raise RunError(f"{directory / 'trainer.json'} cannot be read: {err}") from err
     except (ValueError, UnicodeDecodeError) as err:
         raise RunError(f"{directory / 'trainer.json'} is corrupt: {err}") from err
     if not isinstance(trainer, dict) or trainer.get("format") != FORMAT:
         raise RunError(f"{directory / 'trainer.json'} is not a {FORMAT} record")
-    return Checkpoint(
-        model=_read_arrays(directory / "model.npz"),
-        optimizer=_read_arrays(directory / "optimizer.npz"),
-        trainer=trainer,
-    )
+    return trainer
 
 
 def _write_arrays(path: Path, arrays: dict[str, np.ndarray]) -> None:
@@ -311,10 +322,10 @@ class Checkpointer(Callback):
         saved: list[tuple[int, float | None, Path]] = []
         for directory in self.dir.glob("step-*"):
             try:
-                record = json.loads((directory / "trainer.json").read_text())
-                step = record["step"] if record.get("format") == FORMAT else None
-            except (OSError, ValueError, TypeError, AttributeError):
+                record = read_record(directory)
+            except RunError:
                 continue  # not ours to judge; left alone
+            step = record.get("step")
             if not isinstance(step, int) or isinstance(step, bool):
                 continue  # someone else's step-* directory: neither counted nor removed
             value = record.get("monitor_value")

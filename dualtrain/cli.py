@@ -74,7 +74,7 @@ def _hydra_main(cfg: DictConfig) -> float | None:
         # Nothing is written before the run directory is this run's (hydra.output_subdir=null:
         # .hydra/ is written here, not by Hydra before the config is even checked).
         if rundir.claims(settings):
-            rundir.claim(settings.run_dir, continues=rundir.continues(settings))
+            rundir.claim(settings)
             rundir.write_hydra_files(
                 settings.run_dir,
                 cfg,

@@ -12,13 +12,11 @@ This module imports no framework at import time; `load_model` imports the chosen
 
 from __future__ import annotations
 
-import json
 import random
-import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dualtrain.checkpoint import find_checkpoint, read_checkpoint
+from dualtrain.checkpoint import find_checkpoint, read_checkpoint, read_record
 from dualtrain.errors import ConfigError, RunError
 from dualtrain.settings import RecipeSettings
 
@@ -26,7 +24,6 @@ if TYPE_CHECKING:
     from dualtrain.data import DataInfo
 
 _RECIPES_PACKAGE = "dualtrain.recipes"
-_BACKEND_NAMES = {"torch": "torch", "tensorflow": "tf"}  # Keras's names -> dualtrain's
 
 
 def model_spec(recipe: RecipeSettings, info: DataInfo) -> dict[str, Any]:
@@ -42,11 +39,20 @@ def model_spec(recipe: RecipeSettings, info: DataInfo) -> dict[str, Any]:
 
 
 def shipped_recipe(module: str) -> bool:
-    """Whether `module` is one of the recipe modules in dualtrain's own package (checked on disk,
-    without importing anything)."""
+    """Whether `module` is one of the recipe modules in dualtrain's own package."""
+    return _ships(module, "recipes")
+
+
+def _ships(module: str, package: str) -> bool:
+    """Whether `module` is a module of `dualtrain.<package>` (checked on disk, importing
+    nothing)."""
     prefix, _, name = module.rpartition(".")
-    folder = Path(__file__).parent / "recipes"
-    return prefix == _RECIPES_PACKAGE and name.isidentifier() and (folder / f"{name}.py").is_file()
+    folder = Path(__file__).parent / package
+    return (
+        prefix == f"dualtrain.{package}"
+        and name.isidentifier()
+        and (folder / f"{name}.py").is_file()
+    )
 
 
 def trusted_module(spec_module: str, named: str | None, source: Path) -> str:
@@ -86,10 +92,9 @@ def checkpoint_sections(path: Path, sections: list[str]) -> dict[str, Any]:
 
     source = find_checkpoint(path)
     try:
-        record = json.loads((source / "trainer.json").read_text(encoding="utf-8"))
-        config = yaml.safe_load(record["config"])
+        config = yaml.safe_load(read_record(source)["config"])
         taken = {name: dict(config[name]) for name in sections}
-    except (OSError, ValueError, TypeError, KeyError, yaml.YAMLError) as err:
+    except (RunError, ValueError, TypeError, KeyError, yaml.YAMLError) as err:
         raise ConfigError(
             f"{source / 'trainer.json'} has no readable config ({type(err).__name__}); name the "
             "recipe and data on the command line"
@@ -111,14 +116,7 @@ def checkpoint_sections(path: Path, sections: list[str]) -> dict[str, Any]:
 def _shipped_source(source: str) -> bool:
     """Whether `module:function` names a function of a module in `dualtrain.data` (on disk)."""
     module, _, function = source.partition(":")
-    prefix, _, name = module.rpartition(".")
-    folder = Path(__file__).parent / "data"
-    return (
-        prefix == "dualtrain.data"
-        and name.isidentifier()
-        and function.isidentifier()
-        and (folder / f"{name}.py").is_file()
-    )
+    return function.isidentifier() and _ships(module, "data")
 
 
 def read_model_spec(record: dict[str, Any], source: Path) -> dict[str, Any]:
@@ -178,7 +176,7 @@ def load_model(path: str | Path, backend: str | None = None, recipe: str | None 
             for a recipe that does not ship with dualtrain, whose module is imported only then.
     """
     from dualtrain.data import DataInfo
-    from dualtrain.engines import select_backend
+    from dualtrain.engines import running_backend, select_backend
     from dualtrain.recipe import load_recipe
 
     source = find_checkpoint(Path(path))
@@ -186,12 +184,7 @@ def load_model(path: str | Path, backend: str | None = None, recipe: str | None 
     spec = read_model_spec(checkpoint.trainer, source)
     module = trusted_module(spec["module"], recipe, source)
     if backend is None:
-        keras = sys.modules.get("keras")
-        backend = (
-            checkpoint.trainer["backend"]
-            if keras is None
-            else _BACKEND_NAMES[keras.backend.backend()]
-        )
+        backend = running_backend() or checkpoint.trainer["backend"]
     select_backend(backend)
     from dualtrain.engines.state import assign_variables, fresh_layer_names
 

@@ -59,7 +59,7 @@ def train(settings: Settings) -> dict[str, Any]:
     # The CLI has claimed the directory already; a call from Python claims it here.
     claimed_here = rundir.claims(settings) and not rundir.holds(run_dir)
     if claimed_here:
-        rundir.claim(run_dir, continues=rundir.continues(settings))
+        rundir.claim(settings)
     run_dir.mkdir(parents=True, exist_ok=True)
     if settings.checkpoint.resume and not sources:
         log.info("checkpoint.resume=auto: no checkpoint in %s yet; starting fresh", run_dir)

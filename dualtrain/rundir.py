@@ -53,7 +53,7 @@ def claims(settings: Settings) -> bool:
     )
 
 
-def continues(settings: Settings) -> bool:
+def _continues(settings: Settings) -> bool:
     """Whether the run continues the one in its directory: `checkpoint.resume=auto`, a
     `checkpoint.path` inside it, or a worker that torchrun restarted."""
     from dualtrain import distributed
@@ -66,15 +66,16 @@ def continues(settings: Settings) -> bool:
     return given is not None and settings.run_dir.resolve() in Path(str(given)).resolve().parents
 
 
-def claim(run_dir: Path, continues: bool) -> None:
-    """Locks `run_dir` for this process and, unless the run `continues` one in this directory,
+def claim(settings: Settings) -> None:
+    """Locks the run directory for this process and, unless the run continues the one there
+    (`checkpoint.resume=auto`, a `checkpoint.path` inside it, a restarted torchrun worker),
     checks that no earlier run is there.
 
     Raises:
         ConfigError: another live process holds the directory, or an earlier run is in it.
         ConfigError: also when the directory cannot be created or written.
     """
-    run_dir = run_dir.resolve()
+    run_dir = settings.run_dir.resolve()
     if run_dir in _held:
         return  # claimed already by this process (a job that runs a second job in-process)
     earlier = [name for name in RUN_FILES if _present(run_dir / name)]
@@ -94,7 +95,7 @@ def claim(run_dir: Path, continues: bool) -> None:
             f"hydra.run.dir={run_dir} is in use by {holder}; wait for it to end (then continue "
             "it with checkpoint.resume=auto), or choose another hydra.run.dir"
         )
-    if earlier and not continues:
+    if earlier and not _continues(settings):
         _unlock(handle)
         raise ConfigError(
             f"hydra.run.dir={run_dir} holds an earlier run ({', '.join(earlier)}); continue it "

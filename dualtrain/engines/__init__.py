@@ -25,6 +25,14 @@ _ENGINES = {
 }
 
 
+def running_backend() -> str | None:
+    """The backend (dualtrain's name) of the Keras this process has imported, or None."""
+    if "keras" not in sys.modules:
+        return None
+    current = sys.modules["keras"].backend.backend()
+    return next((name for name, entry in _ENGINES.items() if entry[0] == current), current)
+
+
 def select_backend(name: str, import_framework: bool = True) -> None:
     """Fixes Keras's backend for this process; fails if Keras already runs another one.
 
@@ -104,4 +112,4 @@ def engine_class(name: str, strategy: str = "none") -> type[Engine]:
     return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["engine_class", "select_backend"]
+__all__ = ["engine_class", "running_backend", "select_backend"]

@@ -34,7 +34,6 @@ class TrainingState:
     """
 
     def __init__(self, settings: Settings, recipe: Recipe, data: DataSplits) -> None:
-        self.recipe = recipe
         # Mixed precision: layers compute in float16 or bfloat16, variables stay float32. Set for
         # every build: Keras keeps the policy per process.
         keras.config.set_dtype_policy(settings.backend.precision)
