@@ -1,10 +1,10 @@
 """A trained model from a checkpoint, for use in Python, without running anything it names.
 
 A checkpoint is data. What its model builder needs is stored in `trainer.json` as `model_spec`:
-the recipe's name and module, its `recipe.model` options, and the shape of the data (input
-shape, number of classes, class names). Rebuilding the model from it calls no data source, and
-imports the recipe's module only when it is a recipe that ships with dualtrain or the caller
-named that module (`load_model(path, recipe="my_recipes.net")`): a crafted checkpoint cannot make
+the recipe's name and module, its `recipe.model` options, and what the data is made of (each
+input's and target's name, shape and dtype, each target's task, classes and class names).
+Rebuilding the model from it calls no data source, and imports the recipe's module only when it
+is a recipe that ships with dualtrain or the caller named that module (`load_model(path, recipe="my_recipes.net")`): a crafted checkpoint cannot make
 dualtrain import or call code of its choosing.
 
 This module imports no framework at import time; `load_model` imports the chosen backend's.
@@ -32,9 +32,7 @@ def model_spec(recipe: RecipeSettings, info: DataInfo) -> dict[str, Any]:
         "recipe": recipe.name,
         "module": recipe.module,
         "model": dict(recipe.model),
-        "input_shape": [int(d) for d in info.input_shape],
-        "num_classes": int(info.num_classes),
-        "classes": list(info.classes) if info.classes is not None else None,
+        "data": info.to_json(),  # every input and target: name, shape, dtype, task, classes
     }
 
 
@@ -138,19 +136,85 @@ def read_model_spec(record: dict[str, Any], source: Path) -> dict[str, Any]:
 def _valid_spec(spec: Any) -> bool:
     if not isinstance(spec, dict):
         return False
-    shape, classes = spec.get("input_shape"), spec.get("classes")
+    data = spec.get("data", _older_data(spec))
     return (
         isinstance(spec.get("recipe"), str)
         and isinstance(spec.get("module"), str)
         and isinstance(spec.get("model"), dict)
-        and _count(spec.get("num_classes"))
+        and isinstance(data, dict)
+        and data.get("input_kind") in _KINDS
+        and data.get("target_kind") in _KINDS
+        and isinstance(data.get("inputs"), list)
+        and isinstance(data.get("targets"), list)
+        and 0 < len(data["inputs"]) <= 64
+        and len(data["targets"]) <= 64
+        and all(_valid_array(a) for a in [*data["inputs"], *data["targets"]])
+    )
+
+
+_KINDS = ("array", "dict", "tuple", "none")
+_TASKS = (None, "classification", "multilabel", "regression")
+
+
+def _valid_array(spec: Any) -> bool:
+    """One input or target of a model_spec (see `dualtrain.data.ArraySpec`)."""
+    if not isinstance(spec, dict) or set(spec) != _ARRAY_KEYS:
+        return False
+    shape, classes, count = spec["shape"], spec["classes"], spec["num_classes"]
+    return (
+        isinstance(spec["name"], str)
         and isinstance(shape, list)
-        and 0 < len(shape) <= 8
+        and len(shape) <= 8
         and all(_count(d) and d > 0 for d in shape)
+        and spec["dtype"] in _DTYPES
+        and spec["task"] in _TASKS
+        and (count is None or _count(count))
         and (
             classes is None
             or (isinstance(classes, list) and all(isinstance(c, str) for c in classes))
         )
+    )
+
+
+_ARRAY_KEYS = {"name", "shape", "dtype", "task", "num_classes", "classes"}
+# The dtypes the data layer hands a model (data/dataset.py): never an object dtype.
+_DTYPES = ("float16", "float32", "float64", "int8", "int16", "int32", "int64", "uint8", "uint16")
+
+
+def _older_data(spec: dict[str, Any]) -> Any:
+    """The `data` entry of a model_spec written before it described every input and target
+    (one float input, one class target)."""
+    shape, count, classes = spec.get("input_shape"), spec.get("num_classes"), spec.get("classes")
+    if not isinstance(shape, list) or not _count(count):
+        return None
+    target = {"name": "y", "shape": [], "dtype": "int32", "task": "classification"}
+    return {
+        "inputs": [{"name": "x", "shape": shape, "dtype": "float32", "task": None,
+                    "num_classes": None, "classes": None}],
+        "targets": [{**target, "num_classes": count, "classes": classes}],
+        "input_kind": "array",
+        "target_kind": "array",
+    }  # fmt: skip
+
+
+def data_info(spec: dict[str, Any]) -> DataInfo:
+    """The DataInfo a checked model_spec describes (no data: `x_train` is None)."""
+    from dualtrain.data import ArraySpec, DataInfo
+
+    data = spec.get("data") or _older_data(spec)
+
+    def array(a: dict[str, Any]) -> ArraySpec:
+        classes = tuple(a["classes"]) if a["classes"] is not None else None
+        return ArraySpec(
+            a["name"], tuple(a["shape"]), a["dtype"], a["task"], a["num_classes"], classes
+        )
+
+    return DataInfo(
+        inputs=tuple(array(a) for a in data["inputs"]),
+        targets=tuple(array(a) for a in data["targets"]),
+        x_train=None,
+        input_kind=data["input_kind"],
+        target_kind=data["target_kind"],
     )
 
 
@@ -175,7 +239,6 @@ def load_model(path: str | Path, backend: str | None = None, recipe: str | None 
         recipe: the recipe's module (`my_recipes.net`) or a shipped recipe's name (`cnn`); needed
             for a recipe that does not ship with dualtrain, whose module is imported only then.
     """
-    from dualtrain.data import DataInfo
     from dualtrain.engines import running_backend, select_backend
     from dualtrain.recipe import load_recipe
 
@@ -188,12 +251,7 @@ def load_model(path: str | Path, backend: str | None = None, recipe: str | None 
     select_backend(backend)
     from dualtrain.engines.state import assign_variables, fresh_layer_names
 
-    info = DataInfo(
-        input_shape=tuple(spec["input_shape"]),
-        num_classes=spec["num_classes"],
-        x_train=None,
-        classes=tuple(spec["classes"]) if spec["classes"] is not None else None,
-    )
+    info = data_info(spec)
     settings = RecipeSettings(name=spec["recipe"], module=module, model=dict(spec["model"]))
     # Keras draws initializer seeds from Python's `random`: a run under way keeps its stream.
     python_rng = random.getstate()

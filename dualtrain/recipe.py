@@ -3,10 +3,14 @@
 A recipe is a Python module written once with Keras 3 layers, `keras.ops`, `keras.losses` and
 `keras.metrics`. It defines:
 
-- `build_model(data: DataInfo, **model) -> keras.Model`   (required; `model` is `recipe.model`)
-- `loss() -> keras.losses.Loss` or any `(y_true, y_pred) -> scalar` written in `keras.ops`
-                                                           (required, unless `phases` is defined)
-- `metrics() -> list[keras.metrics.Metric]`                (optional; names appear as `val/<name>`)
+- `build_model(data: DataInfo, **model) -> keras.Model`   (required; `model` is `recipe.model`;
+  any model style: functional, Sequential, a subclassed `keras.Model`)
+- `loss() -> keras.losses.Loss` or any `(y_true, y_pred) -> scalar` written in `keras.ops`, or a
+  dict of them by output name (weighted by `recipe.loss_weights`; one loss for several outputs
+  applies to each)                                         (required, unless `phases` is defined)
+- `metrics() -> list[keras.metrics.Metric]`, or a dict of lists by output name
+                                                           (optional; logged as `val/<name>`, or
+                                                           `val/<output>/<name>`)
 - `phases(model) -> list[Phase]`                           (optional: the recipe's own training
   step, as a sequence of phases, each with its loss, its variables and its own optimizer; the
   engines compute the gradients. Without it, the step is one phase: `loss` on all variables.)
@@ -21,7 +25,7 @@ from __future__ import annotations
 
 import importlib
 import inspect
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from types import ModuleType
 from typing import Any
@@ -55,6 +59,7 @@ class Recipe:
     name: str
     module: ModuleType
     model_kwargs: dict[str, Any]
+    loss_weights: Mapping[str, float] | None = None  # recipe.loss_weights: output name -> weight
 
     def build_model(self, data: DataInfo) -> Any:
         # Bound before the call: a TypeError raised inside build_model is the recipe's own, not
@@ -68,18 +73,22 @@ class Recipe:
             ) from err
         return self.module.build_model(data, **self.model_kwargs)
 
-    def loss(self) -> Callable[[Any, Any], Any]:
+    def loss(self) -> Any:
+        """The recipe's loss: one `(y_true, y_pred) -> scalar`, or a dict of them by output."""
         return self.module.loss()
 
     @property
     def has_phases(self) -> bool:
         return callable(getattr(self.module, "phases", None))
 
-    def phases(self, model: Any) -> list[Phase]:
-        """The recipe's phases, or the one supervised phase: `loss` on all variables."""
+    def phases(self, model: Any, loss_fn: Callable[[Any, Any], Any] | None = None) -> list[Phase]:
+        """The recipe's phases, or the one supervised phase: `loss_fn` (the recipe's loss over
+        every output) on all variables."""
         if not self.has_phases:
-            loss_fn = self.loss()
-            return [Phase("model", lambda m, x, y, training: loss_fn(y, m(x, training=training)))]
+            supervised = loss_fn if loss_fn is not None else self.loss()
+            return [
+                Phase("model", lambda m, x, y, training: supervised(y, m(x, training=training)))
+            ]
         phases = list(self.module.phases(model))
         names = [phase.name for phase in phases]
         if not phases or len(set(names)) != len(names):
@@ -98,9 +107,16 @@ class Recipe:
         for metric in metrics:
             metric.update_state(y, y_pred)
 
-    def metrics(self) -> list[Any]:
+    def metrics(self) -> list[Any] | dict[str, list[Any]]:
         make = getattr(self.module, "metrics", None)
-        return list(make()) if make is not None else []
+        if make is None:
+            return []
+        made = make()
+        if isinstance(made, Mapping):
+            return {
+                str(k): list(v) if isinstance(v, (list, tuple)) else [v] for k, v in made.items()
+            }
+        return list(made)
 
 
 def load_recipe(settings: RecipeSettings) -> Recipe:
@@ -115,4 +131,10 @@ def load_recipe(settings: RecipeSettings) -> Recipe:
             f"recipe {settings.name}: module {settings.module} must define "
             + " and ".join(f"{name}()" for name in missing)
         )
-    return Recipe(name=settings.name, module=module, model_kwargs=dict(settings.model))
+    weights = getattr(settings, "loss_weights", None)
+    return Recipe(
+        name=settings.name,
+        module=module,
+        model_kwargs=dict(settings.model),
+        loss_weights=dict(weights) if weights else None,
+    )

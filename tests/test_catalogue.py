@@ -167,7 +167,7 @@ CASES = [
     Case("npz-no-path", (*MLP, "data=npz"), 2, "data.path has no value"),
     Case("npz-nan-features", NPZ, 1, "NaN or Inf features, the first at sample 7",
          {"d.npz": npz(x=with_nan)}),
-    Case("npz-text-features", NPZ, 1, "features of dtype <U1; expected finite float features",
+    Case("npz-text-features", NPZ, 1, "features of dtype <U1; expected numbers: finite floats",
          {"d.npz": npz(x=np.full((100, 2), "a"))}),
     Case("npz-labels-out-of-range", (*NPZ, "data.num_classes=2"), 1,
          "33 labels outside the class range 0..1, the first at sample 2 (label 2)",

@@ -2,10 +2,12 @@
 
 from dualtrain.data.dataset import (
     ArrayDataset,
+    ArraySpec,
     DataInfo,
     DataSplits,
     SourceData,
     load_data,
+    random_indices,
     stratified_indices,
     stratified_split,
 )
@@ -13,6 +15,7 @@ from dualtrain.data.rows import NpyRows, Rows, moments
 
 __all__ = [
     "ArrayDataset",
+    "ArraySpec",
     "DataInfo",
     "DataSplits",
     "NpyRows",
@@ -20,6 +23,7 @@ __all__ = [
     "SourceData",
     "load_data",
     "moments",
+    "random_indices",
     "stratified_indices",
     "stratified_split",
 ]

@@ -19,12 +19,21 @@ from typing import Any, ClassVar
 import keras
 import numpy as np
 
-from dualtrain.data import ArrayDataset, DataSplits
+from dualtrain.data import ArrayDataset, DataSplits, structure
 from dualtrain.engines.state import TrainingState, number
+from dualtrain.engines.state import targets_or_none as targets
+from dualtrain.engines.targets import update_metrics
 from dualtrain.recipe import Phase, Recipe
 from dualtrain.settings import Settings
 
-Batch = tuple[Any, Any]  # (features, labels): framework tensors (torch.Tensor or tf.Tensor)
+# (features, targets): framework tensors (torch.Tensor or tf.Tensor), each one tensor or a dict or
+# tuple of them (data/structure.py); targets are () where the data has none.
+Batch = tuple[Any, Any]
+
+
+def rows(x: Any) -> Any:
+    """The number of samples in a batch's features (any of its arrays)."""
+    return structure.first(x).shape[0]
 
 
 class Engine(ABC):
@@ -123,7 +132,7 @@ class Engine(ABC):
 
     @staticmethod
     def batch_size(batch: Batch) -> int:
-        return int(batch[0].shape[0])
+        return int(rows(batch[0]))
 
     def train_metrics(self) -> dict[str, float]:
         """Mean train loss since the last call (all phases'), the current lr, and with several
@@ -162,9 +171,9 @@ class Engine(ABC):
             self._eval_step(batch)
         self._reduce_metrics(tracked)
         values = {"loss": number(state.val_loss.result())}
-        values.update(
-            {m.name: number(m.result()) for m in [*state.phase_val_losses, *state.metrics]}
-        )
+        values.update({m.name: number(m.result()) for m in state.phase_val_losses})
+        for metric in state.tracked_metrics:
+            values.update(metric_values(metric.name, metric.metric.result()))
         return values
 
     def _reduce_metrics(self, metrics: list[keras.metrics.Metric]) -> None:
@@ -178,12 +187,12 @@ class Engine(ABC):
     def _evaluate_batch(self, x: Any, y: Any, size: Any) -> None:
         """The eval step's work, the same on both backends (inside no-grad or tf.function)."""
         state = self.state
+        y = targets(y)
         if state.supervised:  # one forward pass for the loss and the metrics
             y_pred = self._predict(x)
             assert state.loss_fn is not None
             state.val_loss.update_state(state.loss_fn(y, y_pred), sample_weight=size)
-            for metric in state.metrics:
-                metric.update_state(y, y_pred)
+            update_metrics(state.tracked_metrics, state.outputs, y, y_pred)
             return
         losses = [phase.loss(self.model, x, y, False) for phase in self.phases]
         state.val_loss.update_state(keras.ops.sum(keras.ops.stack(losses)), sample_weight=size)
@@ -212,3 +221,14 @@ class Engine(ABC):
         """Index arrays of each batch: shuffled by (seed, epoch) for training, fixed for val."""
         seed = None if epoch is None else self.settings.seed
         return split.batches(self.settings.data.batch_size, seed=seed, epoch=epoch or 0)
+
+
+def metric_values(name: str, result: Any) -> dict[str, float]:
+    """A metric's result as logged values: one number, or one per element (`<name>/<i>`) for a
+    metric that returns several (F1Score per class), or per key for a dict."""
+    if isinstance(result, dict):
+        return {f"{name}/{k}": number(v) for k, v in result.items()}
+    array = np.asarray(keras.ops.convert_to_numpy(result), dtype="float64")
+    if array.size == 1:
+        return {name: float(array.reshape(()))}
+    return {f"{name}/{i}": float(v) for i, v in enumerate(array.reshape(-1))}

@@ -18,7 +18,13 @@ import keras
 import numpy as np
 
 from dualtrain import compat
-from dualtrain.data import DataSplits
+from dualtrain.data import ArraySpec, DataInfo, DataSplits, structure
+from dualtrain.engines.targets import (
+    match_outputs,
+    supervised_loss,
+    tracked_metrics,
+    update_metrics,
+)
 from dualtrain.errors import ConfigError, RunError
 from dualtrain.plan import planned_steps
 from dualtrain.recipe import Phase, Recipe
@@ -37,9 +43,23 @@ class TrainingState:
         # Mixed precision: layers compute in float16 or bfloat16, variables stay float32. Set for
         # every build: Keras keeps the policy per process.
         keras.config.set_dtype_policy(settings.backend.precision)
+        said = f"recipe {recipe.name}"
         with fresh_layer_names():
             self.model: keras.Model = recipe.build_model(data.info)
-        _check_model(self.model, recipe, data)
+            # One call on two train samples builds a model that builds on its first call (a
+            # subclassed model), and shows what it returns, before the first step. A recipe with
+            # its own phases calls its model as it likes: only an unbuilt one is called here.
+            _check_inputs(self.model, recipe, data.info)
+            sample_x, sample_y = _sample(data)
+            sample_pred = None
+            if not recipe.has_phases or not self.model.variables:
+                sample_pred = _call(self.model, sample_x, data.info, said)
+        self.outputs = match_outputs(
+            data.info if not recipe.has_phases else _no_targets(data.info),
+            self.model,
+            sample_pred,
+            said,
+        )
         self.augmentation = _make_augmentation(settings, data)
         # mode=parity compares the backends step by step; their random numbers come from different
         # generators, so the layers that draw them in training are switched off and reported.
@@ -48,11 +68,18 @@ class TrainingState:
         if settings.mode == "parity":
             self.made_deterministic, self.stochastic_layers = make_deterministic(self.model)
         # The training step is a sequence of phases, each with its loss, variables and optimizer;
-        # a plain recipe has one: its loss on all trainable variables.
-        self.phases: list[Phase] = recipe.phases(self.model)
+        # a plain recipe has one: its loss over every output, on all trainable variables.
         self.supervised = not recipe.has_phases
-        self.loss_fn = recipe.loss() if self.supervised else None
-        self.metrics: list[keras.metrics.Metric] = recipe.metrics()
+        self.loss_fn = (
+            supervised_loss(recipe.loss(), self.outputs, recipe.loss_weights, said)
+            if self.supervised
+            else None
+        )
+        self.phases: list[Phase] = recipe.phases(self.model, self.loss_fn)
+        self.tracked_metrics = tracked_metrics(recipe.metrics(), self.outputs, said)
+        self.metrics: list[keras.metrics.Metric] = [t.metric for t in self.tracked_metrics]
+        if self.supervised:
+            _check_targets(self, recipe, data.info, sample_y, sample_pred)
         self.train_loss = keras.metrics.Mean(name="loss")
         self.val_loss = keras.metrics.Mean(name="loss")
         # Per-phase means, logged as <phase>_loss when there are several phases.
@@ -158,41 +185,150 @@ def _make_augmentation(settings: Settings, data: DataSplits) -> Any:
     backend draws its own random numbers."""
     from dualtrain.data.augmentation import make_augmentation
 
-    if settings.mode == "parity":
+    if settings.mode == "parity" or not settings.data.augmentation:
         return None
     return make_augmentation(settings.data.augmentation, data.info.input_shape, settings.seed)
 
 
-def _check_model(model: keras.Model, recipe: Recipe, data: DataSplits) -> None:
-    info = data.info
-    expected = (None, *info.input_shape)
-    got = tuple(model.input_shape) if hasattr(model, "input_shape") else expected
-    if tuple(got) != expected:
-        raise RunError(
-            f"recipe {recipe.name}: the model takes inputs of shape {got} but the data "
-            f"has samples of shape {info.input_shape}; build the model for data.input_shape"
-        )
-    if _classifies(recipe) and info.num_classes < 2:
-        raise RunError(
-            f"recipe {recipe.name}: the labels hold {info.num_classes} class; a classifier needs "
-            "at least two (check data.target, or the labels the data source returns)"
-        )
-    # A classifier's logits must cover every class the labels name.
-    outputs = getattr(model, "outputs", None) or []
-    out_shape = tuple(outputs[0].shape) if len(outputs) == 1 else ()
-    if _classifies(recipe) and len(out_shape) == 2 and out_shape[1] != info.num_classes:
-        raise RunError(
-            f"recipe {recipe.name}: the model outputs {out_shape[1]} class scores but "
-            f"the data has {info.num_classes} classes; build the last layer with "
-            "data.num_classes units"
-        )
+def _sample(data: DataSplits) -> tuple[Any, Any]:
+    """The first two train samples as tensors of the running backend (targets: None if none)."""
+    x, y = data.train.rows(np.arange(min(2, len(data.train))))
+    return (
+        structure.map_leaves(keras.ops.convert_to_tensor, x),
+        structure.map_leaves(keras.ops.convert_to_tensor, targets_or_none(y)),
+    )
 
 
-def _classifies(recipe: Recipe) -> bool:
-    """Whether the recipe's loss takes class indices (sparse categorical)."""
-    if recipe.has_phases:
-        return False
-    return isinstance(recipe.loss(), keras.losses.SparseCategoricalCrossentropy)
+def _no_targets(info: DataInfo) -> DataInfo:
+    """A recipe with phases reads the targets itself: no output is matched to them."""
+    return dataclasses.replace(info, targets=(), target_kind=structure.NONE)
+
+
+def targets_or_none(y: Any) -> Any:
+    """A batch's targets as recipes see them: None where the data has none (batches carry ())."""
+    return None if isinstance(y, tuple) and not y else y
+
+
+def _call(model: keras.Model, x: Any, info: DataInfo, said: str) -> Any:
+    try:
+        return model(x, training=False)
+    except Exception as err:
+        raise RunError(
+            f"{said}: the model fails on the data's inputs ({_describe(info.inputs)}): "
+            f"{type(err).__name__}: {_first_line(err)}"
+        ) from err
+
+
+def _check_inputs(model: keras.Model, recipe: Recipe, info: DataInfo) -> None:
+    """A functional model's inputs against the data's: names (for a dict), count and shapes."""
+    if not compat.is_functional(model) or not getattr(model, "inputs", None):
+        return  # a subclassed model takes what its call takes: the sample call checks it
+    said = f"recipe {recipe.name}"
+    inputs = list(model.inputs)
+    if info.input_kind == structure.DICT:
+        names = {str(i.name): i for i in inputs}
+        if set(names) != {s.name for s in info.inputs}:
+            raise RunError(
+                f"{said}: the data's inputs {sorted(s.name for s in info.inputs)} do not match "
+                f"the model's inputs {sorted(names)}; name the data source's dict keys after the "
+                "model's keras.Input names"
+            )
+        by_spec = [(spec, names[spec.name]) for spec in info.inputs]
+    elif len(inputs) != len(info.inputs):
+        raise RunError(
+            f"{said}: the model takes {len(inputs)} inputs but the data has {len(info.inputs)} "
+            f"({_describe(info.inputs)}); give one array per model input"
+        )
+    else:
+        by_spec = list(zip(info.inputs, inputs, strict=True))
+    for spec, tensor in by_spec:
+        got = tuple(tensor.shape)
+        if got != (None, *spec.shape):
+            where = "samples" if len(by_spec) == 1 else f"samples of input {spec.name!r}"
+            raise RunError(
+                f"{said}: the model takes inputs of shape {got} but the data has {where} of "
+                f"shape {spec.shape}; build the model for data.input_shape"
+            )
+
+
+def _check_targets(
+    state: TrainingState, recipe: Recipe, info: DataInfo, y: Any, y_pred: Any
+) -> None:
+    """The loss and the metrics on two samples, before the first step: a target that does not
+    fit an output (shape, dtype, class count) is one line here rather than an error deep in the
+    first step."""
+    said = f"recipe {recipe.name}"
+    losses = recipe.loss()
+    for out, target_name in zip(state.outputs.outputs, state.outputs.targets, strict=True):
+        spec = info.target(target_name)
+        loss = losses.get(out) if isinstance(losses, dict) else losses
+        if isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
+            if spec.task != "classification":
+                raise RunError(
+                    f"{said}: the loss {type(loss).__name__} takes class indices, but the target "
+                    f"{_target_words(spec)} is a {spec.task} target ({spec.dtype}); give integer "
+                    "labels, or set recipe.task=classification"
+                )
+            if spec.num_classes is not None and spec.num_classes < 2:
+                raise RunError(
+                    f"{said}: the labels hold {spec.num_classes} class; a classifier needs at "
+                    "least two (check data.target, or the labels the data source returns)"
+                )
+    if state.outputs.single:
+        spec = info.targets[0]
+        width = tuple(y_pred.shape)[-1] if len(y_pred.shape) >= 2 else None
+        sparse = isinstance(losses, keras.losses.SparseCategoricalCrossentropy)
+        if sparse and len(y_pred.shape) == 2 and width != spec.num_classes:
+            raise RunError(
+                f"{said}: the model outputs {width} class scores but the data has "
+                f"{spec.num_classes} classes; build the last layer with data.num_classes units"
+            )
+    assert state.loss_fn is not None
+    try:
+        value = state.loss_fn(y, y_pred)
+    except Exception as err:
+        raise RunError(
+            f"{said}: the loss cannot compare the targets ({_describe(info.targets)}) with the "
+            f"model's outputs ({_describe_tensors(y_pred)}): {type(err).__name__}: "
+            f"{_first_line(err)}; build the outputs to fit the targets, or change the loss"
+        ) from err
+    if len(getattr(value, "shape", ())) != 0:
+        raise RunError(
+            f"{said}: the loss returns shape {tuple(value.shape)}, not a number; reduce it to "
+            "one value per batch (a keras.losses.Loss does)"
+        )
+    for tracked in state.tracked_metrics:
+        try:
+            update_metrics([tracked], state.outputs, y, y_pred)
+        except Exception as err:
+            raise RunError(
+                f"{said}: the metric {tracked.name} cannot take the targets "
+                f"({_describe(info.targets)}) and outputs ({_describe_tensors(y_pred)}): "
+                f"{type(err).__name__}: {_first_line(err)}"
+            ) from err
+        tracked.metric.reset_state()
+
+
+def _target_words(spec: ArraySpec) -> str:
+    return "y" if spec.name == "y" else repr(spec.name)
+
+
+def _describe(specs: tuple[ArraySpec, ...]) -> str:
+    if not specs:
+        return "none"
+    return ", ".join(f"{s.name}: {s.shape} {s.dtype}" for s in specs)
+
+
+def _describe_tensors(value: Any) -> str:
+    return ", ".join(
+        f"{name}: {tuple(t.shape[1:])} {keras.backend.standardize_dtype(t.dtype)}"
+        for name, t in structure.named(value, "output").items()
+    )
+
+
+def _first_line(err: Exception) -> str:
+    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
+    return (lines[0] if lines else type(err).__name__)[:300]
 
 
 def _phase_optimizer(settings: OptimizerSettings, options: dict[str, Any]) -> OptimizerSettings:

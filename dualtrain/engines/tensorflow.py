@@ -8,8 +8,8 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from dualtrain.data import ArrayDataset
-from dualtrain.engines.base import Batch, Engine
+from dualtrain.data import ArrayDataset, Rows, structure
+from dualtrain.engines.base import Batch, Engine, targets
 
 Branch = Callable[..., None]  # a branch of `_cond`
 
@@ -38,10 +38,13 @@ class TensorFlowEngine(Engine):
     def _make_steps(self) -> None:
         # A batch dimension of None: the last, smaller batch of an epoch reuses the one trace.
         train = self.data.train
-        self._batch_signature = [
-            tf.TensorSpec((None, *train.x.shape[1:]), train.x.dtype),
-            tf.TensorSpec((None, *train.y.shape[1:]), train.y.dtype),
-        ]
+
+        def spec(array: Any) -> tf.TensorSpec:
+            return tf.TensorSpec((None, *array.shape[1:]), array.dtype)
+
+        x_spec = spec(train.x) if not train.in_memory else structure.map_leaves(spec, train.x)
+        y_spec = structure.map_leaves(spec, train.y)
+        self._batch_signature = [x_spec, () if y_spec is None else y_spec]
         # One traced step per number of accumulated batches (grad_accum_steps, and the fewer that
         # may end an epoch).
         self._train_fns: dict[int, Callable[..., Any]] = {}
@@ -106,7 +109,7 @@ class TensorFlowEngine(Engine):
 
     def _train_step(self, *tensors: tf.Tensor) -> dict[str, tf.Tensor] | None:
         batches = self._augment(list(zip(tensors[0::2], tensors[1::2], strict=True)))
-        total = tf.add_n([tf.shape(x)[0] for x, _ in batches])
+        total = tf.add_n([tf.shape(structure.first(x))[0] for x, _ in batches])
         all_grads, losses = [], []
         for phase, optimizer, variables in zip(
             self.phases, self.state.optimizers, self.state.phase_variables, strict=True
@@ -115,9 +118,13 @@ class TensorFlowEngine(Engine):
             grads: list[Any] = [None] * len(variables)
             loss = tf.zeros(())
             for x, y in batches:  # unrolled: one tape per batch, one batch's activations live
-                share = tf.cast(tf.shape(x)[0], tf.float32) / tf.cast(total, tf.float32)
+                share = tf.cast(tf.shape(structure.first(x))[0], tf.float32) / tf.cast(
+                    total, tf.float32
+                )
                 with tf.GradientTape() as tape:
-                    batch_loss = tf.cast(phase.loss(self.model, x, y, True), tf.float32) * share
+                    batch_loss = (
+                        tf.cast(phase.loss(self.model, x, targets(y), True), tf.float32) * share
+                    )
                     scaled = optimizer.scale_loss(batch_loss)  # mixed_float16: loss scaling
                 batch_grads = tape.gradient(scaled, variables)
                 grads = [_add(a, b) for a, b in zip(grads, batch_grads, strict=True)]
@@ -155,12 +162,12 @@ class TensorFlowEngine(Engine):
         (engines/tf_distribute.py)."""
         return grads, loss, total
 
-    def _eval_step_impl(self, x: tf.Tensor, y: tf.Tensor) -> None:
-        self._evaluate_batch(x, y, tf.shape(x)[0])
+    def _eval_step_impl(self, x: Any, y: Any) -> None:
+        self._evaluate_batch(x, y, tf.shape(structure.first(x))[0])
 
     # -- data ------------------------------------------------------------------------------------
 
-    def _pipeline(self, arrays: tuple[Any, tf.Tensor], order: list[np.ndarray]) -> Iterable[Batch]:
+    def _pipeline(self, arrays: tuple[Any, Any], order: list[np.ndarray]) -> Iterable[Batch]:
         """The given batches of the split, in order.
 
         Arrays in memory are gathered eagerly, one `tf.gather` per batch. A tf.data pipeline
@@ -173,7 +180,7 @@ class TensorFlowEngine(Engine):
         Pillow's decoding release the GIL.
         """
         x, y = arrays
-        if isinstance(x, tf.Tensor):
+        if not isinstance(x, Rows):
             return _gathered(x, y, order)
         indices = tf.data.Dataset.from_tensor_slices(np.concatenate(order))
         batch_size = len(order[0])
@@ -183,24 +190,32 @@ class TensorFlowEngine(Engine):
             .prefetch(tf.data.AUTOTUNE)
         )
 
-    def _gather(self, x: Any, y: tf.Tensor) -> Callable[[tf.Tensor], tuple[tf.Tensor, tf.Tensor]]:
-        """The function that turns a batch's indices into its (features, labels)."""
-        if isinstance(x, tf.Tensor):
-            return lambda i: (tf.gather(x, i), tf.gather(y, i))
+    def _gather(self, x: Any, y: Any) -> Callable[[tf.Tensor], Batch]:
+        """The function that turns a batch's indices into its (features, targets)."""
+        if not isinstance(x, Rows):
+            return lambda i: _take(x, y, i)
         spec = self._batch_signature[0]
 
-        def gather(i: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+        def gather(i: tf.Tensor) -> Batch:
             features = tf.numpy_function(x.__getitem__, [i], spec.dtype, stateful=False)
             features.set_shape(spec.shape)
-            return features, tf.gather(y, i)
+            return features, _take(None, y, i)[1]
 
         return gather
 
 
-def _gathered(x: tf.Tensor, y: tf.Tensor, order: list[np.ndarray]) -> Iterator[Batch]:
+def _gathered(x: Any, y: Any, order: list[np.ndarray]) -> Iterator[Batch]:
     for batch in order:
-        indices = tf.constant(batch)
-        yield tf.gather(x, indices), tf.gather(y, indices)
+        yield _take(x, y, tf.constant(batch))
+
+
+def _take(x: Any, y: Any, indices: tf.Tensor) -> Batch:
+    """The rows `indices` of every tensor of x and y (y: () where there are no targets)."""
+
+    def gather(t: tf.Tensor) -> tf.Tensor:
+        return tf.gather(t, indices)
+
+    return structure.map_leaves(gather, x), structure.map_leaves(gather, y)
 
 
 def _nothing(*args: Any) -> None:
@@ -213,7 +228,8 @@ def _add(total: tf.Tensor | None, grad: tf.Tensor | None) -> tf.Tensor | None:
     return grad if total is None else total + grad
 
 
-def _as_tensors(split: ArrayDataset) -> tuple[Any, tf.Tensor]:
+def _as_tensors(split: ArrayDataset) -> tuple[Any, Any]:
     """Arrays in memory as constants; features on disk stay `Rows`, read batch by batch."""
-    x = tf.constant(split.x) if split.in_memory else split.x
-    return x, tf.constant(split.y)
+    x = structure.map_leaves(tf.constant, split.x) if split.in_memory else split.x
+    y = () if split.y is None else structure.map_leaves(tf.constant, split.y)
+    return x, y

@@ -33,6 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from dualtrain import compat
+from dualtrain.data import structure
 from dualtrain.distributed import tf_config
 from dualtrain.engines.base import Batch
 from dualtrain.engines.tensorflow import Branch, TensorFlowEngine
@@ -130,7 +131,7 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
     def val_batches(self) -> Iterable[Batch]:
         return self._distributed(self._val_arrays, self._batch_order(self.data.val, None))
 
-    def _distributed(self, arrays: tuple[Any, tf.Tensor], order: list[np.ndarray]) -> Any:
+    def _distributed(self, arrays: tuple[Any, Any], order: list[np.ndarray]) -> Any:
         replicas = self.strategy.num_replicas_in_sync
         smallest = min((len(b) for b in order), default=replicas)
         if smallest < replicas:
@@ -152,7 +153,7 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
             starts = np.concatenate([[0], np.cumsum(lengths)[:-1]])
             flat = tf.constant(np.concatenate(mine))
 
-            def gather(start: tf.Tensor, length: tf.Tensor) -> tuple[tf.Tensor, tf.Tensor]:
+            def gather(start: tf.Tensor, length: tf.Tensor) -> Batch:
                 return gather_batch(flat[start : start + length])
 
             return (
@@ -166,7 +167,7 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
     def batch_size(self, batch: Batch) -> int:  # type: ignore[override]
         # Samples of the global batch, for throughput: this worker's shards times the workers
         # (exact but for an epoch's last batch when it does not split evenly).
-        local = self.strategy.experimental_local_results(batch[0])
+        local = self.strategy.experimental_local_results(structure.first(batch[0]))
         workers = self.strategy.num_replicas_in_sync // max(1, len(local))
         return sum(int(t.shape[0]) for t in local) * workers
 

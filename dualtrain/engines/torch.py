@@ -14,8 +14,8 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from dualtrain.data import ArrayDataset
-from dualtrain.engines.base import Batch, Engine
+from dualtrain.data import ArrayDataset, structure
+from dualtrain.engines.base import Batch, Engine, rows, targets
 from dualtrain.engines.torch_adam import fuse_adam
 from dualtrain.recipe import Phase
 
@@ -102,7 +102,7 @@ class TorchEngine(Engine):
 
     def _train_step(self, batches: list[Batch]) -> dict[str, torch.Tensor] | None:
         batches = self._augment(batches)
-        total = sum(int(x.shape[0]) for x, _ in batches)
+        total = sum(int(rows(x)) for x, _ in batches)
         all_grads, losses = [], []
         for phase, optimizer, variables in zip(
             self.phases, self.state.optimizers, self.state.phase_variables, strict=True
@@ -111,8 +111,8 @@ class TorchEngine(Engine):
             grads: list[torch.Tensor | None] = [None] * len(variables)
             loss = torch.zeros((), device=self.device)
             for x, y in batches:
-                share = x.shape[0] / total  # exactly 1.0 for a single batch
-                batch_loss = _float32(phase.loss(self.model, x, y, True)) * share
+                share = rows(x) / total  # exactly 1.0 for a single batch
+                batch_loss = _float32(phase.loss(self.model, x, targets(y), True)) * share
                 batch_grads = torch.autograd.grad(
                     optimizer.scale_loss(batch_loss),
                     [v.value for v in variables],
@@ -145,8 +145,8 @@ class TorchEngine(Engine):
         return grads, loss, total
 
     @torch.no_grad()
-    def _eval_step_impl(self, x: torch.Tensor, y: torch.Tensor) -> None:
-        self._evaluate_batch(x, y, x.shape[0])
+    def _eval_step_impl(self, x: Any, y: Any) -> None:
+        self._evaluate_batch(x, y, rows(x))
 
     # -- data ------------------------------------------------------------------------------------
 
@@ -174,8 +174,11 @@ class TorchEngine(Engine):
         )
 
     def _to_device(self, loader: DataLoader) -> Iterator[Batch]:
+        def move(t: torch.Tensor) -> torch.Tensor:
+            return t.to(self.device, non_blocking=True)
+
         for x, y in loader:
-            yield x.to(self.device, non_blocking=True), y.to(self.device, non_blocking=True)
+            yield structure.map_leaves(move, x), structure.map_leaves(move, y)
 
 
 # glibc's mallopt parameters (malloc.h).
@@ -223,7 +226,7 @@ def _captured_phase(phase: Phase, model: Any, variables: list[Any]) -> Phase:
         lambda x, y: phase.loss(model, x, y, True), variables, f"the {phase.name} loss"
     )
 
-    def loss(m: Any, x: torch.Tensor, y: torch.Tensor, training: bool) -> Any:
+    def loss(m: Any, x: Any, y: Any, training: bool) -> Any:
         return captured(x, y) if training and m is model else phase.loss(m, x, y, training)
 
     return dataclasses.replace(phase, loss=loss)
@@ -247,8 +250,9 @@ class _BatchedArrays(torch.utils.data.Dataset):
     def __len__(self) -> int:
         return len(self.split)
 
-    def __getitem__(self, indices: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        return torch.from_numpy(self.split.x[indices]), torch.from_numpy(self.split.y[indices])
+    def __getitem__(self, indices: np.ndarray) -> tuple[Any, Any]:
+        x, y = self.split.rows(indices)
+        return structure.map_leaves(torch.from_numpy, x), structure.map_leaves(torch.from_numpy, y)
 
 
 class _BatchOrder(torch.utils.data.Sampler):

@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 from dualtrain.data import ArrayDataset
 from dualtrain.distributed import restart_count
-from dualtrain.engines.base import Batch
+from dualtrain.engines.base import Batch, rows
 from dualtrain.engines.torch import TorchEngine
 from dualtrain.errors import RunError
 
@@ -119,7 +119,7 @@ class DistributedTorchEngine(TorchEngine):
     def batch_size(self, batch: Batch) -> int:  # type: ignore[override]
         # Samples of the global batch, for throughput: this rank's shard times the world size
         # (exact but for an epoch's last batch when it does not split evenly).
-        return int(batch[0].shape[0]) * self.world_size
+        return int(rows(batch[0])) * self.world_size
 
     # -- the collectives ---------------------------------------------------------------------------
 

@@ -79,8 +79,8 @@ class CapturedFunction:
         # The library internals the capture needs, checked once (compat logs if they differ).
         self.failed: str | None = compat.graph_capture_problem(self.variables)
 
-    def __call__(self, *tensors: torch.Tensor) -> Any:
-        key = tuple((tuple(t.shape), t.dtype) for t in tensors)
+    def __call__(self, *tensors: Any) -> Any:
+        key = _signature(tensors)
         if key not in self.graphs:
             self.graphs[key] = self._capture(tensors)
         graph = self.graphs[key]
@@ -169,11 +169,25 @@ def _untraceable(err: Exception) -> str:
 
 
 def _flat(value: Any) -> list[torch.Tensor]:
+    if value is None:
+        return []
     if isinstance(value, (list, tuple)):
         return [t for item in value for t in _flat(item)]
     if isinstance(value, dict):
         return [t for item in value.values() for t in _flat(item)]
     return [value]
+
+
+def _signature(value: Any) -> Any:
+    """What one graph is captured for: the structure of the arguments (dicts of inputs, no
+    targets), and each tensor's shape and dtype."""
+    if value is None:
+        return None
+    if isinstance(value, (list, tuple)):
+        return tuple(_signature(item) for item in value)
+    if isinstance(value, dict):
+        return tuple((key, _signature(item)) for key, item in value.items())
+    return (tuple(value.shape), value.dtype)
 
 
 def _schema(node: torch.fx.Node) -> Any:

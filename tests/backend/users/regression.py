@@ -1,0 +1,29 @@
+"""Regression on float targets (scikit-learn's diabetes set), with Keras's regression metrics."""
+
+from __future__ import annotations
+
+import keras
+import numpy as np
+
+from dualtrain.data import DataInfo
+
+
+def load_data() -> tuple[np.ndarray, np.ndarray]:
+    from sklearn.datasets import load_diabetes
+
+    x, y = load_diabetes(return_X_y=True)
+    return x.astype("float32"), (y / 100.0).astype("float32").reshape(-1, 1)
+
+
+def build_model(data: DataInfo) -> keras.Model:
+    inputs = keras.Input(shape=data.input_shape)
+    hidden = keras.layers.Dense(32, activation="relu")(inputs)
+    return keras.Model(inputs, keras.layers.Dense(data.target_shape[-1])(hidden))
+
+
+def loss() -> keras.losses.Loss:
+    return keras.losses.MeanSquaredError()
+
+
+def metrics() -> list[keras.metrics.Metric]:
+    return [keras.metrics.MeanAbsoluteError(name="mae"), keras.metrics.R2Score(name="r2")]
