@@ -1,18 +1,40 @@
-"""Typed run settings built from the composed config; every validation message lives here.
+"""Typed run settings built from the composed config: a schema of frozen dataclasses.
 
 Only `cli` sees Hydra. It hands the composed config to `Settings.from_config` as a plain dict, and
 everything below works with these frozen dataclasses.
+
+The dataclasses are the schema and the one source of defaults:
+
+- each field that is a config key declares its check in its metadata (`key(check)`): a small
+  vocabulary of checks (`integer`, `number`, `choice`, `boolean`, `text`, `existing_path`,
+  `optional`) that raise one-line `ConfigError`s naming the key, the value and what is right;
+  `_build` runs them for a section, taking a field's default where the section lacks its key;
+- the field defaults are the defaults. `config_defaults()` renders them as one config, which
+  `dualtrain/configs/__init__.py` stores in Hydra's ConfigStore and `train.yaml` composes first,
+  so `--cfg job` and `--help` still show every key. The YAML files under `configs/` hold only what
+  an option or a recipe changes;
+- the rules that tie several keys together are stated once, in `_check_rules`;
+- a data source checks its own keys: a shipped source module's `CONFIG_KEYS` table (source
+  function -> key -> check, e.g. `dualtrain/data/images.py`) is looked up from `data.source` and
+  run here, before any framework is imported. A module of the user's is not imported here.
+
+Why not Hydra structured configs (typed dataclasses in the ConfigStore): OmegaConf would then
+check the types itself while composing, with its own multi-line messages and without ranges,
+choices or the rules between keys, which would all stay here; the node stored here is untyped
+(plain values), so all checking stays in one place with one style of message, and no schema
+library is needed for a dozen kinds of check.
 """
 
 from __future__ import annotations
 
 import difflib
+import importlib
 import importlib.util
 import math
-from collections.abc import Mapping
-from dataclasses import dataclass, field, fields
+from collections.abc import Callable, Mapping
+from dataclasses import MISSING, Field, dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from dualtrain.errors import ConfigError
 
@@ -23,6 +45,9 @@ OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "step", "cosine", "warmup_cosine")
 ON_NONFINITE = ("stop", "skip")
 PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
+# recipe.task: what the recipe's outputs predict ("none": no targets, e.g. an autoencoder's own
+# loss); None infers it from the labels.
+TASKS = ("classification", "multilabel", "regression", "none")
 # tf.distribute strategies; for torch, torchrun's environment makes a run distributed.
 STRATEGIES = {"tf": ("none", "mirrored", "multi_worker"), "torch": ("none",)}
 LOGGERS = ("jsonl", "csv", "console", "tensorboard")  # the options of configs/logger/
@@ -31,7 +56,6 @@ TFLITE_QUANTIZE = ("none", "dynamic", "float16")
 # Keys of a data config that the loader uses itself; all other keys go to the data source function.
 # (`num_classes`, where set, is also the number of classes the labels are checked against.)
 DATA_LOADER_KEYS = ("source", "batch_size", "val_fraction", "num_workers", "augmentation")
-ON_BAD_FILE = ("error", "skip")
 # data.augmentation keys: Keras preprocessing layers, applied to training batches only.
 AUGMENTATIONS = ("flip", "rotation", "zoom", "translation", "contrast", "brightness")
 FLIP_MODES = ("horizontal", "vertical", "horizontal_and_vertical")
@@ -56,41 +80,228 @@ OPTIMIZER_KWARGS_SET_BY = {
     "name": "optimizer=<option>",
 }
 
+# -- the checks: (value, the key's label) -> the value to keep; a bad value raises ConfigError --
+
+Check = Callable[[Any, str], Any]
+
+
+def integer(minimum: int) -> Check:
+    def check(value: Any, label: str) -> int:
+        if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
+            kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
+            raise ConfigError(f"{label} must be {kind}; got {value!r}")
+        return value
+
+    return check
+
+
+def number(ok: Callable[[float], bool], what: str) -> Check:
+    """A real number (not a bool or a string) for which `ok` holds, as a float; `what` says
+    which, e.g. "a number in (0, 1]"."""
+
+    def check(value: Any, label: str) -> float:
+        real = _number(value)
+        if real is None or not ok(real):
+            raise ConfigError(f"{label} must be {what}; got {value!r}")
+        return real
+
+    return check
+
+
+positive = number(lambda v: math.isfinite(v) and v > 0, "a positive number such as 0.001")
+
+
+def choice(choices: tuple[str, ...]) -> Check:
+    def check(value: Any, label: str) -> str:
+        if value not in choices:
+            raise ConfigError(f"{label} must be one of {', '.join(choices)}; got {value!r}")
+        return str(value)
+
+    return check
+
+
+def boolean(value: Any, label: str) -> bool:
+    if not isinstance(value, bool):
+        raise ConfigError(f"{label} must be true or false; got {value!r}")
+    return value
+
+
+def text(value: Any, label: str) -> str:
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{label} must be a non-empty string; got {value!r}")
+    return value
+
+
+def optional(inner: Check) -> Check:
+    """None, or what `inner` accepts."""
+    return lambda value, label: None if value is None else inner(value, label)
+
+
+def existing_path(give: str, placeholder: str | None = None) -> Check:
+    """A file or directory that exists; None only without a `placeholder` (which names what to
+    set instead)."""
+
+    def check(value: Any, label: str) -> str | None:
+        if value is None and placeholder is None:
+            return None
+        if value is None:
+            raise ConfigError(f"{label} has no value; set it with {label}=<{placeholder}>")
+        if not isinstance(value, str) or not Path(value).exists():
+            raise ConfigError(f"{label}={value} does not exist; give {give}")
+        return value
+
+    return check
+
+
+def _as_given(value: Any, label: str) -> Any:
+    """No check of its own: a rule between keys checks it (`_check_rules`)."""
+    return value
+
+
+def key(check: Check, label: str | None = None, shown: Any = MISSING) -> dict[str, Any]:
+    """A dataclass field's metadata: the field is a config key, checked by `check`. `label`
+    names it in messages (default: section.key); `shown` is its default as the config shows it,
+    where that differs from the field's."""
+    return {"check": check, "label": label, "shown": shown}
+
+
+def check_section(values: Mapping[str, Any], section: str, checks: Mapping[str, Check]) -> None:
+    """Runs `checks` (key -> check) on those keys that config section `section` has."""
+    for name, check in checks.items():
+        if name in values:
+            check(values[name], f"{section}.{name}")
+
+
+# -- the schema ----------------------------------------------------------------------------------
+
+
+def _jit_compile(value: Any, label: str) -> str:
+    value = {True: "true", False: "false"}.get(value, value) if isinstance(value, bool) else value
+    return choice(JIT_CHOICES)(value, label)
+
 
 @dataclass(frozen=True)
 class BackendSettings:
-    name: str
-    jit_compile: str  # "auto" | "true" | "false"
-    steps_per_execution: int = 1  # optimizer steps per compiled call (tf; torch runs them eagerly)
-    precision: str = "float32"  # float32 | mixed_float16 | mixed_bfloat16 (Keras dtype policies)
-    strategy: str = "none"  # tf: none | mirrored | multi_worker; torch: none (torchrun decides)
-    collective_timeout_s: float = 300.0  # a collective waiting longer on a rank fails the run
-    cpu_replicas: int = 1  # tf mirrored on a CPU: this many logical CPU devices, one replica each
-    capture_forward: bool = True  # torch: run the forward pass and loss as a captured ATen graph
-    keep_host_memory: bool = True  # torch on glibc: freed host memory stays for the next step
+    name: str = field(metadata=key(choice(BACKENDS), "backend"))
+    # auto | true | false: XLA for tf, torch.compile for torch (auto: XLA on GPU, torch off)
+    jit_compile: str = field(default="auto", metadata=key(_jit_compile))
+    # optimizer steps per compiled call (tf; torch runs them eagerly, one by one)
+    steps_per_execution: int = field(default=1, metadata=key(integer(1)))
+    # float32 | mixed_float16 | mixed_bfloat16 (Keras dtype policies: layers compute in 16 bits,
+    # variables stay float32)
+    precision: str = field(default="float32", metadata=key(choice(PRECISIONS)))
+    # tf: none | mirrored (this machine's devices) | multi_worker (the cluster in TF_CONFIG);
+    # torch: none (torchrun's environment makes a run distributed); see _check_rules
+    strategy: str = field(default="none", metadata=key(_as_given))
+    # a collective waiting longer on a rank (one that died or hangs) fails the run
+    collective_timeout_s: float = field(default=300.0, metadata=key(positive))
+    # tf mirrored on a CPU: this many logical CPU devices, one replica each
+    cpu_replicas: int = field(default=1, metadata=key(integer(1)))
+    # torch: run the forward pass and loss as an ATen graph captured once per batch shape
+    capture_forward: bool = field(default=True, metadata=key(boolean))
+    # torch on glibc: host memory the steps free stays with the process for the next step
+    keep_host_memory: bool = field(default=True, metadata=key(boolean))
+
+
+def _recipe_module(value: Any, label: str) -> str:
+    module = text(value, label)
+    _check_importable(module, label)
+    return module
+
+
+def _model(value: Any, label: str) -> dict[str, Any]:
+    model = value or {}
+    if not isinstance(model, Mapping):
+        raise ConfigError(f"{label} must be a mapping of keyword arguments; got {model!r}")
+    return dict(model)
+
+
+def _task(value: Any, label: str) -> str | dict[str, str] | None:
+    if value is None or (isinstance(value, str) and value in TASKS):
+        return value
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(
+            f"{label} must be one of {', '.join(TASKS)}, or a mapping of output name to one of "
+            f"them, e.g. {label}={{label:classification,box:regression}}; got {value!r}"
+        )
+    return {str(name): choice(TASKS)(task, f"{label}.{name}") for name, task in value.items()}
+
+
+def _loss_weights(value: Any, label: str) -> dict[str, float] | None:
+    if value is None:
+        return None
+    if not isinstance(value, Mapping) or not value:
+        raise ConfigError(
+            f"{label} must be a mapping of output name to a weight >= 0, e.g. "
+            f"{label}={{label:1.0,box:0.5}}; got {value!r}"
+        )
+    weight = number(lambda v: math.isfinite(v) and v >= 0, "a number >= 0 such as 0.5")
+    return {str(name): weight(w, f"{label}.{name}") for name, w in value.items()}
 
 
 @dataclass(frozen=True)
 class RecipeSettings:
-    name: str
-    module: str
-    model: dict[str, Any] = field(default_factory=dict)
+    name: str = field(metadata=key(text))
+    module: str = field(metadata=key(_recipe_module))  # the recipe's Python module
+    model: dict[str, Any] = field(default_factory=dict, metadata=key(_model))  # to build_model
+    # classification | multilabel | regression | none, or one of them per output name; None:
+    # inferred from the labels
+    task: str | dict[str, str] | None = field(default=None, metadata=key(_task))
+    # output name -> weight of its loss in the total (None: 1 each)
+    loss_weights: dict[str, float] | None = field(default=None, metadata=key(_loss_weights))
+
+
+def _data_source(value: Any, label: str) -> str:
+    source = text(value, label)
+    _check_importable(source.split(":")[0], label)
+    return source
+
+
+def _augmentation(value: Any, label: str) -> dict[str, Any]:
+    if value is None:
+        return {}
+    example = "e.g. data.augmentation={flip:horizontal,rotation:0.1,zoom:0.1}"
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"{label} must be a mapping, {example}; got {value!r}")
+    chosen = {}
+    for name, factor in value.items():
+        if name not in AUGMENTATIONS:
+            raise ConfigError(
+                f"{label} has no {name!r}; choose from {', '.join(AUGMENTATIONS)}, {example}"
+            )
+        if factor is None or factor is False:
+            continue  # switched off, e.g. data.augmentation.flip=null
+        if name == "flip":
+            choice(FLIP_MODES)(factor, f"{label}.flip")
+        else:
+            number(lambda v: 0 < v < 1, "a factor in (0, 1) such as 0.1")(factor, f"{label}.{name}")
+        chosen[str(name)] = factor
+    return chosen
 
 
 @dataclass(frozen=True)
 class DataSettings:
-    source: str  # "package.module:function"
-    batch_size: int
-    val_fraction: float
-    num_workers: int
+    source: str = field(metadata=key(_data_source))  # "package.module:function"
+    batch_size: int = field(default=32, metadata=key(integer(1)))
+    # the val split where the source gives none: a seeded stratified share of the samples
+    val_fraction: float = field(
+        default=0.2,
+        metadata=key(number(lambda v: 0 < v < 1, "a number between 0 and 1 such as 0.2")),
+    )
+    # torch DataLoader worker processes (in-memory arrays need none)
+    num_workers: int = field(default=0, metadata=key(integer(0)))
     params: dict[str, Any] = field(default_factory=dict)  # keyword arguments of the source
-    augmentation: dict[str, Any] = field(default_factory=dict)  # AUGMENTATIONS key -> its factor
+    # AUGMENTATIONS key -> its factor: Keras preprocessing layers on training batches only, e.g.
+    # data.augmentation='{flip: horizontal, rotation: 0.1}'; null: none
+    augmentation: dict[str, Any] = field(
+        default_factory=dict, metadata=key(_augmentation, shown=None)
+    )
 
 
 @dataclass(frozen=True)
 class OptimizerSettings:
-    name: str
-    lr: float
+    name: str = field(metadata=key(choice(OPTIMIZERS), "optimizer"))
+    lr: float = field(metadata=key(positive))
     params: dict[str, Any] = field(default_factory=dict)  # other keyword arguments of the optimizer
 
 
@@ -98,67 +309,161 @@ class OptimizerSettings:
 class SchedulerSettings:
     """How the learning rate moves from `optimizer.lr`, counted in optimizer steps."""
 
-    name: str = "constant"  # constant | step | cosine | warmup_cosine
-    step_size: int = 1000  # step: multiply the lr by `gamma` every `step_size` steps
-    gamma: float = 0.1
-    warmup_steps: int = 0  # warmup_cosine: linear from 0 to lr over these steps
-    decay_steps: int | None = None  # cosine, warmup_cosine: null = the rest of the run
-    alpha: float = 0.0  # cosine floor, as a fraction of lr
+    # constant | step | cosine | warmup_cosine
+    name: str = field(default="constant", metadata=key(choice(SCHEDULERS), "scheduler"))
+    # step: multiply the lr by `gamma` every `step_size` steps
+    step_size: int = field(default=1000, metadata=key(integer(1)))
+    gamma: float = field(
+        default=0.1, metadata=key(number(lambda v: 0 < v <= 1, "a number in (0, 1]"))
+    )
+    # warmup_cosine: linear from 0 to lr over these steps
+    warmup_steps: int = field(default=0, metadata=key(integer(0)))
+    # cosine, warmup_cosine: the steps of the decay; null: the rest of the run
+    decay_steps: int | None = field(default=None, metadata=key(optional(integer(1))))
+    # cosine floor, as a fraction of lr
+    alpha: float = field(
+        default=0.0, metadata=key(number(lambda v: 0 <= v <= 1, "a number in [0, 1]"))
+    )
+
+
+def _max_steps(value: Any, label: str) -> int:
+    steps: int = integer(-1)(value, label)
+    if steps == 0:
+        raise ConfigError(f"{label} must be -1 (no limit) or a positive integer; got 0")
+    return steps
+
+
+def _batch_limit(value: Any, label: str) -> int | float:
+    if isinstance(value, bool) or not (
+        (isinstance(value, int) and value >= 1) or (isinstance(value, float) and 0 < value <= 1)
+    ):
+        raise ConfigError(
+            f"{label} must be a number of batches (an integer >= 1) or a share of them (a number "
+            f"in (0, 1], e.g. 0.25); got {value!r}"
+        )
+    return value
 
 
 @dataclass(frozen=True)
 class TrainerSettings:
-    max_epochs: int
-    max_steps: int  # -1: no limit
-    log_every_n_steps: int
-    grad_accum_steps: int = 1  # batches whose summed gradients make one optimizer step
-    grad_clip_norm: float | None = None  # clip the gradients' global norm
-    grad_clip_value: float | None = None  # clip each gradient element to [-v, v]
-    on_nonfinite: str = "stop"  # stop | skip: a step whose loss is NaN or Inf
-    limit_train_batches: int | float = 1.0  # per epoch: a count (int) or a share (float)
-    limit_val_batches: int | float = 1.0  # per validation: a count (int) or a share (float)
-    overfit_batches: int = 0  # > 0: the same first N batches every epoch (debug=overfit)
-    fast_dev_run: bool = False  # write nothing: no checkpoints, logs or summary (debug=...)
+    max_epochs: int = field(default=10, metadata=key(integer(1)))
+    # -1: no limit; otherwise stop after this many optimizer steps
+    max_steps: int = field(default=-1, metadata=key(_max_steps))
+    # train values leave the device (and reach the logs) this often
+    log_every_n_steps: int = field(default=10, metadata=key(integer(1)))
+    # batches whose summed gradients make one optimizer step (batch x N)
+    grad_accum_steps: int = field(default=1, metadata=key(integer(1)))
+    # clip the gradients' global norm to this
+    grad_clip_norm: float | None = field(default=None, metadata=key(optional(positive)))
+    # or clip each gradient element to [-v, v]
+    grad_clip_value: float | None = field(default=None, metadata=key(optional(positive)))
+    # stop | skip: a step whose loss is NaN or Inf stops the run, or is skipped
+    on_nonfinite: str = field(default="stop", metadata=key(choice(ON_NONFINITE)))
+    # per epoch: a count of batches (int, e.g. 20) or a share of them (float, e.g. 0.25)
+    limit_train_batches: int | float = field(default=1.0, metadata=key(_batch_limit))
+    # per validation: a count (int) or a share (float)
+    limit_val_batches: int | float = field(default=1.0, metadata=key(_batch_limit))
+    # > 0: the same first N batches every epoch (debug=overfit)
+    overfit_batches: int = field(default=0, metadata=key(integer(0)))
+    # write nothing: no checkpoints, logs or summary (debug=fast_dev_run)
+    fast_dev_run: bool = field(default=False, metadata=key(boolean))
 
 
 @dataclass(frozen=True)
 class LoggerSettings:
-    loggers: tuple[str, ...]  # the options chosen from configs/logger/, e.g. ("jsonl", "console")
-    progress: bool = True  # console: tqdm bars on a terminal
-    histograms_every: int = 0  # tensorboard: weight and gradient histograms every N steps (0: off)
+    # the options chosen from configs/logger/, e.g. ("jsonl", "console"); each sets `<name>: true`
+    loggers: tuple[str, ...]
+    # console: tqdm bars, drawn only when stdout is a terminal
+    progress: bool = field(default=True, metadata=key(boolean))
+    # tensorboard: weight and gradient histograms every N steps (0: off)
+    histograms_every: int = field(default=0, metadata=key(integer(0)))
+
+
+def _monitor(value: Any, label: str) -> str:
+    if not isinstance(value, str) or value.partition("/")[0] not in ("val", "train"):
+        raise ConfigError(
+            f"{label} must name a logged value such as val/loss or val/accuracy; got {value!r}"
+        )
+    return value
+
+
+def _resume(value: Any, label: str) -> bool:
+    if value not in (None, False, "auto"):
+        raise ConfigError(f"{label} must be auto or null; got {value!r}")
+    return value == "auto"
+
+
+_RUN_OR_CHECKPOINT = existing_path("a run directory or a checkpoint directory")
 
 
 @dataclass(frozen=True)
 class CheckpointSettings:
-    every_n_epochs: int  # 0: never at epoch ends
-    every_n_steps: int  # 0: never mid-epoch
-    monitor: str  # "val/<name>" or "train/<name>", ranks checkpoints for save_top_k
-    mode: str  # min | max
-    save_top_k: int  # the best k kept (-1: all, 0: none)
-    save_last: bool  # `last` link to the newest; the newest two are kept
-    resume: bool  # checkpoint.resume=auto: continue from the run directory's newest checkpoint
-    path: str | None  # resume from this checkpoint or run directory
-    init_from: str | None  # warm-start: the weights of this checkpoint only
+    """Checkpoints go to <run_dir>/checkpoints/: step-<N>/ directories and `last`, the newest."""
+
+    # save after every N epochs (0: never)
+    every_n_epochs: int = field(default=1, metadata=key(integer(0)))
+    # also save every N optimizer steps (0: never)
+    every_n_steps: int = field(default=0, metadata=key(integer(0)))
+    # "val/<name>" or "train/<name>": ranks checkpoints for save_top_k
+    monitor: str = field(default="val/loss", metadata=key(_monitor))
+    # min | max: whether lower or higher monitored values are better
+    mode: str = field(default="min", metadata=key(choice(("min", "max"))))
+    # keep the k best (-1: all, 0: none besides the newest)
+    save_top_k: int = field(default=1, metadata=key(integer(-1)))
+    # `last` links the newest; the newest two are always kept
+    save_last: bool = field(default=True, metadata=key(boolean))
+    # checkpoint.resume=auto: continue from the newest checkpoint of hydra.run.dir
+    resume: bool = field(default=False, metadata=key(_resume, shown=None))
+    # resume from this checkpoint directory or run directory
+    path: str | None = field(default=None, metadata=key(_RUN_OR_CHECKPOINT))
+    # the top-level key init_from: warm-start from this checkpoint's weights, counters from zero
+    init_from: str | None = field(default=None, metadata=key(_RUN_OR_CHECKPOINT, "init_from"))
 
 
 @dataclass(frozen=True)
 class ParitySettings:
-    steps: int  # optimizer steps trained on each backend
-    rtol: float  # the largest relative difference of per-step losses that passes
-    worker: bool = False  # set by parity mode for the one-backend runs it starts
+    """mode=parity: both backends train from the same initial weights on the same batches, each in
+    its own process; the run fails when their per-step losses differ by more than rtol."""
+
+    steps: int = field(default=100, metadata=key(integer(1)))  # optimizer steps on each backend
+    # the largest relative difference of per-step losses that passes (float32: about 1e-6 over
+    # 100 Adam steps)
+    rtol: float = field(
+        default=1e-5,
+        metadata=key(number(lambda v: 0 <= v < 1, "a number >= 0 and < 1 such as 1e-5")),
+    )
+    # internal: set by parity mode for the one-backend runs it starts
+    worker: bool = field(default=False, metadata=key(boolean))
+
+
+def _formats(value: Any, label: str) -> tuple[str, ...]:
+    formats = [value] if isinstance(value, str) else value
+    if not isinstance(formats, list) or any(f not in EXPORT_FORMATS for f in formats):
+        raise ConfigError(
+            f"{label} must be a list of {', '.join(EXPORT_FORMATS)}, e.g. "
+            f"{label}=[saved_model,onnx]; got {formats!r}"
+        )
+    return tuple(dict.fromkeys(formats))
 
 
 @dataclass(frozen=True)
 class ExportSettings:
-    formats: tuple[str, ...]  # of EXPORT_FORMATS; written by mode=export or at the end of training
-    tflite_quantize: str = "none"  # none | dynamic | float16
-    worker: bool = False  # set by export for the one-backend processes it starts
+    """Deployable models in <run_dir>/export/<format>/, each checked in its own runtime against
+    the Keras model: with mode=export (and checkpoint.path), or at the end of a training run."""
+
+    # of EXPORT_FORMATS
+    formats: tuple[str, ...] = field(default=(), metadata=key(_formats))
+    # none | dynamic | float16
+    tflite_quantize: str = field(default="none", metadata=key(choice(TFLITE_QUANTIZE)))
+    # internal: set by export for the one-backend processes it starts
+    worker: bool = field(default=False, metadata=key(boolean))
+
+
+_T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
 class Settings:
-    mode: str
-    seed: int
     backend: BackendSettings
     recipe: RecipeSettings
     data: DataSettings
@@ -167,12 +472,15 @@ class Settings:
     logger: LoggerSettings
     checkpoint: CheckpointSettings
     run_dir: Path
+    # train | eval | export | parity
+    mode: str = field(default="train", metadata=key(choice(MODES)))
+    seed: int = field(default=0, metadata=key(integer(0)))
     config_yaml: str = ""  # the composed config, kept for checkpoints and logs
-    parity: ParitySettings = field(default_factory=lambda: ParitySettings(100, 1e-5))
+    parity: ParitySettings = field(default_factory=ParitySettings)
     scheduler: SchedulerSettings = field(default_factory=SchedulerSettings)
     # name -> {"_target_": "package.module.Class", **keyword arguments}
     callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)
-    export: ExportSettings = field(default_factory=lambda: ExportSettings(()))
+    export: ExportSettings = field(default_factory=ExportSettings)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], run_dir: Path, config_yaml: str = "") -> Settings:
@@ -182,7 +490,7 @@ class Settings:
             ConfigError: naming the first bad key, its value and what would be right.
         """
         check_keys("", cfg)
-        mode = _choice(cfg, "mode", MODES)
+        top = _checked(cls, cfg, "")  # mode, seed
         backend = _section(cfg, "backend")
         recipe = _section(cfg, "recipe")
         data = _section(cfg, "data")
@@ -191,79 +499,209 @@ class Settings:
         logger = _section(cfg, "logger")
         for name in ("backend", "recipe", "trainer", "logger", "checkpoint", "parity", "export"):
             check_keys(name, _section(cfg, name))
-
-        jit = backend.get("jit_compile", "auto")
-        jit = {True: "true", False: "false"}.get(jit, jit) if isinstance(jit, bool) else jit
-        if jit not in JIT_CHOICES:
-            raise ConfigError(f"backend.jit_compile must be one of auto, true, false; got {jit!r}")
-        source = _text(data, "data.source")
-        _check_importable(source.split(":")[0], "data.source")
-        recipe_module = _text(recipe, "recipe.module")
-        _check_importable(recipe_module, "recipe.module")
-        model = recipe.get("model") or {}
-        if not isinstance(model, Mapping):
-            raise ConfigError(f"recipe.model must be a mapping of keyword arguments; got {model!r}")
-
-        checkpoint = _checkpoint_settings(_section(cfg, "checkpoint"), cfg.get("init_from"))
-        if mode in ("eval", "export") and checkpoint.path is None:
-            raise ConfigError(
-                f"mode={mode} needs checkpoint.path=<run directory or checkpoint directory>"
-            )
-        export = _export_settings(_section(cfg, "export"))
-        if mode == "export" and not export.formats:
-            raise ConfigError(
-                "mode=export needs export.formats, e.g. "
-                "export.formats=[saved_model,tflite,onnx,torch]"
-            )
-        parity = _parity_settings(_section(cfg, "parity"))
-        if mode == "parity" and not parity.worker and (checkpoint.path or checkpoint.init_from):
-            raise ConfigError(
-                "mode=parity builds its own initial weights and gives them to both backends; "
-                "drop checkpoint.path and init_from"
-            )
-        max_steps = _integer(trainer, "max_steps", "trainer.max_steps", minimum=-1)
-        if max_steps == 0:
-            raise ConfigError(
-                "trainer.max_steps must be -1 (no limit) or a positive integer; got 0"
-            )
-        steps_per_execution = _integer(
-            {"v": backend.get("steps_per_execution", 1)}, "v", "backend.steps_per_execution", 1
-        )
-        _check_multiples(steps_per_execution, trainer, cfg.get("checkpoint") or {}, logger)
-        return cls(
-            mode=mode,
-            seed=_integer(cfg, "seed", "seed", minimum=0),
-            backend=BackendSettings(
-                name=_choice(backend, "name", BACKENDS, "backend"),
-                jit_compile=jit,
-                steps_per_execution=steps_per_execution,
-                precision=_choice(
-                    {"v": backend.get("precision", "float32")}, "v", PRECISIONS, "backend.precision"
-                ),
-                **_distribution(backend),
-                capture_forward=_boolean(
-                    {"v": backend.get("capture_forward", True)}, "v", "backend.capture_forward"
-                ),
-                keep_host_memory=_boolean(
-                    {"v": backend.get("keep_host_memory", True)}, "v", "backend.keep_host_memory"
-                ),
-            ),
-            recipe=RecipeSettings(
-                name=_text(recipe, "recipe.name"), module=recipe_module, model=dict(model)
-            ),
-            data=_data_settings(data, source),
-            optimizer=_optimizer_settings(optimizer),
-            trainer=_trainer_settings(trainer, max_steps),
-            scheduler=_scheduler_settings(_section(cfg, "scheduler")),
+        # Each option of the logger group sets `<name>: true`; several can be chosen at once.
+        loggers = tuple(name for name in LOGGERS if logger.get(name) is True)
+        checkpoint = {**_section(cfg, "checkpoint"), "init_from": cfg.get("init_from")}
+        settings = cls(
+            **top,
+            backend=_build(BackendSettings, backend, "backend"),
+            recipe=_build(RecipeSettings, recipe, "recipe"),
+            data=_data_settings(data),
+            optimizer=_named(OptimizerSettings, optimizer, "optimizer"),
+            trainer=_build(TrainerSettings, trainer, "trainer"),
+            scheduler=_named(SchedulerSettings, _section(cfg, "scheduler"), "scheduler"),
             callbacks=_callback_specs(cfg.get("callbacks") or {}),
-            logger=_logger_settings(logger),
-            checkpoint=checkpoint,
+            logger=_build(LoggerSettings, logger, "logger", loggers=loggers),
+            checkpoint=_build(CheckpointSettings, checkpoint, "checkpoint"),
             run_dir=Path(run_dir),
             config_yaml=config_yaml,
-            parity=parity,
-            export=export,
+            parity=_build(ParitySettings, _section(cfg, "parity"), "parity"),
+            export=_build(ExportSettings, _section(cfg, "export"), "export"),
+        )
+        _check_rules(settings)
+        return settings
+
+
+# -- building the settings -----------------------------------------------------------------------
+
+
+def _check(f: Field[Any], values: Mapping[str, Any], section: str) -> Any:
+    """The checked value of config key `f.name` of section `section` ("" for the top level); a
+    key the section lacks has the field's default."""
+    label = f.metadata["label"] or (f"{section}.{f.name}" if section else f.name)
+    return f.metadata["check"](values.get(f.name, _default(f)), label)
+
+
+def _checked(cls: type, values: Mapping[str, Any], section: str, skip: Any = ()) -> dict[str, Any]:
+    """The checked values of the config keys among `cls`'s fields, but those in `skip`."""
+    return {
+        f.name: _check(f, values, section)
+        for f in fields(cls)
+        if "check" in f.metadata and f.name not in skip
+    }
+
+
+def _check_field(cls: type, name: str, values: Mapping[str, Any], section: str) -> Any:
+    return _check(next(f for f in fields(cls) if f.name == name), values, section)
+
+
+def _build(cls: type[_T], values: Mapping[str, Any], section: str, **given: Any) -> _T:
+    """`cls` from config section `section`: the fields in `given` as given, the others checked."""
+    return cls(**_checked(cls, values, section, skip=given), **given)
+
+
+def _default(f: Field[Any]) -> Any:
+    if f.default is not MISSING:
+        return f.default
+    if f.default_factory is not MISSING:
+        return f.default_factory()
+    return None  # required: the check says that None is not a value
+
+
+def _named(cls: type[_T], values: Mapping[str, Any], section: str) -> _T:
+    """A section chosen by name from a config group (optimizer=..., scheduler=...): its keys are
+    checked against that option's (for an optimizer, the Keras class's arguments), and the keys
+    that are not fields are the `params` passed on."""
+    name = _check_field(cls, "name", values, section)
+    check_keys(section, values, f"{section}={name}", name if section == "optimizer" else None)
+    own = _field_names(cls)
+    given: dict[str, Any] = {"name": name}
+    if "params" in own:
+        given["params"] = {k: v for k, v in values.items() if k not in own}
+    return _build(cls, values, section, **given)
+
+
+def _field_names(cls: type) -> set[str]:
+    return {f.name for f in fields(cls)}
+
+
+def _data_settings(data: Mapping[str, Any]) -> DataSettings:
+    source = _check_field(DataSettings, "source", data, "data")
+    check_section(data, "data", _source_keys(source))
+    return _build(
+        DataSettings,
+        data,
+        "data",
+        source=source,
+        params={k: v for k, v in data.items() if k not in DATA_LOADER_KEYS},
+    )
+
+
+def _source_keys(source: str) -> Mapping[str, Check]:
+    """The checks a data source declares for its own config keys: the `CONFIG_KEYS` table of a
+    source module that ships with dualtrain (`dualtrain.data.*`), imported here (no framework);
+    a module of the user's is not imported before the run."""
+    module, _, function = source.partition(":")
+    if not module.startswith("dualtrain.data."):
+        return {}
+    table = getattr(importlib.import_module(module), "CONFIG_KEYS", {})
+    checks: Mapping[str, Check] = table.get(function, {})
+    return checks
+
+
+def _check_rules(s: Settings) -> None:
+    """The rules between keys, each stated once."""
+    if s.mode in ("eval", "export") and s.checkpoint.path is None:
+        raise ConfigError(
+            f"mode={s.mode} needs checkpoint.path=<run directory or checkpoint directory>"
+        )
+    if s.mode == "export" and not s.export.formats:
+        raise ConfigError(
+            "mode=export needs export.formats, e.g. export.formats=[saved_model,tflite,onnx,torch]"
+        )
+    if s.mode == "parity" and not s.parity.worker and (s.checkpoint.path or s.checkpoint.init_from):
+        raise ConfigError(
+            "mode=parity builds its own initial weights and gives them to both backends; "
+            "drop checkpoint.path and init_from"
+        )
+    if s.checkpoint.path and s.checkpoint.init_from:
+        raise ConfigError(
+            "checkpoint.path (resume everything) and init_from (weights only) exclude each other"
+        )
+    backend = s.backend
+    strategies = STRATEGIES[backend.name]
+    if backend.strategy not in strategies:
+        hint = (
+            "; torch runs distributed when launched with torchrun "
+            "(torchrun --nproc_per_node=N -m dualtrain backend=torch)"
+            if backend.name == "torch"
+            else ""
+        )
+        raise ConfigError(
+            f"backend.strategy must be one of {', '.join(strategies)} for backend={backend.name}; "
+            f"got {backend.strategy!r}{hint}"
+        )
+    if backend.cpu_replicas > 1 and backend.strategy != "mirrored":
+        raise ConfigError(
+            f"backend.cpu_replicas={backend.cpu_replicas} needs backend.strategy=mirrored (one "
+            "replica per logical CPU device); set it back to 1"
+        )
+    # With several steps per call, what happens every N steps must fall on a call's end.
+    per_call = backend.steps_per_execution
+    for label, every in (
+        ("trainer.log_every_n_steps", s.trainer.log_every_n_steps),
+        ("checkpoint.every_n_steps", s.checkpoint.every_n_steps),
+        ("logger.histograms_every", s.logger.histograms_every),
+    ):
+        if every % per_call:
+            raise ConfigError(
+                f"{label}={every} must be a multiple of backend.steps_per_execution={per_call}: "
+                "values are read and saved only between calls"
+            )
+    if s.trainer.grad_clip_norm is not None and s.trainer.grad_clip_value is not None:
+        raise ConfigError(
+            "trainer.grad_clip_norm and trainer.grad_clip_value exclude each other; set one"
+        )
+    if s.logger.histograms_every and "tensorboard" not in s.logger.loggers:
+        raise ConfigError(
+            "logger.histograms_every needs the tensorboard logger; choose it too, e.g. "
+            "logger=[jsonl,console,tensorboard]"
         )
 
+
+def _callback_specs(callbacks: Any) -> dict[str, dict[str, Any]]:
+    if not isinstance(callbacks, Mapping):
+        raise ConfigError(
+            f"callbacks must be a mapping of name: {{_target_: ...}}; got {callbacks!r}"
+        )
+    specs = {}
+    for name, spec in callbacks.items():
+        if not isinstance(spec, Mapping) or not isinstance(spec.get("_target_"), str):
+            raise ConfigError(
+                f"callbacks.{name} must have _target_: <package.module.Class>; got {spec!r}"
+            )
+        specs[str(name)] = dict(spec)
+    return specs
+
+
+def _section(cfg: Mapping[str, Any], key: str) -> Mapping[str, Any]:
+    value = cfg.get(key)
+    if not isinstance(value, Mapping):
+        raise ConfigError(f"the config has no '{key}' section; choose one with {key}=<option>")
+    return value
+
+
+def _number(value: Any) -> float | None:
+    """A real number from YAML (bools and strings are not numbers), else None."""
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        return None
+    return float(value)
+
+
+def _check_importable(module: str, label: str) -> None:
+    """Fails early, without importing it, when a configured module cannot be found."""
+    try:
+        found = importlib.util.find_spec(module) is not None
+    except (ImportError, ValueError):
+        found = False
+    if not found:
+        raise ConfigError(
+            f"{label}: cannot find the Python module {module!r}; put it next to your recipe YAML "
+            "in the --config-dir directory, or make it importable"
+        )
+
+
+# -- the keys each section has, and the defaults as one config ----------------------------------
 
 # Config sections that become a dataclass: (the dataclass, its fields that are not keys of the
 # section, the section's keys that are not fields). The fields are the one list of allowed keys.
@@ -296,6 +734,44 @@ def section_keys(section: str, optimizer: str | None = None) -> tuple[str, ...] 
         chosen = [optimizer] if optimizer in OPTIMIZER_KWARGS else list(OPTIMIZER_KWARGS)
         keys |= {k for name in chosen for k in OPTIMIZER_KWARGS[str(name)]}
     return tuple(sorted(keys))
+
+
+def config_defaults() -> dict[str, Any]:
+    """Every key that has a default, with it, as the composed config holds it: the first config
+    that train.yaml composes (stored in Hydra's ConfigStore by dualtrain/configs/__init__.py), so
+    that a group option or recipe sets only what it changes and `--cfg job` still shows all."""
+    config = _defaults_of(Settings)
+    for section, cls in (
+        ("backend", BackendSettings),
+        ("recipe", RecipeSettings),
+        ("data", DataSettings),
+        ("optimizer", OptimizerSettings),
+        ("scheduler", SchedulerSettings),
+        ("trainer", TrainerSettings),
+        ("logger", LoggerSettings),
+        ("checkpoint", CheckpointSettings),
+    ):
+        config[section] = _defaults_of(cls, section_keys(section))
+    config["init_from"] = _defaults_of(CheckpointSettings)["init_from"]
+    config["parity"] = _defaults_of(ParitySettings)
+    config["export"] = _defaults_of(ExportSettings)
+    return config
+
+
+def _defaults_of(cls: type, keys: tuple[str, ...] | None = None) -> dict[str, Any]:
+    """The defaults of `cls`'s config keys (those among `keys`, where given); a key without one
+    is ??? (Hydra's "must be set"), which the option chosen sets."""
+    shown = {}
+    for f in fields(cls):
+        if "check" not in f.metadata or (keys is not None and f.name not in keys):
+            continue
+        value = f.metadata["shown"]
+        if f.default is MISSING and f.default_factory is MISSING:
+            value = "???"
+        elif value is MISSING:
+            value = _default(f)
+        shown[f.name] = list(value) if isinstance(value, tuple) else value
+    return shown
 
 
 def unknown_key_error(
@@ -348,368 +824,3 @@ def check_keys(
         error = unknown_key_error(f"{section}.{key}" if section else str(key), label, optimizer)
         if error is not None:
             raise error
-
-
-def _optimizer_settings(optimizer: Mapping[str, Any]) -> OptimizerSettings:
-    name = _choice(optimizer, "name", OPTIMIZERS, "optimizer")
-    check_keys("optimizer", optimizer, f"optimizer={name}", name)
-    return OptimizerSettings(
-        name=name,
-        lr=_positive_float(optimizer, "lr", "optimizer.lr"),
-        params={k: v for k, v in optimizer.items() if k not in ("name", "lr")},
-    )
-
-
-def _distribution(backend: Mapping[str, Any]) -> dict[str, Any]:
-    """backend.strategy, backend.collective_timeout_s and backend.cpu_replicas, checked."""
-    name = backend.get("name")
-    choices = STRATEGIES.get(str(name), ("none",))
-    strategy = backend.get("strategy", "none")
-    if strategy not in choices:
-        hint = (
-            "; torch runs distributed when launched with torchrun "
-            "(torchrun --nproc_per_node=N -m dualtrain backend=torch)"
-            if name == "torch"
-            else ""
-        )
-        raise ConfigError(
-            f"backend.strategy must be one of {', '.join(choices)} for backend={name}; "
-            f"got {strategy!r}{hint}"
-        )
-    timeout = _positive_float(
-        {"v": backend.get("collective_timeout_s", 300.0)}, "v", "backend.collective_timeout_s"
-    )
-    replicas = _integer(
-        {"v": backend.get("cpu_replicas", 1)}, "v", "backend.cpu_replicas", minimum=1
-    )
-    if replicas > 1 and strategy != "mirrored":
-        raise ConfigError(
-            f"backend.cpu_replicas={replicas} needs backend.strategy=mirrored (one replica per "
-            "logical CPU device); set it back to 1"
-        )
-    return {"strategy": strategy, "collective_timeout_s": timeout, "cpu_replicas": replicas}
-
-
-def _data_settings(data: Mapping[str, Any], source: str) -> DataSettings:
-    if data.get("num_classes") is not None:
-        _integer(data, "num_classes", "data.num_classes", minimum=2)
-    for key in ("path", "val_path"):
-        value = data.get(key)
-        if key in data and value is None and key == "path":
-            raise ConfigError("data.path has no value; set it with data.path=<file or folder>")
-        if value is not None and (not isinstance(value, str) or not Path(value).exists()):
-            raise ConfigError(
-                f"data.{key}={value} does not exist; give the path of an existing file or folder"
-            )
-    if "on_bad_file" in data:
-        _choice(data, "on_bad_file", ON_BAD_FILE, "data.on_bad_file")
-    if "image_size" in data:
-        size = data.get("image_size")
-        if not (
-            isinstance(size, list)
-            and len(size) == 2
-            and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in size)
-        ):
-            raise ConfigError(
-                f"data.image_size must be [height, width] in pixels, e.g. [64,64]; got {size!r}"
-            )
-    return DataSettings(
-        source=source,
-        batch_size=_integer(data, "batch_size", "data.batch_size", minimum=1),
-        val_fraction=_fraction(data, "val_fraction", "data.val_fraction"),
-        num_workers=_integer(data, "num_workers", "data.num_workers", minimum=0),
-        params={k: v for k, v in data.items() if k not in DATA_LOADER_KEYS},
-        augmentation=_augmentation(data.get("augmentation")),
-    )
-
-
-def _augmentation(value: Any) -> dict[str, Any]:
-    if value is None:
-        return {}
-    example = "e.g. data.augmentation={flip:horizontal,rotation:0.1,zoom:0.1}"
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"data.augmentation must be a mapping, {example}; got {value!r}")
-    chosen = {}
-    for name, factor in value.items():
-        if name not in AUGMENTATIONS:
-            raise ConfigError(
-                f"data.augmentation has no {name!r}; choose from {', '.join(AUGMENTATIONS)}, "
-                + example
-            )
-        if factor is None or factor is False:
-            continue  # switched off, e.g. data.augmentation.flip=null
-        if name == "flip":
-            _choice({"v": factor}, "v", FLIP_MODES, "data.augmentation.flip")
-        else:
-            number = _number(factor)
-            if number is None or not 0 < number < 1:
-                raise ConfigError(
-                    f"data.augmentation.{name} must be a factor in (0, 1) such as 0.1; "
-                    f"got {factor!r}"
-                )
-        chosen[str(name)] = factor
-    return chosen
-
-
-def _export_settings(export: Mapping[str, Any]) -> ExportSettings:
-    formats = export.get("formats")
-    if isinstance(formats, str):
-        formats = [formats]
-    if not isinstance(formats, list) or any(f not in EXPORT_FORMATS for f in formats):
-        raise ConfigError(
-            f"export.formats must be a list of {', '.join(EXPORT_FORMATS)}, e.g. "
-            f"export.formats=[saved_model,onnx]; got {formats!r}"
-        )
-    return ExportSettings(
-        formats=tuple(dict.fromkeys(formats)),
-        tflite_quantize=_choice(
-            export, "tflite_quantize", TFLITE_QUANTIZE, "export.tflite_quantize"
-        ),
-        worker=_boolean(export, "worker", "export.worker"),
-    )
-
-
-def _check_multiples(
-    per_call: int,
-    trainer: Mapping[str, Any],
-    checkpoint: Mapping[str, Any],
-    logger: Mapping[str, Any],
-) -> None:
-    """With several steps per call, what happens every N steps must fall on a call's end."""
-    if per_call == 1:
-        return
-    for label, value in (
-        ("trainer.log_every_n_steps", trainer.get("log_every_n_steps")),
-        ("checkpoint.every_n_steps", checkpoint.get("every_n_steps")),
-        ("logger.histograms_every", logger.get("histograms_every")),
-    ):
-        if isinstance(value, int) and value and value % per_call:
-            raise ConfigError(
-                f"{label}={value} must be a multiple of backend.steps_per_execution={per_call}: "
-                "values are read and saved only between calls"
-            )
-
-
-def _trainer_settings(trainer: Mapping[str, Any], max_steps: int) -> TrainerSettings:
-    clip_norm = _optional_positive(trainer, "grad_clip_norm", "trainer.grad_clip_norm")
-    clip_value = _optional_positive(trainer, "grad_clip_value", "trainer.grad_clip_value")
-    if clip_norm is not None and clip_value is not None:
-        raise ConfigError(
-            "trainer.grad_clip_norm and trainer.grad_clip_value exclude each other; set one"
-        )
-    limits = {}
-    for key in ("limit_train_batches", "limit_val_batches"):
-        limit = trainer.get(key, 1.0)
-        if isinstance(limit, bool) or not (
-            (isinstance(limit, int) and limit >= 1) or (isinstance(limit, float) and 0 < limit <= 1)
-        ):
-            raise ConfigError(
-                f"trainer.{key} must be a number of batches (an integer >= 1) or a share of "
-                f"them (a number in (0, 1], e.g. 0.25); got {limit!r}"
-            )
-        limits[key] = limit
-    return TrainerSettings(
-        max_epochs=_integer(trainer, "max_epochs", "trainer.max_epochs", minimum=1),
-        max_steps=max_steps,
-        log_every_n_steps=_integer(
-            trainer, "log_every_n_steps", "trainer.log_every_n_steps", minimum=1
-        ),
-        grad_accum_steps=_integer(trainer, "grad_accum_steps", "trainer.grad_accum_steps", 1),
-        grad_clip_norm=clip_norm,
-        grad_clip_value=clip_value,
-        on_nonfinite=_choice(trainer, "on_nonfinite", ON_NONFINITE, "trainer.on_nonfinite"),
-        limit_train_batches=limits["limit_train_batches"],
-        limit_val_batches=limits["limit_val_batches"],
-        overfit_batches=_integer(
-            {"v": trainer.get("overfit_batches", 0)}, "v", "trainer.overfit_batches", 0
-        ),
-        fast_dev_run=_boolean(
-            {"v": trainer.get("fast_dev_run", False)}, "v", "trainer.fast_dev_run"
-        ),
-    )
-
-
-def _scheduler_settings(scheduler: Mapping[str, Any]) -> SchedulerSettings:
-    name = _choice(scheduler, "name", SCHEDULERS, "scheduler")
-    check_keys("scheduler", scheduler, f"scheduler={name}")
-    decay = scheduler.get("decay_steps")
-    if decay is not None:
-        _integer(scheduler, "decay_steps", "scheduler.decay_steps", minimum=1)
-    gamma = _number(scheduler.get("gamma", 0.1))
-    alpha = _number(scheduler.get("alpha", 0.0))
-    if gamma is None or not 0 < gamma <= 1:
-        raise ConfigError(
-            f"scheduler.gamma must be a number in (0, 1]; got {scheduler.get('gamma')!r}"
-        )
-    if alpha is None or not 0 <= alpha <= 1:
-        raise ConfigError(
-            f"scheduler.alpha must be a number in [0, 1]; got {scheduler.get('alpha')!r}"
-        )
-    return SchedulerSettings(
-        name=name,
-        step_size=_integer({"v": scheduler.get("step_size", 1000)}, "v", "scheduler.step_size", 1),
-        gamma=gamma,
-        warmup_steps=_integer(
-            {"v": scheduler.get("warmup_steps", 0)}, "v", "scheduler.warmup_steps", 0
-        ),
-        decay_steps=decay,
-        alpha=alpha,
-    )
-
-
-def _callback_specs(callbacks: Any) -> dict[str, dict[str, Any]]:
-    if not isinstance(callbacks, Mapping):
-        raise ConfigError(
-            f"callbacks must be a mapping of name: {{_target_: ...}}; got {callbacks!r}"
-        )
-    specs = {}
-    for name, spec in callbacks.items():
-        if not isinstance(spec, Mapping) or not isinstance(spec.get("_target_"), str):
-            raise ConfigError(
-                f"callbacks.{name} must have _target_: <package.module.Class>; got {spec!r}"
-            )
-        specs[str(name)] = dict(spec)
-    return specs
-
-
-def _optional_positive(cfg: Mapping[str, Any], key: str, label: str) -> float | None:
-    if cfg.get(key) is None:
-        return None
-    return _positive_float(cfg, key, label)
-
-
-def _parity_settings(parity: Mapping[str, Any]) -> ParitySettings:
-    rtol = _number(parity.get("rtol"))
-    if rtol is None or not 0 <= rtol < 1:
-        raise ConfigError(
-            f"parity.rtol must be a number >= 0 and < 1 such as 1e-5; got {parity.get('rtol')!r}"
-        )
-    return ParitySettings(
-        steps=_integer(parity, "steps", "parity.steps", minimum=1),
-        rtol=rtol,
-        worker=_boolean(parity, "worker", "parity.worker"),
-    )
-
-
-def _logger_settings(logger: Mapping[str, Any]) -> LoggerSettings:
-    # Each option of the logger group sets `<name>: true`; several can be chosen at once.
-    chosen = tuple(name for name in LOGGERS if logger.get(name) is True)
-    histograms_every = _integer(logger, "histograms_every", "logger.histograms_every", minimum=0)
-    if histograms_every and "tensorboard" not in chosen:
-        raise ConfigError(
-            "logger.histograms_every needs the tensorboard logger; choose it too, e.g. "
-            "logger=[jsonl,console,tensorboard]"
-        )
-    return LoggerSettings(
-        loggers=chosen,
-        progress=_boolean(logger, "progress", "logger.progress"),
-        histograms_every=histograms_every,
-    )
-
-
-def _checkpoint_settings(checkpoint: Mapping[str, Any], init_from: Any) -> CheckpointSettings:
-    resume = checkpoint.get("resume")
-    if resume not in (None, False, "auto"):
-        raise ConfigError(f"checkpoint.resume must be auto or null; got {resume!r}")
-    paths = {"checkpoint.path": checkpoint.get("path"), "init_from": init_from}
-    for label, value in paths.items():
-        if value is not None and (not isinstance(value, str) or not Path(value).exists()):
-            raise ConfigError(
-                f"{label}={value} does not exist; give a run directory or a checkpoint directory"
-            )
-    if paths["checkpoint.path"] and init_from:
-        raise ConfigError(
-            "checkpoint.path (resume everything) and init_from (weights only) exclude each other"
-        )
-    return CheckpointSettings(
-        every_n_epochs=_integer(checkpoint, "every_n_epochs", "checkpoint.every_n_epochs", 0),
-        every_n_steps=_integer(checkpoint, "every_n_steps", "checkpoint.every_n_steps", 0),
-        monitor=_monitor(checkpoint.get("monitor")),
-        mode=_choice(checkpoint, "mode", ("min", "max"), "checkpoint.mode"),
-        save_top_k=_integer(checkpoint, "save_top_k", "checkpoint.save_top_k", -1),
-        save_last=_boolean(checkpoint, "save_last", "checkpoint.save_last"),
-        resume=resume == "auto",
-        path=paths["checkpoint.path"],
-        init_from=init_from,
-    )
-
-
-def _monitor(value: Any) -> str:
-    if not isinstance(value, str) or value.partition("/")[0] not in ("val", "train"):
-        raise ConfigError(
-            f"checkpoint.monitor must name a logged value such as val/loss or val/accuracy; "
-            f"got {value!r}"
-        )
-    return value
-
-
-def _section(cfg: Mapping[str, Any], key: str) -> Mapping[str, Any]:
-    value = cfg.get(key)
-    if not isinstance(value, Mapping):
-        raise ConfigError(f"the config has no '{key}' section; choose one with {key}=<option>")
-    return value
-
-
-def _choice(cfg: Mapping[str, Any], key: str, choices: tuple[str, ...], label: str = "") -> str:
-    value = cfg.get(key)
-    if value not in choices:
-        raise ConfigError(f"{label or key} must be one of {', '.join(choices)}; got {value!r}")
-    return str(value)
-
-
-def _text(cfg: Mapping[str, Any], label: str) -> str:
-    value = cfg.get(label.split(".")[-1])
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{label} must be a non-empty string; got {value!r}")
-    return value
-
-
-def _integer(cfg: Mapping[str, Any], key: str, label: str, minimum: int) -> int:
-    value = cfg.get(key)
-    if isinstance(value, bool) or not isinstance(value, int) or value < minimum:
-        kind = "a positive integer" if minimum == 1 else f"an integer >= {minimum}"
-        raise ConfigError(f"{label} must be {kind}; got {value!r}")
-    return value
-
-
-def _positive_float(cfg: Mapping[str, Any], key: str, label: str) -> float:
-    value = _number(cfg.get(key))
-    if value is None or not math.isfinite(value) or value <= 0:
-        raise ConfigError(f"{label} must be a positive number such as 0.001; got {cfg.get(key)!r}")
-    return value
-
-
-def _fraction(cfg: Mapping[str, Any], key: str, label: str) -> float:
-    value = _number(cfg.get(key))
-    if value is None or not 0 < value < 1:
-        raise ConfigError(
-            f"{label} must be a number between 0 and 1 such as 0.2; got {cfg.get(key)!r}"
-        )
-    return value
-
-
-def _number(value: Any) -> float | None:
-    """A real number from YAML (bools and strings are not numbers), else None."""
-    if isinstance(value, bool) or not isinstance(value, (int, float)):
-        return None
-    return float(value)
-
-
-def _boolean(cfg: Mapping[str, Any], key: str, label: str) -> bool:
-    value = cfg.get(key)
-    if not isinstance(value, bool):
-        raise ConfigError(f"{label} must be true or false; got {value!r}")
-    return value
-
-
-def _check_importable(module: str, label: str) -> None:
-    """Fails early, without importing it, when a configured module cannot be found."""
-    try:
-        found = importlib.util.find_spec(module) is not None
-    except (ImportError, ValueError):
-        found = False
-    if not found:
-        raise ConfigError(
-            f"{label}: cannot find the Python module {module!r}; put it next to your recipe YAML "
-            "in the --config-dir directory, or make it importable"
-        )

@@ -11,7 +11,9 @@ import numpy as np
 
 from dualtrain.data.dataset import SourceData
 from dualtrain.data.rows import NpyRows
+from dualtrain.data.sources import DATA_PATH, NUM_CLASSES, VAL_PATH
 from dualtrain.errors import ConfigError, RunError
+from dualtrain.settings import Check
 
 
 def npz(
@@ -43,6 +45,12 @@ def npz(
     if not val:
         return SourceData(x=arrays["x"], y=arrays["y"], said=said)
     return SourceData(x=arrays["x"], y=arrays["y"], x_val=val["x"], y_val=val["y"], said=said)
+
+
+# Checked when the config is read (settings.py), before any framework starts.
+CONFIG_KEYS: dict[str, dict[str, Check]] = {
+    "npz": {"path": DATA_PATH, "val_path": VAL_PATH, "num_classes": NUM_CLASSES}
+}
 
 
 def _read(

@@ -17,10 +17,13 @@ import numpy as np
 
 from dualtrain.data.dataset import SourceData
 from dualtrain.data.rows import Rows
+from dualtrain.data.sources import DATA_PATH, NUM_CLASSES, VAL_PATH
 from dualtrain.errors import ConfigError, RunError
+from dualtrain.settings import Check, choice
 
 EXTENSIONS = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".webp")
 COLOR_MODES = {"rgb": "RGB", "grayscale": "L"}
+ON_BAD_FILE = ("error", "skip")
 
 
 class ImageFiles(Rows):
@@ -99,6 +102,28 @@ def image_folder(
         classes=tuple(classes),
         notes=notes + val_notes,
     )
+
+
+def _image_size(value: Any, label: str) -> list[int]:
+    if not (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(s, int) and not isinstance(s, bool) and s > 0 for s in value)
+    ):
+        raise ConfigError(f"{label} must be [height, width] in pixels, e.g. [64,64]; got {value!r}")
+    return value
+
+
+# Checked when the config is read (settings.py), before any framework starts.
+CONFIG_KEYS: dict[str, dict[str, Check]] = {
+    "image_folder": {
+        "path": DATA_PATH,
+        "val_path": VAL_PATH,
+        "num_classes": NUM_CLASSES,
+        "image_size": _image_size,
+        "on_bad_file": choice(ON_BAD_FILE),
+    }
+}
 
 
 def _class_folders(root: Path, label: str) -> list[str]:

@@ -10,6 +10,14 @@ import numpy as np
 
 from dualtrain.data.dataset import split_problem
 from dualtrain.errors import ConfigError
+from dualtrain.settings import Check, existing_path, integer, optional
+
+# A source's own config keys: the module's CONFIG_KEYS table, source function -> data.<key> -> its
+# check, is run by settings.py when the config is read (before any framework is imported), on the
+# keys the config gives. These checks are shared by the sources of files.
+DATA_PATH = existing_path("the path of an existing file or folder", "file or folder")
+VAL_PATH = existing_path("the path of an existing file or folder")
+NUM_CLASSES = optional(integer(2))  # also the number of classes the labels are checked against
 
 
 def digits() -> tuple[np.ndarray, np.ndarray]:
@@ -71,6 +79,9 @@ def synthetic(
             "raise data.num_samples"
         )
     return x.astype("float32"), y
+
+
+CONFIG_KEYS: dict[str, dict[str, Check]] = {"synthetic": {"num_classes": NUM_CLASSES}}
 
 
 def _is_int(value: Any) -> bool:

@@ -238,3 +238,13 @@ def _numbers(values: list[str]) -> np.ndarray | None:
     if any(n is None for n in numbers):
         return None
     return np.array(numbers, "float64")
+
+
+# -- data=csv's own config keys: checked when the config is read (settings.py), before any framework
+# starts. (Imported here, below the code, to keep this block apart from the rest of the module.)
+from dualtrain.data.sources import DATA_PATH, NUM_CLASSES, VAL_PATH  # noqa: E402
+from dualtrain.settings import Check  # noqa: E402
+
+CONFIG_KEYS: dict[str, dict[str, Check]] = {
+    "load_csv": {"path": DATA_PATH, "val_path": VAL_PATH, "num_classes": NUM_CLASSES}
+}
