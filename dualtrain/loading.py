@@ -4,8 +4,9 @@ A checkpoint is data. What its model builder needs is stored in `trainer.json` a
 the recipe's name and module, its `recipe.model` options, and what the data is made of (each
 input's and target's name, shape and dtype, each target's task, classes and class names).
 Rebuilding the model from it calls no data source, and imports the recipe's module only when it
-is a recipe that ships with dualtrain or the caller named that module (`load_model(path, recipe="my_recipes.net")`): a crafted checkpoint cannot make
-dualtrain import or call code of its choosing.
+is a recipe that ships with dualtrain or the caller named that module
+(`load_model(path, recipe="my_recipes.net")`): a crafted checkpoint cannot make dualtrain import
+or call code of its choosing.
 
 This module imports no framework at import time; `load_model` imports the chosen backend's.
 """

@@ -7,6 +7,7 @@ tests run the command line, which trains; this module doubles as their recipe (`
 
 from __future__ import annotations
 
+import dataclasses
 import subprocess
 import sys
 import types
@@ -338,3 +339,71 @@ def test_weights_that_become_nan_in_training_stop_the_run_even_with_skip(tmp_pat
     assert "the weights became NaN or Inf during training (root_of_weight/w; the loss was" in line
     assert "lower optimizer.lr or clip gradients with trainer.grad_clip_norm" in line
     assert not (tmp_path / "checkpoints").exists() or not any((tmp_path / "checkpoints").iterdir())
+
+
+# -- several inputs and targets, tasks ---------------------------------------------------------
+
+
+@pytest.fixture
+def any_task_sources() -> Iterator[types.ModuleType]:
+    """Sources of named inputs and targets, of regression values and of no targets, each with
+    one mistake (or none)."""
+    module = types.ModuleType(MODULE)
+    x, y = arrays(10)
+    ids = np.arange(10).reshape(10, 1)
+    value = np.linspace(0, 1, 10, dtype="float32")
+    module.named = lambda: ({"a": x, "ids": ids}, {"kind": y, "value": value})  # type: ignore[attr-defined]
+    module.short_input = lambda: ({"a": x, "ids": ids[:9]}, y)  # type: ignore[attr-defined]
+    module.short_target = lambda: (x, {"kind": y, "value": value[:8]})  # type: ignore[attr-defined]
+    module.text = lambda: (x, np.array(["cat", "dog"] * 5))  # type: ignore[attr-defined]
+    module.nan_value = lambda: (x, np.where(np.arange(10) == 6, np.nan, value))  # type: ignore[attr-defined]
+    module.flags = lambda: (x, np.eye(10, 3)[:, :3] * 2)  # type: ignore[attr-defined]
+    module.unlabelled = lambda: (x, None)  # type: ignore[attr-defined]
+    module.bad_keys = lambda: ({1: x}, y)  # type: ignore[attr-defined]
+    sys.modules[MODULE] = module
+    yield module
+    del sys.modules[MODULE]
+
+
+@pytest.mark.parametrize(
+    "function,message",
+    [
+        ("short_input", "returned arrays of different lengths (a: 10, ids: 9, y: 10); expected"),
+        ("short_target", "returned arrays of different lengths (x: 10, kind: 10, value: 8)"),
+        ("text", "targets of dtype <U3, shape (10,): cannot infer the task; expected numbers"),
+        ("nan_value", "regression targets of shape (10,) with NaN or Inf values (the first at"),
+        ("bad_keys", "returned features as a dict with keys [1]; expected text keys"),
+    ],
+)
+def test_several_inputs_and_targets_that_do_not_fit_are_refused(
+    any_task_sources: types.ModuleType, function: str, message: str
+) -> None:
+    assert message in str(error(f"{MODULE}:{function}"))
+
+
+def test_a_stated_task_is_checked(any_task_sources: types.ModuleType) -> None:
+    with pytest.raises(DualtrainError, match=r"multilabel targets of shape .* values other than 0"):
+        load_data(settings(f"{MODULE}:flags"), seed=0, task="multilabel")
+    with pytest.raises(DualtrainError, match=r"recipe\.task=classification needs targets"):
+        load_data(settings(f"{MODULE}:unlabelled"), seed=0, task="classification")
+    with pytest.raises(DualtrainError, match=r"recipe.task names targets \['valu'\]"):
+        load_data(settings(f"{MODULE}:named"), seed=0, task={"valu": "regression"})
+
+
+def test_tasks_are_inferred_per_target_and_split_at_random(
+    any_task_sources: types.ModuleType,
+) -> None:
+    thirty = dataclasses.replace(settings(f"{MODULE}:named"), val_fraction=0.3)
+    data = load_data(thirty, seed=0)
+    kind, value = data.info.target("kind"), data.info.target("value")
+    assert (kind.task, kind.num_classes, value.task, value.num_classes) == (
+        "classification", 3, "regression", None,
+    )  # fmt: skip
+    assert data.info.input("ids").dtype == "int32"  # int64 ids kept as integers
+    assert (len(data.train), len(data.val)) == (7, 3)  # ceil(0.3 * 10) for val
+    # Several targets: a seeded random split, the same for the same seed.
+    again = load_data(thirty, seed=0)
+    np.testing.assert_array_equal(data.val.y["value"], again.val.y["value"])
+    assert data.info.to_json()["targets"][1]["task"] == "regression"
+    unlabelled = load_data(settings(f"{MODULE}:unlabelled"), seed=0)
+    assert (unlabelled.train.y, unlabelled.info.task) == (None, "none")

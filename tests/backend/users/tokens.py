@@ -1,4 +1,4 @@
-"""Token ids (int32) through an Embedding and an LSTM: is the sequence's first token repeated?"""
+"""Token ids (int32) through an Embedding and an LSTM: does the sequence hold token 1?"""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ VOCAB = 20
 def load_data() -> tuple[np.ndarray, np.ndarray]:
     rng = np.random.default_rng(2)
     x = rng.integers(1, VOCAB, size=(800, 12)).astype("int64")
-    y = (x[:, 1:] == x[:, :1]).any(axis=1).astype("int32")
+    y = (x == 1).any(axis=1).astype("int32")  # about half of the sequences (1 - (18/19)**12)
     return x, y
 
 
@@ -26,3 +26,7 @@ def build_model(data: DataInfo) -> keras.Model:
 
 def loss() -> keras.losses.Loss:
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
+
+
+def metrics() -> list[keras.metrics.Metric]:
+    return [keras.metrics.SparseCategoricalAccuracy(name="accuracy")]

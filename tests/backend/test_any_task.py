@@ -1,0 +1,128 @@
+"""Any task, on this process's backend: the kinds of model and data a researcher brings.
+
+Each recipe of tests/backend/users/ trains with its own data source (data=python): float
+regression targets, multi-hot targets, token ids, a subclassed model with BatchNorm, two named
+inputs and outputs, and no targets at all.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from dualtrain.data import load_data
+from dualtrain.engines import engine_class
+from dualtrain.errors import RunError
+from dualtrain.recipe import load_recipe
+from dualtrain.run import train
+from tests.backend.conftest import BACKEND, make_settings
+
+
+def user_recipe(name: str, *overrides: str) -> list[str]:
+    return [
+        f"recipe.name={name}",
+        f"recipe.module=tests.backend.users.{name}",
+        "~recipe.model",
+        "data=python",
+        f"data.source=tests.backend.users.{name}:load_data",
+        *overrides,
+    ]
+
+
+# Each recipe's val metrics after its epochs, seed 0 (measured on both backends, in brackets):
+# thresholds leave room for the other backend's numerics and nothing more.
+CASES = {
+    # R2 0.49 (torch) and 0.48 (tf) after 30 epochs; predicting the mean gives 0.
+    "regression": (["trainer.max_epochs=30"], {"r2": (">=", 0.4), "mae": ("<=", 0.55)}),
+    # 1.00 on both: three well-separated blobs.
+    "subclassed": (["trainer.max_epochs=5"], {"accuracy": (">=", 0.95)}),
+    # 1.00 on both with lr 0.01; half the sequences hold token 1, so chance is about 0.5.
+    "tokens": (
+        ["trainer.max_epochs=10", "optimizer.lr=0.01"],
+        {"accuracy": (">=", 0.95)},
+    ),
+    # kind: 0.77 (torch), 0.83 (tf), majority class about 0.55; value: MAE 0.24 and 0.20, while
+    # predicting the mean gives about 1.9.
+    "two_towers": (
+        ["trainer.max_epochs=10"],
+        {"kind/accuracy": (">=", 0.7), "value/mae": ("<=", 0.5)},
+    ),
+    # AUC 0.827 on both (macro over 4 labels); 0.5 is chance.
+    "multilabel": (["trainer.max_epochs=10"], {"auc": (">=", 0.78)}),
+    # Reconstruction MSE 0.30 (torch), 0.018 (tf) from about 3 (the data's variance per feature).
+    "denoise": (["trainer.max_epochs=10", "optimizer.lr=0.01"], {"loss": ("<=", 0.6)}),
+}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", sorted(CASES))
+def test_a_user_recipe_trains_and_logs_its_metrics(name: str, tmp_path: Path) -> None:
+    overrides, expected = CASES[name]
+    summary = train(make_settings(tmp_path, *user_recipe(name, *overrides)))
+    assert summary["status"] == "completed"
+    val = summary["final"]["val"]
+    assert set(val) == {"loss", *expected}, val
+    for metric, (op, bound) in expected.items():
+        assert (val[metric] >= bound) if op == ">=" else (val[metric] <= bound), (metric, val)
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    assert {key for x in lines if x["split"] == "val" for key in x} >= set(expected)
+
+
+def test_token_ids_reach_the_model_as_integers(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, *user_recipe("tokens"))
+    data = load_data(settings.data, settings.seed)
+    assert data.info.input_shape == (12,)
+    assert data.info.inputs[0].dtype == "int32"  # the source gave int64: int32 on both
+    assert (data.info.task, data.info.num_classes) == ("classification", 2)
+    engine = engine_class(BACKEND)(settings, load_recipe(settings.recipe), data)
+    x, y = next(iter(engine.train_batches(0)))
+    assert "int32" in str(x.dtype) and "int32" in str(y.dtype)
+
+
+def test_named_inputs_and_outputs_are_described_and_batched_by_name(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, *user_recipe("two_towers"))
+    data = load_data(settings.data, settings.seed)
+    info = data.info
+    assert (info.input_kind, info.target_kind) == ("dict", "dict")
+    assert info.input("category").dtype == "int32"
+    assert (info.target("kind").task, info.target("kind").num_classes) == ("classification", 2)
+    assert (info.target("value").task, info.target("value").shape) == ("regression", (1,))
+    with pytest.raises(RunError, match=r"the data has 2 inputs \['numbers', 'category'\]"):
+        _ = info.input_shape
+    engine = engine_class(BACKEND)(settings, load_recipe(settings.recipe), data)
+    x, y = next(iter(engine.train_batches(0)))
+    assert set(x) == {"numbers", "category"} and set(y) == {"kind", "value"}
+    first = data.train.batches(settings.data.batch_size, seed=settings.seed)[0]
+    np.testing.assert_array_equal(np.asarray(x["category"]), data.train.x["category"][first])
+
+
+def test_no_targets_reach_the_phases_as_none(tmp_path: Path) -> None:
+    settings = make_settings(tmp_path, *user_recipe("denoise"))
+    data = load_data(settings.data, settings.seed)
+    assert (data.train.y, data.info.targets, data.info.task) == (None, (), "none")
+    engine = engine_class(BACKEND)(settings, load_recipe(settings.recipe), data)
+    engine.train_step([next(iter(engine.train_batches(0)))])  # the phase asserts y is None
+    assert np.isfinite(engine.evaluate(max_batches=1)["loss"])
+
+
+def test_loss_weights_scale_each_outputs_loss(tmp_path: Path) -> None:
+    """The two-output loss is the weighted sum of the per-output losses (recipe.loss_weights)."""
+    import keras
+
+    settings = make_settings(tmp_path, *user_recipe("two_towers"))
+    data = load_data(settings.data, settings.seed)
+    recipe = load_recipe(settings.recipe)
+    weighted = engine_class(BACKEND)(
+        settings,
+        type(recipe)(recipe.name, recipe.module, {}, loss_weights={"value": 0.0}),
+        data,
+    )
+    x, y = next(iter(weighted.val_batches()))
+    y_pred = weighted.model(x, training=False)
+    assert weighted.state.loss_fn is not None
+    total = float(keras.ops.convert_to_numpy(weighted.state.loss_fn(y, y_pred)))
+    kind = keras.losses.SparseCategoricalCrossentropy(from_logits=True)(y["kind"], y_pred["kind"])
+    assert total == pytest.approx(float(keras.ops.convert_to_numpy(kind)), rel=1e-6)
