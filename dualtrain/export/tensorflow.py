@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
+import re
 import sys
 import tempfile
 from collections.abc import Iterator
@@ -15,41 +16,49 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dualtrain.export import ExportFailure, Signature, Written
+from dualtrain.export import ExportFailure, Port, Signature, Written
 from dualtrain.settings import Settings
 
 
 def write_saved_model(
-    model: keras.Model, directory: Path, signature: Signature, settings: Settings, batch: np.ndarray
+    model: keras.Model, directory: Path, signature: Signature, settings: Settings, batch: Any
 ) -> Written:
-    """A SavedModel whose `serving_default` signature takes the named input with any batch size
-    and returns the named output: what TF Serving loads."""
+    """A SavedModel whose `serving_default` signature takes each named input (in the dtype of
+    the model's Input) with any batch size and returns a dict of the named outputs: what TF
+    Serving loads."""
     _write_saved_model(model, directory, signature)
     serving = tf.saved_model.load(str(directory)).signatures["serving_default"]
 
-    def predict(x: np.ndarray) -> np.ndarray:
-        return serving(**{signature.input_name: tf.constant(x)})[signature.output_name].numpy()
+    def run(named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        got = serving(**{k: tf.constant(v) for k, v in named.items()})
+        return {k: v.numpy() for k, v in got.items()}
 
     inputs = serving.structured_input_signature[1]
+    outputs = serving.structured_outputs
+    details: dict[str, Any] = {
+        "signature": "serving_default",
+        "inputs": {k: [None if d is None else int(d) for d in v.shape] for k, v in inputs.items()},
+        "outputs": sorted(outputs),
+    }
     return Written(
         path=directory,
-        predict=predict,
+        run=run,
+        signature=signature,
         runtime="tf.saved_model.load",
-        details={
-            "signature": "serving_default",
-            "inputs": {
-                k: [None if d is None else int(d) for d in v.shape] for k, v in inputs.items()
-            },
-            "outputs": sorted(serving.structured_outputs),
+        interface={
+            "inputs": _ordered(signature.inputs, [_spec(k, v) for k, v in inputs.items()]),
+            "outputs": _ordered(signature.outputs, [_spec(k, v) for k, v in outputs.items()]),
         },
+        details=details,
     )
 
 
 def write_tflite(
-    model: keras.Model, directory: Path, signature: Signature, settings: Settings, batch: np.ndarray
+    model: keras.Model, directory: Path, signature: Signature, settings: Settings, batch: Any
 ) -> Written:
     """A LiteRT (TFLite) flatbuffer converted from a SavedModel, quantized as
-    `export.tflite_quantize` says: none, dynamic (int8 weights) or float16 (float16 weights)."""
+    `export.tflite_quantize` says: none, dynamic (int8 weights) or float16 (float16 weights);
+    its `serving_default` signature runner takes and returns the named inputs and outputs."""
     saved = directory / "saved_model.tmp"
     _write_saved_model(model, saved, signature)
     converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
@@ -61,7 +70,7 @@ def write_tflite(
     try:
         flatbuffer = converter.convert()
     except Exception as err:  # the converter's errors name the op it cannot convert
-        raise ExportFailure(f"the TFLite converter failed: {_first_line(err)}") from err
+        raise ExportFailure(f"the TFLite converter failed: {_converter_error(err)}") from err
     finally:
         tf.io.gfile.rmtree(str(saved))
     path = directory / "model.tflite"
@@ -69,29 +78,36 @@ def write_tflite(
     interpreter_class, runtime = _interpreter()
     with _without_native_info():
         interpreter = interpreter_class(model_path=str(path))
-        interpreter.allocate_tensors()
-    [input_detail] = interpreter.get_input_details()
-    [output_detail] = interpreter.get_output_details()
+        runner = interpreter.get_signature_runner("serving_default")
+        runner(**signature.feed(batch))  # the first call makes the delegate, which says so
+    input_details = runner.get_input_details()
+    output_details = runner.get_output_details()
 
-    def predict(x: np.ndarray) -> np.ndarray:
-        # The flatbuffer keeps a dynamic batch (shape_signature -1); set this call's size.
-        if tuple(input_detail["shape"]) != x.shape:
-            interpreter.resize_tensor_input(input_detail["index"], list(x.shape))
-            interpreter.allocate_tensors()
-            input_detail["shape"] = np.array(x.shape)
-        interpreter.set_tensor(input_detail["index"], x.astype(np.float32))
-        interpreter.invoke()
-        return np.array(interpreter.get_tensor(output_detail["index"]))
+    def run(named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        # The flatbuffer keeps a dynamic batch (shape_signature -1); the signature runner sizes
+        # its inputs to each call's arrays.
+        got = runner(**named)
+        return {k: np.array(v) for k, v in got.items()}
 
+    details: dict[str, Any] = {
+        "quantize": quantize,
+        "signatures": interpreter.get_signature_list(),
+    }
+    if signature.single_input:
+        [only] = input_details.values()
+        details["input_shape_signature"] = [int(d) for d in only["shape_signature"]]
     return Written(
         path=path,
-        predict=predict,
+        run=run,
+        signature=signature,
         runtime=runtime,
-        details={
-            "quantize": quantize,
-            "signatures": interpreter.get_signature_list(),
-            "input_shape_signature": [int(d) for d in input_detail["shape_signature"]],
+        interface={
+            "inputs": _ordered(signature.inputs, [_lite(k, v) for k, v in input_details.items()]),
+            "outputs": _ordered(
+                signature.outputs, [_lite(k, v) for k, v in output_details.items()]
+            ),
         },
+        details=details,
         quantized=quantize != "none",
     )
 
@@ -99,12 +115,16 @@ def write_tflite(
 def _write_saved_model(model: keras.Model, directory: Path, signature: Signature) -> None:
     archive = keras.export.ExportArchive()
     archive.track(model)
-    spec = tf.TensorSpec((None, *signature.input_shape), tf.float32, name=signature.input_name)
+    # One argument per input, each named: the serving signature's keys are these names.
+    specs = [
+        tf.TensorSpec((None, *p.shape), tf.as_dtype(p.dtype), name=p.name) for p in signature.inputs
+    ]
 
-    def serve(inputs: Any) -> dict[str, Any]:
-        return {signature.output_name: model(inputs, training=False)}
+    def serve(*inputs: Any) -> dict[str, Any]:
+        named = {p.name: x for p, x in zip(signature.inputs, inputs, strict=True)}
+        return signature.outputs_by_name(model(signature.model_inputs(named), training=False))
 
-    archive.add_endpoint(name="serving_default", fn=serve, input_signature=[spec])
+    archive.add_endpoint(name="serving_default", fn=serve, input_signature=specs)
     # TensorFlow's saver logs "Assets written to: ..." at INFO, which Hydra's root logger shows;
     # the run's own report names what was written.
     tf_logger = logging.getLogger("tensorflow")
@@ -116,6 +136,22 @@ def _write_saved_model(model: keras.Model, directory: Path, signature: Signature
         raise ExportFailure(f"writing the SavedModel failed: {_first_line(err)}") from err
     finally:
         tf_logger.setLevel(level)
+
+
+def _spec(name: str, spec: Any) -> dict[str, Any]:
+    shape = [None if d is None else int(d) for d in spec.shape]
+    return {"name": name, "shape": shape, "dtype": spec.dtype.as_numpy_dtype().dtype.name}
+
+
+def _lite(name: str, detail: dict[str, Any]) -> dict[str, Any]:
+    shape = [None if int(d) < 0 else int(d) for d in detail["shape_signature"]]
+    return {"name": name, "shape": shape, "dtype": np.dtype(detail["dtype"]).name}
+
+
+def _ordered(ports: tuple[Port, ...], entries: list[dict[str, Any]]) -> list[dict[str, Any]]:
+    """A runtime's inputs or outputs in the signature's order (runtimes sort them by name)."""
+    order = {p.name: i for i, p in enumerate(ports)}
+    return sorted(entries, key=lambda e: order.get(e["name"], len(order)))
 
 
 @contextlib.contextmanager
@@ -148,6 +184,27 @@ def _interpreter() -> tuple[Any, str]:
         return Interpreter, "ai_edge_litert.interpreter"
     except ImportError:
         return tf.lite.Interpreter, "tf.lite.Interpreter"
+
+
+def _converter_error(err: Exception) -> str:
+    """The converter's first error as one line: the op, what it lacks, and the layer it is in
+    (its MLIR errors start with a long `loc(...)` call site)."""
+    text = str(err)
+    found = re.search(r"'(tf\.\w+)' op ([^\n]+)", text)
+    if found is None:
+        return _first_line(err)
+    op, said = found.group(1), found.group(2).strip()
+    layer = re.search(r'"[^":]*:", "([^"@]+?)/[^/"@]*@', text)
+    where = f" in {layer.group(1)}" if layer else ""
+    message = f"{op}{where}: {said}"
+    if op.startswith("tf.TensorList"):
+        message += (
+            "; the TFLite built-in ops run a recurrent layer's loop (LSTM, GRU) only with a "
+            "fixed batch size, and the exported signature keeps the batch dynamic; the other "
+            "way, Select TF ops, needs the Flex delegate, which neither LiteRT's interpreter nor "
+            "tf.lite.Interpreter links"
+        )
+    return message
 
 
 def _first_line(err: Exception) -> str:

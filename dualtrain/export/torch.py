@@ -22,43 +22,65 @@ MAX_BATCH = 1 << 20
 
 
 class _Inference(torch.nn.Module):
-    """The Keras model in inference mode (dropout off, normalization statistics fixed)."""
+    """The Keras model in inference mode (dropout off, normalization statistics fixed), called
+    with one tensor (one input) or a dict of tensors by input name, returning one tensor (one
+    output) or a dict by output name."""
 
-    def __init__(self, model: keras.Model) -> None:
+    def __init__(self, model: keras.Model, signature: Signature | None = None) -> None:
         super().__init__()
         self.model = model
+        self.signature = signature
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.model(x, training=False)
+    def forward(self, x: Any) -> Any:
+        if self.signature is None:
+            return self.model(x, training=False)
+        named = {self.signature.inputs[0].name: x} if self.signature.single_input else x
+        result = self.model(self.signature.model_inputs(named), training=False)
+        outputs = self.signature.outputs_by_name(result)
+        if self.signature.single_output:
+            return outputs[self.signature.outputs[0].name]
+        return {p.name: outputs[p.name] for p in self.signature.outputs}
 
 
 def write_exported_program(
-    model: keras.Model, directory: Path, signature: Signature, settings: Settings, batch: np.ndarray
+    model: keras.Model, directory: Path, signature: Signature, settings: Settings, batch: Any
 ) -> Written:
     """A torch.export ExportedProgram (.pt2) with a dynamic batch dimension, for TorchServe and
-    ExecuTorch."""
-    program = _export(model, batch)
+    ExecuTorch: `module()(x)` takes one tensor, or a dict of tensors by input name, and returns
+    one tensor, or a dict by output name."""
+    example = _example(signature, batch)
+    program = _export(model, signature, example)
     path = directory / "model.pt2"
     with _quiet():
         torch.export.save(program, str(path))
-        loaded = torch.export.load(str(path)).module()
+        reloaded = torch.export.load(str(path))
+        loaded = reloaded.module()
 
-    def predict(x: np.ndarray) -> np.ndarray:
+    def run(named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         with torch.no_grad():
-            return loaded(torch.from_numpy(np.ascontiguousarray(x))).numpy()
+            got = loaded(_from_named(signature, named))
+        return _to_named(signature, got)
 
+    details: dict[str, Any] = {"dynamic_batch": [1, MAX_BATCH]}
+    if signature.single_input:
+        details = {"input": signature.inputs[0].name, **details}
+    else:
+        details = {"inputs": [p.name for p in signature.inputs], **details}
     return Written(
         path=path,
-        predict=predict,
+        run=run,
+        signature=signature,
         runtime="torch.export.load",
-        details={"input": signature.input_name, "dynamic_batch": [1, MAX_BATCH]},
+        interface=_program_interface(reloaded, signature),
+        details=details,
     )
 
 
 def write_onnx(
-    model: keras.Model, directory: Path, signature: Signature, settings: Settings, batch: np.ndarray
+    model: keras.Model, directory: Path, signature: Signature, settings: Settings, batch: Any
 ) -> Written:
-    """ONNX from the torch.export graph (torch's dynamo exporter), with a dynamic batch axis."""
+    """ONNX from the torch.export graph (torch's dynamo exporter), with a dynamic batch axis and
+    the named inputs and outputs."""
     try:
         import onnx
         import onnxruntime
@@ -67,16 +89,19 @@ def write_onnx(
             f"needs the {err.name} package: pip install -c constraints.txt 'dualtrain[export]'"
         ) from err
     path = directory / "model.onnx"
+    example = _example(signature, batch)
     try:
         with _quiet():
             torch.onnx.export(
-                _Inference(model).eval(),
-                (torch.from_numpy(batch),),
+                _Inference(model, signature).eval(),
+                # As a keyword: a dict as the last positional argument would read as kwargs.
+                (),
                 str(path),
+                kwargs={"x": example},
                 dynamo=True,
-                input_names=[signature.input_name],
-                output_names=[signature.output_name],
-                dynamic_shapes=_dynamic_batch(),  # named: the ONNX input's first axis is "batch"
+                input_names=[p.name for p in signature.inputs],
+                output_names=[p.name for p in signature.outputs],
+                dynamic_shapes=_dynamic_batch(signature),  # the ONNX inputs' first axis: "batch"
                 external_data=False,
             )
     except ImportError as err:  # onnxscript, which the dynamo exporter needs
@@ -87,38 +112,108 @@ def write_onnx(
         raise ExportFailure(f"torch.onnx.export failed: {_first_line(err)}") from err
     proto = onnx.load(str(path))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
-    [input_meta] = session.get_inputs()
+    output_names = [o.name for o in session.get_outputs()]
 
-    def predict(x: np.ndarray) -> np.ndarray:
-        return session.run(None, {input_meta.name: x.astype(np.float32)})[0]
+    def run(named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        return dict(zip(output_names, session.run(output_names, named), strict=True))
 
+    inputs = session.get_inputs()
+    details: dict[str, Any] = {
+        "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx"))
+    }
+    if len(inputs) == 1:
+        details["input"] = inputs[0].name
+        details["input_shape"] = [d if isinstance(d, int) else str(d) for d in inputs[0].shape]
+    else:
+        details["inputs"] = [i.name for i in inputs]
+    details["outputs"] = output_names
     return Written(
         path=path,
-        predict=predict,
+        run=run,
+        signature=signature,
         runtime=f"onnxruntime {onnxruntime.__version__}",
-        details={
-            "opset": next(o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")),
-            "input": input_meta.name,
-            "input_shape": [d if isinstance(d, int) else str(d) for d in input_meta.shape],
-            "outputs": [o.name for o in session.get_outputs()],
+        interface={
+            "inputs": [_onnx_entry(i) for i in inputs],
+            "outputs": [_onnx_entry(o) for o in session.get_outputs()],
         },
+        details=details,
     )
 
 
-def _dynamic_batch() -> dict[str, Any]:
-    return {"x": {0: torch.export.Dim("batch", min=1, max=MAX_BATCH)}}
+def _example(signature: Signature, batch: Any) -> Any:
+    return _from_named(signature, signature.feed(batch))
 
 
-def _export(model: keras.Model, batch: np.ndarray) -> Any:
+def _from_named(signature: Signature, named: dict[str, np.ndarray]) -> Any:
+    tensors = {k: torch.from_numpy(np.ascontiguousarray(v)) for k, v in named.items()}
+    return tensors[signature.inputs[0].name] if signature.single_input else tensors
+
+
+def _to_named(signature: Signature, got: Any) -> dict[str, np.ndarray]:
+    if signature.single_output:
+        return {signature.outputs[0].name: got.numpy()}
+    return {k: v.numpy() for k, v in got.items()}
+
+
+def _dynamic_batch(signature: Signature) -> dict[str, Any]:
+    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+    if signature.single_input:
+        return {"x": {0: batch}}
+    return {"x": {p.name: {0: batch} for p in signature.inputs}}
+
+
+def _export(model: keras.Model, signature: Signature, example: Any) -> Any:
     try:
         with _quiet():
             return torch.export.export(
-                _Inference(model).eval(),
-                (torch.from_numpy(batch),),
-                dynamic_shapes=_dynamic_batch(),
+                _Inference(model, signature).eval(),
+                (example,),
+                dynamic_shapes=_dynamic_batch(signature),
             )
     except Exception as err:
         raise ExportFailure(f"torch.export could not trace the model: {_first_line(err)}") from err
+
+
+def _program_interface(program: Any, signature: Signature) -> dict[str, list[dict[str, Any]]]:
+    """The program's inputs and outputs: the keys its call takes and returns (the signature's
+    name for a lone tensor), with the shapes and dtypes its graph records (None: the batch)."""
+    from torch.utils import _pytree
+
+    placeholders = {n.name: n for n in program.graph.find_nodes(op="placeholder")}
+    user_inputs = [placeholders[n] for n in program.graph_signature.user_inputs]
+    [output_node] = program.graph.find_nodes(op="output")
+    user_outputs = list(output_node.args[0])[-len(program.graph_signature.user_outputs) :]
+    # The call's structure with each leaf's position: ((x,), {}) and the returned value.
+    (taken,), _ = _pytree.tree_unflatten(list(range(len(user_inputs))), program.call_spec.in_spec)
+    given = _pytree.tree_unflatten(list(range(len(user_outputs))), program.call_spec.out_spec)
+
+    def entries(structure: Any, nodes: list[Any], lone: str) -> list[dict[str, Any]]:
+        positions = structure.items() if isinstance(structure, dict) else [(lone, structure)]
+        return [_fx_entry(str(name), nodes[i]) for name, i in positions]
+
+    return {
+        "inputs": entries(taken, user_inputs, signature.inputs[0].name),
+        "outputs": entries(given, user_outputs, signature.outputs[0].name),
+    }
+
+
+def _fx_entry(name: str, node: Any) -> dict[str, Any]:
+    value = node.meta["val"]
+    shape = [d if isinstance(d, int) else None for d in value.shape]
+    return {"name": name, "shape": shape, "dtype": str(value.dtype).removeprefix("torch.")}
+
+
+# ONNX's element types as NumPy names.
+_ONNX_TYPES = {"float": "float32", "double": "float64", "float16": "float16", "bool": "bool"}
+
+
+def _onnx_entry(arg: Any) -> dict[str, Any]:
+    element = str(arg.type).removeprefix("tensor(").removesuffix(")")
+    return {
+        "name": arg.name,
+        "shape": [d if isinstance(d, int) else None for d in arg.shape],
+        "dtype": _ONNX_TYPES.get(element, element),
+    }
 
 
 @contextlib.contextmanager
@@ -134,6 +229,8 @@ def _quiet() -> Any:
     try:
         with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
             warnings.simplefilter("ignore", FutureWarning)
+            # Several inputs share the one batch axis; the exporter names it once and says so.
+            warnings.filterwarnings("ignore", ".*The axis name: batch will not be used")
             yield
     finally:
         for lg, level in zip(loggers, levels, strict=True):
