@@ -83,7 +83,7 @@ def fit(
     after an epoch (`TrainingRun.stop`). `run_dir`: where callbacks may write (None: nowhere).
     """
     batch_size = engine.settings.data.batch_size
-    num_batches = batches_per_epoch(trainer, len(engine.data.train), batch_size)
+    num_batches = batches_per_epoch(trainer, engine.data.train.num_batches(batch_size))
     steps_per_epoch = math.ceil(num_batches / trainer.grad_accum_steps)
     first_epoch = state.epochs  # of this process: its time includes tracing and compiling
     engine.state.start_at(state.step)
@@ -167,7 +167,7 @@ def fit(
             state.steady_samples += epoch_samples
             state.steady_seconds += epoch_end - epoch_start
         state.final_val = engine.evaluate(
-            batches_per_epoch(trainer, len(engine.data.val), batch_size, "val")
+            batches_per_epoch(trainer, engine.data.val.num_batches(batch_size), "val")
         )
         # Callbacks first: the values they add (a GAN's sample quality) are logged with the rest;
         # the line is logged even if one of them fails.

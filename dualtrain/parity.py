@@ -116,7 +116,7 @@ def _write_initial_weights(settings: Settings, init: Path) -> None:
     from dualtrain.loading import model_spec
     from dualtrain.recipe import load_recipe
 
-    data = load_data(settings.data, settings.seed)
+    data = load_data(settings.data, settings.seed, task=settings.recipe.task)
     engine = engine_class(settings.backend.name)(settings, load_recipe(settings.recipe), data)
     model, optimizer = engine.state.checkpoint_arrays()
     record = {

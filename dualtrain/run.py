@@ -95,17 +95,16 @@ def _train(
         # Keras's backend before a user's data source can import Keras; the framework itself
         # after the data, whose mistakes are then found before it is imported.
         select_backend(settings.backend.name, import_framework=False)
-        data = load_data(settings.data, settings.seed)
+        data = load_data(settings.data, settings.seed, task=settings.recipe.task)
         select_backend(settings.backend.name)
         recipe = load_recipe(settings.recipe)
         engine = engine_class(settings.backend.name, _strategy(settings))(settings, recipe, data)
         log.info(
-            "training %s on %s (jit_compile=%s): %d train / %d val samples, run dir %s",
+            "training %s on %s (jit_compile=%s): %s, run dir %s",
             settings.recipe.name,
             settings.backend.name,
             engine.jit_compile,
-            len(data.train),
-            len(data.val),
+            data.describe(),
             run_dir,
         )
         _load_checkpoint(
@@ -192,7 +191,7 @@ def evaluate(settings: Settings) -> dict[str, Any]:
         "checkpoint_backend": checkpoint.trainer["backend"],
         "checkpoint_step": checkpoint.step,
         "split": "val",
-        "samples": len(engine.data.val),
+        "samples": engine.data.val.num_samples,
         "metrics": engine.evaluate(),
     }
     settings.run_dir.mkdir(parents=True, exist_ok=True)
@@ -216,7 +215,9 @@ def load_trained(settings: Settings) -> tuple[Engine, Checkpoint, Path]:
             f"{source} was written by recipe={record.get('recipe')}; use it with "
             f"recipe={record.get('recipe')} (and the data it was trained on)"
         )
-    data = load_data(settings.data, settings.seed, record.get("data_transform"))
+    data = load_data(
+        settings.data, settings.seed, record.get("data_transform"), task=settings.recipe.task
+    )
     engine = engine_class(settings.backend.name)(settings, load_recipe(settings.recipe), data)
     engine.state.restore(checkpoint.model, None)
     return engine, checkpoint, source

@@ -1,5 +1,6 @@
 """Backend-neutral data sources, splits and batch order."""
 
+from dualtrain.data.batches import BatchSplit
 from dualtrain.data.dataset import (
     ArrayDataset,
     ArraySpec,
@@ -16,6 +17,7 @@ from dualtrain.data.rows import NpyRows, Rows, moments
 __all__ = [
     "ArrayDataset",
     "ArraySpec",
+    "BatchSplit",
     "DataInfo",
     "DataSplits",
     "NpyRows",

@@ -18,6 +18,7 @@ from typing import Any
 import numpy as np
 
 from dualtrain.data import structure
+from dualtrain.data.batches import BatchSplit, is_batch_source
 from dualtrain.data.rows import Rows
 from dualtrain.errors import RunError
 from dualtrain.settings import DataSettings
@@ -43,6 +44,21 @@ class ArrayDataset:
     @property
     def in_memory(self) -> bool:
         return not isinstance(self.x, Rows)
+
+    def num_batches(self, batch_size: int) -> int:
+        return math.ceil(len(self) / batch_size)
+
+    @property
+    def num_samples(self) -> int | None:
+        return len(self)
+
+    def head(self, count: int) -> ArrayDataset:
+        """The first `count` samples (all, if fewer), e.g. for checking an export."""
+        return self.subset(np.arange(min(count, len(self))))
+
+    def sample(self, count: int = 2) -> tuple[Any, Any]:
+        """The first `count` samples as arrays (y: () where there are no targets)."""
+        return self.rows(np.arange(min(count, len(self))))
 
     def rows(self, indices: np.ndarray) -> tuple[Any, Any]:
         """The batch `indices` as arrays: (x, y), y as () where there are no targets."""
@@ -167,12 +183,18 @@ def _by_name(specs: tuple[ArraySpec, ...], name: str, what: str) -> ArraySpec:
 
 @dataclass(frozen=True)
 class DataSplits:
-    train: ArrayDataset
-    val: ArrayDataset
+    train: ArrayDataset | BatchSplit
+    val: ArrayDataset | BatchSplit
     info: DataInfo
     # What the source fitted on the train split (a CSV's encoding, a folder's class names), as
     # JSON; checkpoints keep it, so eval and export read data the way training did.
     transform: dict[str, Any] | None = None
+
+    def describe(self) -> str:
+        """How big the splits are, for the log: in samples, or in batches for a batch source."""
+        if isinstance(self.train, BatchSplit) or isinstance(self.val, BatchSplit):
+            return f"{self.train.num_batches(0)} train / {self.val.num_batches(0)} val batches"
+        return f"{len(self.train)} train / {len(self.val)} val samples"
 
 
 @dataclass(frozen=True)
@@ -238,6 +260,10 @@ def load_data(
             f"{sorted(settings.params)}: {err}; it accepts: {', '.join(accepted) or 'none'}"
         ) from err
     result: SourceData | tuple[Any, ...] = source(**kwargs)
+    if _batch_sources(result, settings.source):
+        return _from_batch_sources(
+            result, f"data source {settings.source} returned", task, num_classes
+        )
     if not isinstance(result, SourceData):
         result = _from_arrays(result, settings.source)
     for note in result.notes:
@@ -282,6 +308,89 @@ def load_data(
         target_kind=structure.kind(y),
     )
     return DataSplits(train=train, val=val, info=info, transform=result.transform)
+
+
+def _batch_sources(result: Any, source: str) -> bool:
+    """Whether the source returned (train, val) batch sources (data/batches.py)."""
+    if not isinstance(result, (tuple, list)) or not any(is_batch_source(r) for r in result):
+        return False
+    if len(result) != 2 or not all(is_batch_source(r) for r in result):
+        raise RunError(
+            f"data source {source} returned a batch source (a keras.utils.PyDataset or a "
+            "function of batches) among other values; return (train, val), both batch sources"
+        )
+    return True
+
+
+def _from_batch_sources(
+    sources: Any, said: str, task: str | Mapping[str, str] | None, num_classes: int | None
+) -> DataSplits:
+    """Splits of batches that the source makes itself, described by the first train batch and
+    checked batch by batch as the engines read them."""
+    train = BatchSplit(sources[0], said, train=True)
+    val = BatchSplit(sources[1], said + " (val)", train=False)
+    first = said + " (batch 0)"
+    x0, y0 = train.first_batch()
+    x, y = _inputs(x0, first), _targets(y0, first)
+    _check_lengths(x, y, first, "")
+    tasks = _tasks(y, task, said)
+    counts = _batch_class_counts(sources[0], y, tasks, num_classes, said)
+
+    def check(x: Any, y: Any, where: str) -> tuple[Any, Any]:
+        x, y = _inputs(x, where), _targets(y, where)
+        _check_lengths(x, y, where, "")
+        y = _by_task(y, tasks, where)
+        for name, target in structure.named(y, "y").items():
+            if name in counts:
+                _check_label_range(target, counts[name], where)
+        return x, y
+
+    train.check = val.check = check
+    x, y = check(x0, y0, first)
+    specs = tuple(
+        ArraySpec(
+            name,
+            tuple(target.shape[1:]),
+            str(target.dtype),
+            tasks[name],
+            counts.get(name, int(target.shape[-1]) if tasks[name] == "multilabel" else None),
+        )
+        for name, target in structure.named(y, "y").items()
+    )
+    info = DataInfo(
+        inputs=tuple(
+            ArraySpec(name, tuple(a.shape[1:]), str(a.dtype))
+            for name, a in structure.named(x, "x").items()
+        ),
+        targets=specs,
+        x_train=None,  # not read whole: statistics come from the recipe's own pass, if any
+        input_kind=structure.kind(x),
+        target_kind=structure.kind(y),
+    )
+    return DataSplits(train=train, val=val, info=info)
+
+
+def _batch_class_counts(
+    source: Any, y: Any, tasks: dict[str, str], num_classes: int | None, said: str
+) -> dict[str, int]:
+    """The class count of each classification target of a batch source: `data.num_classes`
+    (one target), or the source's `num_classes` attribute (a number, or one per target). A
+    batch source is not read whole before training, so the labels cannot tell."""
+    stated = getattr(source, "num_classes", None)
+    counts = {}
+    for name in structure.named(y, "y"):
+        if tasks[name] != "classification":
+            continue
+        count = stated.get(name) if isinstance(stated, Mapping) else stated
+        count = num_classes if count is None and len(tasks) == 1 else count
+        if not isinstance(count, int) or count < 2:
+            raise RunError(
+                f"{said} batches with class labels ({name}) but not how many classes: a batch "
+                "source is not read whole before training; set +data.num_classes=N, or give "
+                "the source a num_classes attribute (a number, or a dict by target)"
+            )
+        counts[name] = count
+    return counts
 
 
 def random_indices(n: int, val_fraction: float, seed: int) -> tuple[np.ndarray, np.ndarray]:

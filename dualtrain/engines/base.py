@@ -19,7 +19,7 @@ from typing import Any, ClassVar
 import keras
 import numpy as np
 
-from dualtrain.data import ArrayDataset, DataSplits, structure
+from dualtrain.data import ArrayDataset, BatchSplit, DataSplits, structure
 from dualtrain.engines.state import TrainingState, number
 from dualtrain.engines.state import targets_or_none as targets
 from dualtrain.engines.targets import update_metrics
@@ -29,6 +29,14 @@ from dualtrain.settings import Settings
 # (features, targets): framework tensors (torch.Tensor or tf.Tensor), each one tensor or a dict or
 # tuple of them (data/structure.py); targets are () where the data has none.
 Batch = tuple[Any, Any]
+
+
+# Distributed engines shard each global batch of a split of arrays by index; a batch source's
+# batches come whole, one stream per process.
+NOT_SHARDED = (
+    "a batch source (a keras.utils.PyDataset or a function of batches) cannot be sharded across "
+    "processes yet; under torchrun or tf.distribute return arrays from the data source"
+)
 
 
 def rows(x: Any) -> Any:
@@ -102,13 +110,30 @@ class Engine(ABC):
         """Sets `self._train_fn`, `self._eval_fn` (compiled as `self.jit_compile` says) and
         `self._read_train_fn`."""
 
-    @abstractmethod
     def train_batches(self, epoch: int) -> Iterable[Batch]:
-        """The train split in the seeded order of `epoch`, as framework tensors on the device."""
+        """The train split in the seeded order of `epoch` (a batch source: its own batches of
+        `epoch`), as framework tensors on the device."""
+        split = self.data.train
+        if isinstance(split, BatchSplit):
+            return self._source_batches(split.epoch(epoch))
+        return self._array_batches(split, self._batch_order(split, epoch), train=True)
 
-    @abstractmethod
     def val_batches(self) -> Iterable[Batch]:
         """The val split in its fixed order, as framework tensors on the device."""
+        split = self.data.val
+        if isinstance(split, BatchSplit):
+            return self._source_batches(split.epoch(0))
+        return self._array_batches(split, self._batch_order(split, None), train=False)
+
+    @abstractmethod
+    def _array_batches(
+        self, split: ArrayDataset, order: list[np.ndarray], train: bool
+    ) -> Iterable[Batch]:
+        """The batches of `order` (index arrays) of a split of arrays, as framework tensors."""
+
+    @abstractmethod
+    def _source_batches(self, batches: Iterable[tuple[Any, Any]]) -> Iterable[Batch]:
+        """A batch source's NumPy batches (y None without targets) as framework tensors."""
 
     @abstractmethod
     def train_step(self, batches: list[Batch]) -> None:

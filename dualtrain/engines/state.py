@@ -95,22 +95,27 @@ class TrainingState:
             for p in self.phases
         ]
         self.trainable_variables = list(self.model.trainable_variables)
-        total_steps = planned_steps(settings.trainer, len(data.train), settings.data.batch_size)
-        self.optimizers = [
-            make_optimizer(
-                _phase_optimizer(settings.optimizer, phase.optimizer),
-                settings.trainer,
-                settings.scheduler,
-                total_steps,
-                name=f"{phase.name}_optimizer" if several else None,
-            )
-            for phase in self.phases
-        ]
-        if settings.backend.precision == "mixed_float16":
-            # float16 gradients underflow: scale the loss up, the gradients back down, and skip
-            # (and lower the scale on) steps whose scaled gradients overflow. The same on both
-            # backends: Keras's LossScaleOptimizer plays the part of torch's GradScaler.
-            self.optimizers = [keras.optimizers.LossScaleOptimizer(o) for o in self.optimizers]
+        total_steps = planned_steps(
+            settings.trainer, data.train.num_batches(settings.data.batch_size)
+        )
+        # Named as in a new process too: checkpoints name optimizer variables by the optimizer's
+        # name (`adam/dense_kernel_momentum`), and a second run in one process would get `adam_1`.
+        with fresh_layer_names():
+            self.optimizers = [
+                make_optimizer(
+                    _phase_optimizer(settings.optimizer, phase.optimizer),
+                    settings.trainer,
+                    settings.scheduler,
+                    total_steps,
+                    name=f"{phase.name}_optimizer" if several else None,
+                )
+                for phase in self.phases
+            ]
+            if settings.backend.precision == "mixed_float16":
+                # float16 gradients underflow: scale the loss up, the gradients back down, and skip
+                # (and lower the scale on) steps whose scaled gradients overflow. The same on both
+                # backends: Keras's LossScaleOptimizer plays the part of torch's GradScaler.
+                self.optimizers = [keras.optimizers.LossScaleOptimizer(o) for o in self.optimizers]
         for optimizer, variables in zip(self.optimizers, self.phase_variables, strict=True):
             optimizer.build(variables)
         self.optimizer = self.optimizers[0]  # its lr is the one logged
@@ -192,7 +197,7 @@ def _make_augmentation(settings: Settings, data: DataSplits) -> Any:
 
 def _sample(data: DataSplits) -> tuple[Any, Any]:
     """The first two train samples as tensors of the running backend (targets: None if none)."""
-    x, y = data.train.rows(np.arange(min(2, len(data.train))))
+    x, y = data.train.sample(2)
     return (
         structure.map_leaves(keras.ops.convert_to_tensor, x),
         structure.map_leaves(keras.ops.convert_to_tensor, targets_or_none(y)),

@@ -8,7 +8,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
-from dualtrain.data import ArrayDataset, Rows, structure
+from dualtrain.data import ArrayDataset, ArraySpec, BatchSplit, DataInfo, Rows, structure
 from dualtrain.engines.base import Batch, Engine, targets
 
 Branch = Callable[..., None]  # a branch of `_cond`
@@ -37,14 +37,7 @@ class TensorFlowEngine(Engine):
 
     def _make_steps(self) -> None:
         # A batch dimension of None: the last, smaller batch of an epoch reuses the one trace.
-        train = self.data.train
-
-        def spec(array: Any) -> tf.TensorSpec:
-            return tf.TensorSpec((None, *array.shape[1:]), array.dtype)
-
-        x_spec = spec(train.x) if not train.in_memory else structure.map_leaves(spec, train.x)
-        y_spec = structure.map_leaves(spec, train.y)
-        self._batch_signature = [x_spec, () if y_spec is None else y_spec]
+        self._batch_signature = _signature(self.data.info)
         # One traced step per number of accumulated batches (grad_accum_steps, and the fewer that
         # may end an epoch).
         self._train_fns: dict[int, Callable[..., Any]] = {}
@@ -60,11 +53,15 @@ class TensorFlowEngine(Engine):
         self._train_arrays = _as_tensors(self.data.train)
         self._val_arrays = _as_tensors(self.data.val)
 
-    def train_batches(self, epoch: int) -> Iterable[Batch]:
-        return self._pipeline(self._train_arrays, self._batch_order(self.data.train, epoch))
+    def _array_batches(
+        self, split: ArrayDataset, order: list[np.ndarray], train: bool
+    ) -> Iterable[Batch]:
+        arrays = self._train_arrays if train else self._val_arrays
+        assert arrays is not None
+        return self._pipeline(arrays, order)
 
-    def val_batches(self) -> Iterable[Batch]:
-        return self._pipeline(self._val_arrays, self._batch_order(self.data.val, None))
+    def _source_batches(self, batches: Iterable[tuple[Any, Any]]) -> Iterable[Batch]:
+        return _from_numpy(batches)
 
     def train_step(self, batches: list[Batch]) -> None:
         count = len(batches)
@@ -228,8 +225,31 @@ def _add(total: tf.Tensor | None, grad: tf.Tensor | None) -> tf.Tensor | None:
     return grad if total is None else total + grad
 
 
-def _as_tensors(split: ArrayDataset) -> tuple[Any, Any]:
-    """Arrays in memory as constants; features on disk stay `Rows`, read batch by batch."""
+def _as_tensors(split: ArrayDataset | BatchSplit) -> tuple[Any, Any] | None:
+    """Arrays in memory as constants; features on disk stay `Rows`, read batch by batch; None
+    for a batch source, whose batches are converted as they come."""
+    if isinstance(split, BatchSplit):
+        return None
     x = structure.map_leaves(tf.constant, split.x) if split.in_memory else split.x
     y = () if split.y is None else structure.map_leaves(tf.constant, split.y)
     return x, y
+
+
+def _signature(info: DataInfo) -> list[Any]:
+    """The (features, targets) TensorSpecs of a batch, from the data's description: any batch
+    size, each input's and target's sample shape and dtype, in the data's structure."""
+
+    def specs(arrays: tuple[ArraySpec, ...], kind: str) -> Any:
+        named = {a.name: tf.TensorSpec((None, *a.shape), a.dtype) for a in arrays}
+        return () if kind == structure.NONE else structure.rebuild(kind, named)
+
+    return [specs(info.inputs, info.input_kind), specs(info.targets, info.target_kind)]
+
+
+def _from_numpy(batches: Iterable[tuple[Any, Any]]) -> Iterator[Batch]:
+    """A batch source's NumPy batches as tensors (targets: () where there are none)."""
+    for x, y in batches:
+        yield (
+            structure.map_leaves(tf.constant, x),
+            () if y is None else structure.map_leaves(tf.constant, y),
+        )

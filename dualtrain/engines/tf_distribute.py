@@ -33,9 +33,9 @@ import numpy as np
 import tensorflow as tf
 
 from dualtrain import compat
-from dualtrain.data import structure
+from dualtrain.data import ArrayDataset, structure
 from dualtrain.distributed import tf_config
-from dualtrain.engines.base import Batch
+from dualtrain.engines.base import NOT_SHARDED, Batch
 from dualtrain.engines.tensorflow import Branch, TensorFlowEngine
 from dualtrain.errors import RunError
 
@@ -125,11 +125,15 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
 
     # -- data: each input pipeline serves the shards of its replicas ------------------------------
 
-    def train_batches(self, epoch: int) -> Iterable[Batch]:
-        return self._distributed(self._train_arrays, self._batch_order(self.data.train, epoch))
+    def _array_batches(
+        self, split: ArrayDataset, order: list[np.ndarray], train: bool
+    ) -> Iterable[Batch]:
+        arrays = self._train_arrays if train else self._val_arrays
+        assert arrays is not None
+        return self._distributed(arrays, order)
 
-    def val_batches(self) -> Iterable[Batch]:
-        return self._distributed(self._val_arrays, self._batch_order(self.data.val, None))
+    def _source_batches(self, batches: Iterable[tuple[Any, Any]]) -> Iterable[Batch]:
+        raise RunError(NOT_SHARDED)
 
     def _distributed(self, arrays: tuple[Any, Any], order: list[np.ndarray]) -> Any:
         replicas = self.strategy.num_replicas_in_sync

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from dualtrain.data import ArrayDataset, structure
+from dualtrain.data import ArrayDataset, BatchSplit, structure
 from dualtrain.engines.base import Batch, Engine, rows, targets
 from dualtrain.engines.torch_adam import fuse_adam
 from dualtrain.recipe import Phase
@@ -54,6 +54,7 @@ class TorchEngine(Engine):
         if self.jit_compile:
             self._train_fn = torch.compile(self._train_step)
             self._eval_fn = torch.compile(self._eval_step_impl)
+        # Arrays: DataLoaders that gather batches by index (batch sources make their own).
         self._train_loader = self._loader(self.data.train)
         self._val_loader = self._loader(self.data.val)
         if self.settings.backend.capture_forward and not self.jit_compile:
@@ -65,13 +66,16 @@ class TorchEngine(Engine):
             if problem is not None:
                 log.debug("optimizer %s: Keras's own update: %s", optimizer.name, problem)
 
-    def train_batches(self, epoch: int) -> Iterable[Batch]:
-        self._train_loader.sampler.order = self._batch_order(self.data.train, epoch)  # type: ignore[attr-defined]
-        return self._to_device(self._train_loader)
+    def _array_batches(
+        self, split: ArrayDataset, order: list[np.ndarray], train: bool
+    ) -> Iterable[Batch]:
+        loader = self._train_loader if train else self._val_loader
+        assert loader is not None
+        loader.sampler.order = order  # type: ignore[attr-defined]
+        return self._to_device(loader)
 
-    def val_batches(self) -> Iterable[Batch]:
-        self._val_loader.sampler.order = self._batch_order(self.data.val, None)  # type: ignore[attr-defined]
-        return self._to_device(self._val_loader)
+    def _source_batches(self, batches: Iterable[tuple[Any, Any]]) -> Iterable[Batch]:
+        return self._to_device(_from_numpy(batches))
 
     def train_step(self, batches: list[Batch]) -> None:
         self._last_gradients = self._train_fn(batches)
@@ -150,7 +154,7 @@ class TorchEngine(Engine):
 
     # -- data ------------------------------------------------------------------------------------
 
-    def _loader(self, split: ArrayDataset) -> DataLoader:
+    def _loader(self, split: ArrayDataset | BatchSplit) -> DataLoader | None:
         """A DataLoader that serves whole batches by index; the order is set before each epoch.
 
         In-memory arrays are gathered faster than a worker process could hand them over, so
@@ -158,6 +162,8 @@ class TorchEngine(Engine):
         (image_folder: 2). Workers index the split's `x` as the main process would: arrays, or
         `Rows` that read files.
         """
+        if isinstance(split, BatchSplit):
+            return None
         workers = self.settings.data.num_workers
         return DataLoader(
             _BatchedArrays(split),
@@ -173,7 +179,7 @@ class TorchEngine(Engine):
             generator=torch.Generator().manual_seed(self.settings.seed),
         )
 
-    def _to_device(self, loader: DataLoader) -> Iterator[Batch]:
+    def _to_device(self, loader: Iterable[Batch]) -> Iterator[Batch]:
         def move(t: torch.Tensor) -> torch.Tensor:
             return t.to(self.device, non_blocking=True)
 
@@ -241,6 +247,16 @@ def _add(total: torch.Tensor | None, grad: torch.Tensor | None) -> torch.Tensor 
     if grad is None:
         return total
     return grad if total is None else total + grad
+
+
+def _from_numpy(batches: Iterable[tuple[Any, Any]]) -> Iterator[Batch]:
+    """A batch source's NumPy batches as CPU tensors (targets: () where there are none)."""
+
+    def tensor(a: Any) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a))
+
+    for x, y in batches:
+        yield structure.map_leaves(tensor, x), () if y is None else structure.map_leaves(tensor, y)
 
 
 class _BatchedArrays(torch.utils.data.Dataset):

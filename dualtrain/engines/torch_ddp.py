@@ -25,7 +25,7 @@ from __future__ import annotations
 import atexit
 import contextlib
 import os
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from datetime import timedelta
 from typing import Any
 
@@ -36,7 +36,7 @@ import torch.distributed as dist
 
 from dualtrain.data import ArrayDataset
 from dualtrain.distributed import restart_count
-from dualtrain.engines.base import Batch, rows
+from dualtrain.engines.base import NOT_SHARDED, Batch, rows
 from dualtrain.engines.torch import TorchEngine
 from dualtrain.errors import RunError
 
@@ -115,6 +115,9 @@ class DistributedTorchEngine(TorchEngine):
                 "least that many samples"
             )
         return [np.array_split(b, self.world_size)[self.rank] for b in order]
+
+    def _source_batches(self, batches: Iterable[tuple[Any, Any]]) -> Iterable[Batch]:
+        raise RunError(NOT_SHARDED)
 
     def batch_size(self, batch: Batch) -> int:  # type: ignore[override]
         # Samples of the global batch, for throughput: this rank's shard times the world size
