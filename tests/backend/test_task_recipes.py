@@ -40,7 +40,7 @@ def trained(recipe: str, tmp_path: Path) -> tuple[dict[str, Any], ArrayDataset, 
     settings = make_settings(tmp_path, f"recipe={recipe}")
     summary = train(settings)
     assert summary["status"] == "completed"
-    data = load_data(settings.data, settings.seed)
+    data = load_data(settings.data, settings.seed, task=settings.recipe.task)
     assert isinstance(data.train, ArrayDataset) and isinstance(data.val, ArrayDataset)
     return summary["final"]["val"], data.train, data.val
 
