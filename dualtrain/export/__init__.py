@@ -306,15 +306,15 @@ def _signature(model: Any, info: DataInfo, x: Any) -> tuple[Signature, dict[str,
     for i, spec in enumerate(info.inputs):
         if info.input_kind == structure.ARRAY:
             key: str | int | None = None
-            name = _safe_name(declared[0].name if declared else "input", "input")
             tensor = declared[0] if declared else None
+            name = _input_name(tensor, "input")
         elif info.input_kind == structure.DICT:
             key, name = spec.name, _safe_name(spec.name, f"input_{i}")
             tensor = declared.get(spec.name) if isinstance(declared, dict) else None
         else:
             key = i
             tensor = declared[i] if declared and len(declared) > i else None
-            name = _safe_name(tensor.name if tensor is not None else "", f"input_{i}")
+            name = _input_name(tensor, f"input_{i}")
         inputs.append(Port(name, _shape(tensor, spec.shape), _dtype(tensor, spec.dtype), key))
     kind = info.input_kind if info.input_kind in (structure.DICT, structure.TUPLE) else "array"
     signature = Signature(tuple(_unique(inputs, "input")), (), kind)
@@ -359,6 +359,13 @@ def _declared_inputs(model: Any, kind: str) -> Any:
     if isinstance(declared, (list, tuple)):
         return list(declared)
     return [declared] if declared is not None else None
+
+
+def _input_name(tensor: Any, default: str) -> str:
+    """An Input's name; `default` for one Keras named itself ("keras_tensor_7": a count of the
+    process's tensors, which differs between the exporting processes)."""
+    name = str(getattr(tensor, "name", "") or "")
+    return default if not name or name.startswith("keras_tensor") else _safe_name(name, default)
 
 
 def _shape(tensor: Any, data_shape: tuple[int, ...]) -> tuple[int, ...]:
