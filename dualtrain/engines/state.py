@@ -24,6 +24,7 @@ from dualtrain.engines.targets import (
     supervised_loss,
     tracked_metrics,
     update_metrics,
+    with_model_losses,
 )
 from dualtrain.errors import ConfigError, RunError
 from dualtrain.plan import planned_steps
@@ -71,7 +72,10 @@ class TrainingState:
         # a plain recipe has one: its loss over every output, on all trainable variables.
         self.supervised = not recipe.has_phases
         self.loss_fn = (
-            supervised_loss(recipe.loss(), self.outputs, recipe.loss_weights, said)
+            with_model_losses(
+                supervised_loss(recipe.loss(), self.outputs, recipe.loss_weights, said),
+                self.model,
+            )
             if self.supervised
             else None
         )

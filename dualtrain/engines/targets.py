@@ -144,6 +144,20 @@ def supervised_loss(
     return total
 
 
+def with_model_losses(loss: Callable[[Any, Any], Any], model: Any) -> Callable[[Any, Any], Any]:
+    """The loss plus the model's own losses (`model.losses`: its layers' weight and activity
+    regularizers, and what they add with `add_loss`), in training and validation, as Keras's
+    `fit` adds them. Unchanged for a model without any (after the sample call that built it)."""
+    if not model.losses:
+        return loss
+
+    def total(y: Any, y_pred: Any) -> Any:
+        own = model.losses  # read after the forward pass that made y_pred
+        return loss(y, y_pred) + keras.ops.sum(keras.ops.stack(own)) if own else loss(y, y_pred)
+
+    return total
+
+
 @dataclass(frozen=True)
 class TrackedMetric:
     """A recipe metric, the name it is logged under, and the output it follows (None: the only

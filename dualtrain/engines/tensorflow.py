@@ -123,7 +123,7 @@ class TensorFlowEngine(Engine):
                         tf.cast(phase.loss(self.model, x, targets(y), True), tf.float32) * share
                     )
                     scaled = optimizer.scale_loss(batch_loss)  # mixed_float16: loss scaling
-                batch_grads = tape.gradient(scaled, variables)
+                batch_grads = [_dense(g) for g in tape.gradient(scaled, variables)]
                 grads = [_add(a, b) for a, b in zip(grads, batch_grads, strict=True)]
                 loss += batch_loss
             grads, loss, samples = self._all_reduce(grads, loss, total)
@@ -213,6 +213,16 @@ def _take(x: Any, y: Any, indices: tf.Tensor) -> Batch:
         return tf.gather(t, indices)
 
     return structure.map_leaves(gather, x), structure.map_leaves(gather, y)
+
+
+def _dense(grad: Any) -> Any:
+    """An Embedding's gradient as one dense tensor, as torch computes it.
+
+    tf gives it as IndexedSlices with one slice per looked-up id, repeats included; Keras's
+    optimizers then update each repeat's slice on its own (Adam squares each slice, not their
+    sum), so rows looked up several times in a batch moved differently than on torch.
+    """
+    return tf.convert_to_tensor(grad) if isinstance(grad, tf.IndexedSlices) else grad
 
 
 def _nothing(*args: Any) -> None:

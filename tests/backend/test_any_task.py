@@ -197,3 +197,25 @@ def test_a_batch_source_is_checked_batch_by_batch(tmp_path: Path) -> None:
             list(load_data(settings.data, settings.seed).train.epoch(0))
     finally:
         streamed.blob_batch = original  # type: ignore[assignment]
+
+
+def test_layer_regularizers_add_to_the_loss(tmp_path: Path) -> None:
+    """As in Keras's fit: the loss a step minimizes (and validation reports) includes the
+    layers' regularization losses."""
+    import keras
+
+    settings = make_settings(tmp_path, *user_recipe("regression"), "+recipe.model.l2=0.5")
+    data = load_data(settings.data, settings.seed)
+    engine = engine_class(BACKEND)(settings, load_recipe(settings.recipe), data)
+    x, y = next(iter(engine.val_batches()))
+    y_pred = engine.model(x, training=False)
+    assert engine.state.loss_fn is not None
+    got = float(keras.ops.convert_to_numpy(engine.state.loss_fn(y, y_pred)))
+    mse = float(keras.ops.convert_to_numpy(keras.losses.MeanSquaredError()(y, y_pred)))
+    kernels = [
+        keras.ops.convert_to_numpy(v.value) for v in engine.model.trainable_variables
+        if v.path.endswith("kernel")
+    ]  # fmt: skip
+    penalty = 0.5 * sum(float(np.square(k).sum()) for k in kernels)
+    assert len(kernels) == 2 and penalty > 1.0  # large enough to tell apart
+    assert got == pytest.approx(mse + penalty, rel=1e-5)

@@ -15,10 +15,12 @@ def load_data() -> tuple[np.ndarray, np.ndarray]:
     return x.astype("float32"), (y / 100.0).astype("float32").reshape(-1, 1)
 
 
-def build_model(data: DataInfo) -> keras.Model:
+def build_model(data: DataInfo, l2: float = 0.0) -> keras.Model:
+    regularizer = keras.regularizers.L2(l2) if l2 else None
     inputs = keras.Input(shape=data.input_shape)
-    hidden = keras.layers.Dense(32, activation="relu")(inputs)
-    return keras.Model(inputs, keras.layers.Dense(data.target_shape[-1])(hidden))
+    hidden = keras.layers.Dense(32, activation="relu", kernel_regularizer=regularizer)(inputs)
+    out = keras.layers.Dense(data.target_shape[-1], kernel_regularizer=regularizer)(hidden)
+    return keras.Model(inputs, out)
 
 
 def loss() -> keras.losses.Loss:
