@@ -324,3 +324,44 @@ def test_the_slurm_launcher_config_composes(tmp_path: Path) -> None:
     assert "hydra_submitit_launcher.submitit_launcher.SlurmLauncher" in output
     assert "partition: gpu" in output
     assert "tasks_per_node: 1" in output
+
+
+# The shipped recipe with two named inputs (numbers, and category ids through an Embedding) and
+# two named outputs: each global batch of dicts is sharded by sample on both backends.
+TWO_TOWERS = [
+    "recipe=two_towers",
+    f"trainer.max_steps={STEPS}",
+    "trainer.log_every_n_steps=1",
+    "logger=[jsonl]",
+    "logger.progress=false",
+]
+
+
+def test_several_inputs_and_outputs_train_under_torchrun_and_multi_worker(
+    tmp_path: Path,
+) -> None:
+    runs = {name: tmp_path / name for name in ("torchrun", "torch", "multi_worker", "tf")}
+    results = _launch(
+        [
+            ([*TORCHRUN, "-m", "dualtrain", *TWO_TOWERS, f"hydra.run.dir={runs['torchrun']}"],
+             _env()),
+            ([sys.executable, "-m", "dualtrain", *TWO_TOWERS, f"hydra.run.dir={runs['torch']}"],
+             _env()),
+            *_multi_worker(
+                ["backend=tf", *TWO_TOWERS, f"hydra.run.dir={runs['multi_worker']}"],
+                [_free_port(), _free_port()],
+            ),
+            ([sys.executable, "-m", "dualtrain", "backend=tf", *TWO_TOWERS,
+              f"hydra.run.dir={runs['tf']}"], _env()),
+        ],
+        cwd=tmp_path,
+        timeout=180,
+    )  # fmt: skip
+    for result in results:
+        _ok(result)
+    _assert_same_losses(_losses(runs["torchrun"]), _losses(runs["torch"]))
+    _assert_same_losses(_losses(runs["multi_worker"]), _losses(runs["tf"]))
+    for name in ("torchrun", "multi_worker"):
+        summary = _summary(runs[name])
+        assert summary["distributed"]["world_size"] == 2
+        assert set(summary["final"]["val"]) == {"loss", "kind/accuracy", "value/mae"}
