@@ -134,8 +134,9 @@ class DataInfo:
         target = self._only(self.targets, "target", "data.target('<name>').num_classes")
         if target.num_classes is None:
             raise RunError(
-                f"data.num_classes: the target is a {target.task} target, which has no classes; "
-                "build the model from data.target_shape instead"
+                f"data.num_classes: the target is a {target.task} target ({target.dtype}), which "
+                "has no classes; give class labels as integers (or set recipe.task="
+                "classification), or build the model from data.target_shape"
             )
         return target.num_classes
 

@@ -283,15 +283,11 @@ def _check_targets(
                     f"{said}: the labels hold {spec.num_classes} class; a classifier needs at "
                     "least two (check data.target, or the labels the data source returns)"
                 )
-    if state.outputs.single:
-        spec = info.targets[0]
-        width = tuple(y_pred.shape)[-1] if len(y_pred.shape) >= 2 else None
-        sparse = isinstance(losses, keras.losses.SparseCategoricalCrossentropy)
-        if sparse and len(y_pred.shape) == 2 and width != spec.num_classes:
-            raise RunError(
-                f"{said}: the model outputs {width} class scores but the data has "
-                f"{spec.num_classes} classes; build the last layer with data.num_classes units"
-            )
+    for (out, target, pred), name in zip(
+        state.outputs.pairs(y, y_pred), state.outputs.targets, strict=True
+    ):
+        loss = losses.get(out) if isinstance(losses, dict) else losses
+        _check_shapes(loss, info.target(name), tuple(target.shape[1:]), tuple(pred.shape[1:]), said)
     assert state.loss_fn is not None
     try:
         value = state.loss_fn(y, y_pred)
@@ -316,6 +312,39 @@ def _check_targets(
                 f"{type(err).__name__}: {_first_line(err)}"
             ) from err
         tracked.metric.reset_state()
+
+
+def _check_shapes(
+    loss: Any, spec: ArraySpec, target: tuple[int, ...], output: tuple[int, ...], said: str
+) -> None:
+    """A Keras loss's target against its output, sample by sample: class indices need one score
+    per class on a last axis (one per pixel or position too); other losses take a target of the
+    output's shape. Keras's losses would broadcast a (n, 3) target against a (n, 1) output
+    without a word. A loss of the recipe's own is left to its own checks."""
+    if not isinstance(loss, keras.losses.Loss):
+        return
+    words = "the target" if spec.name == "y" else f"the target {spec.name!r}"
+    if isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
+        expected = (*target, spec.num_classes)
+        if output and output[:-1] == target and output[-1] != spec.num_classes:
+            raise RunError(
+                f"{said}: the model outputs {output[-1]} class scores but the data has "
+                f"{spec.num_classes} classes; build the last layer with data.num_classes units"
+            )
+        if output != expected:
+            raise RunError(
+                f"{said}: the model outputs {output} per sample, but {words} holds class "
+                f"indices of shape {target}; build the output as {expected} (one score per "
+                "class, on the last axis)"
+            )
+        return
+    squeezed = tuple(d for d in output if d != 1), tuple(d for d in target if d != 1)
+    if output != target and squeezed[0] != squeezed[1]:
+        raise RunError(
+            f"{said}: the model outputs {output} per sample, but {words} has shape {target} "
+            f"({spec.task}); {type(loss).__name__} needs them to be the same: build the last "
+            f"layer with data.target_shape {target}"
+        )
 
 
 def _target_words(spec: ArraySpec) -> str:

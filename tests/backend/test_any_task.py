@@ -219,3 +219,30 @@ def test_layer_regularizers_add_to_the_loss(tmp_path: Path) -> None:
     penalty = 0.5 * sum(float(np.square(k).sum()) for k in kernels)
     assert len(kernels) == 2 and penalty > 1.0  # large enough to tell apart
     assert got == pytest.approx(mse + penalty, rel=1e-5)
+
+
+# -- a target that does not fit the model, before the first step ----------------------------------
+
+
+@pytest.mark.parametrize(
+    "recipe,overrides,message",
+    [
+        # Vector targets against a one-number output: Keras's MSE would broadcast them.
+        ("regression", ["+data.width=3", "+recipe.model.outputs=1"], r"the model outputs \(1,\) per sample, but the target "
+         r"has shape \(3,\) \(regression\); MeanSquaredError needs them to be the same"),
+        # Float labels are values, not classes: a classifier's builder is told so.
+        ("subclassed", ["+data.as_float=true"], r"data.num_classes: the target is a regression "
+         r"target \(float32\), which has no classes; give class labels as integers"),
+        # Dict keys that name no input the recipe reads: the names it has, so the fix is plain.
+        ("two_towers", ["+data.rename=true"], r"the data has no input 'numbers'; its inputs: "
+         r"\['nums', 'category'\]"),
+    ],
+)  # fmt: skip
+def test_a_target_or_input_that_does_not_fit_the_model_is_one_line(
+    recipe: str, overrides: list[str], message: str, tmp_path: Path
+) -> None:
+    settings = make_settings(tmp_path, *user_recipe(recipe, *overrides))
+    data = load_data(settings.data, settings.seed)
+    with pytest.raises(RunError, match=message) as caught:
+        engine_class(BACKEND)(settings, load_recipe(settings.recipe), data)
+    assert "\n" not in str(caught.value)

@@ -8,18 +8,20 @@ import numpy as np
 from dualtrain.data import DataInfo
 
 
-def load_data() -> tuple[np.ndarray, np.ndarray]:
+def load_data(width: int = 1) -> tuple[np.ndarray, np.ndarray]:
     from sklearn.datasets import load_diabetes
 
     x, y = load_diabetes(return_X_y=True)
-    return x.astype("float32"), (y / 100.0).astype("float32").reshape(-1, 1)
+    y = (y / 100.0).astype("float32").reshape(-1, 1)
+    return x.astype("float32"), np.repeat(y, width, axis=1)  # width > 1: a mistake, for tests
 
 
-def build_model(data: DataInfo, l2: float = 0.0) -> keras.Model:
+def build_model(data: DataInfo, l2: float = 0.0, outputs: int | None = None) -> keras.Model:
     regularizer = keras.regularizers.L2(l2) if l2 else None
     inputs = keras.Input(shape=data.input_shape)
     hidden = keras.layers.Dense(32, activation="relu", kernel_regularizer=regularizer)(inputs)
-    out = keras.layers.Dense(data.target_shape[-1], kernel_regularizer=regularizer)(hidden)
+    width = outputs or data.target_shape[-1]  # outputs: a mistake, for tests
+    out = keras.layers.Dense(width, kernel_regularizer=regularizer)(hidden)
     return keras.Model(inputs, out)
 
 

@@ -11,14 +11,15 @@ from dualtrain.data import DataInfo
 CATEGORIES = 7
 
 
-def load_data() -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
+def load_data(rename: bool = False) -> tuple[dict[str, np.ndarray], dict[str, np.ndarray]]:
     rng = np.random.default_rng(3)
     n = 900
     numbers = rng.normal(size=(n, 4)).astype("float32")
     category = rng.integers(0, CATEGORIES, size=(n, 1)).astype("int32")
     kind = ((numbers[:, 0] + (category[:, 0] % 2)) > 0.5).astype("int32")
     value = (numbers @ np.array([1.0, -2.0, 0.5, 0.0]) + category[:, 0] / 3).astype("float32")
-    return {"numbers": numbers, "category": category}, {"kind": kind, "value": value[:, None]}
+    inputs = {"nums" if rename else "numbers": numbers, "category": category}  # rename: a mistake
+    return inputs, {"kind": kind, "value": value[:, None]}
 
 
 def build_model(data: DataInfo) -> keras.Model:
