@@ -35,8 +35,10 @@ def test_help_lists_groups_and_options_without_importing_a_framework(tmp_path: P
     assert result.returncode == 0, result.stderr
     for line in (
         "backend: tf, torch",
-        "recipe: autoencoder, bench_cnn, bench_mlp, bench_transformer, cnn, gan, mlp",
-        "data: breast_cancer, csv, digits, image_folder, npz, python, synthetic",
+        "recipe: autoencoder, bench_cnn, bench_mlp, bench_transformer, char_lm, cnn, "
+        "gan, mlp, multilabel, regression, segmentation, two_towers",
+        "data: breast_cancer, csv, diabetes, digits, image_folder, multilabel, "
+        "npz, python, shapes, stdlib_text, synthetic, two_towers",
         "optimizer: adam, adamw, sgd",
         "scheduler: constant, cosine, step, warmup_cosine",
         "callbacks: early_stopping, none",

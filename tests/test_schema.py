@@ -84,7 +84,7 @@ def test_the_defaults_are_the_dataclasses() -> None:
     assert (s.parity, s.export) == (ParitySettings(), ExportSettings())
     assert dataclasses.replace(s.backend, name="torch") == BackendSettings(name="torch")
     assert (s.mode, s.seed, s.checkpoint) == ("train", 0, CheckpointSettings())
-    assert (s.recipe.task, s.recipe.loss_weights) == (None, None)
+    assert (s.recipe.task, s.recipe.loss_weights) == ("classification", None)  # mlp.yaml states it
     assert (s.data.batch_size, s.data.val_fraction, s.data.num_workers) == (32, 0.2, 0)
 
 
@@ -112,7 +112,8 @@ def test_cfg_job_shows_the_defaults() -> None:
     assert job.trainer.limit_val_batches == 1.0
     assert job.scheduler.step_size == 1000
     assert job.backend.capture_forward is True
-    assert job.recipe.task is None and job.recipe.loss_weights is None
+    assert job.recipe.task == "classification"  # as cnn.yaml, the default recipe, states
+    assert job.recipe.loss_weights is None
 
 
 # -- recipe.task and recipe.loss_weights ---------------------------------------------------------

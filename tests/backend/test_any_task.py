@@ -228,8 +228,9 @@ def test_layer_regularizers_add_to_the_loss(tmp_path: Path) -> None:
     "recipe,overrides,message",
     [
         # Vector targets against a one-number output: Keras's MSE would broadcast them.
-        ("regression", ["+data.width=3", "+recipe.model.outputs=1"], r"the model outputs \(1,\) per sample, but the target "
-         r"has shape \(3,\) \(regression\); MeanSquaredError needs them to be the same"),
+        ("regression", ["+data.width=3", "+recipe.model.outputs=1"],
+         r"the model outputs \(1,\) per sample, but the target has shape \(3,\) "
+         r"\(regression\); MeanSquaredError needs them to be the same"),
         # Float labels are values, not classes: a classifier's builder is told so.
         ("subclassed", ["+data.as_float=true"], r"data.num_classes: the target is a regression "
          r"target \(float32\), which has no classes; give class labels as integers"),
