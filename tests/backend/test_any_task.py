@@ -247,3 +247,23 @@ def test_a_target_or_input_that_does_not_fit_the_model_is_one_line(
     with pytest.raises(RunError, match=message) as caught:
         engine_class(BACKEND)(settings, load_recipe(settings.recipe), data)
     assert "\n" not in str(caught.value)
+
+
+@pytest.mark.slow
+def test_a_per_output_metric_drives_checkpoints_and_early_stopping(tmp_path: Path) -> None:
+    """`val/<output>/<metric>` names work wherever a metric is named: the best checkpoint by
+    the value output's MAE, early stopping on the kind output's accuracy."""
+    summary = train(
+        make_settings(
+            tmp_path, *user_recipe("two_towers"), "trainer.max_epochs=30",
+            "checkpoint.monitor=val/value/mae", "checkpoint.mode=min", "checkpoint.save_top_k=2",
+            "callbacks=early_stopping", "callbacks.early_stopping.monitor=val/kind/accuracy",
+            "callbacks.early_stopping.mode=max", "callbacks.early_stopping.patience=2",
+        )
+    )  # fmt: skip
+    assert summary["epochs"] < 30 and "early stopping" in summary["stop_reason"]
+    best = json.loads((tmp_path / "checkpoints" / "best" / "trainer.json").read_text())
+    assert best["monitor"] == "val/value/mae"
+    lines = [json.loads(x) for x in (tmp_path / "metrics.jsonl").read_text().splitlines()]
+    maes = [x["value/mae"] for x in lines if x["split"] == "val"]
+    assert best["monitor_value"] == pytest.approx(min(maes))
