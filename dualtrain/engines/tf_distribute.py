@@ -33,7 +33,7 @@ import numpy as np
 import tensorflow as tf
 
 from dualtrain import compat
-from dualtrain.data import ArrayDataset, structure
+from dualtrain.data import structure
 from dualtrain.distributed import tf_config
 from dualtrain.engines.base import NOT_SHARDED, Batch
 from dualtrain.engines.tensorflow import Branch, TensorFlowEngine
@@ -125,17 +125,11 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
 
     # -- data: each input pipeline serves the shards of its replicas ------------------------------
 
-    def _array_batches(
-        self, split: ArrayDataset, order: list[np.ndarray], train: bool
-    ) -> Iterable[Batch]:
-        arrays = self._train_arrays if train else self._val_arrays
-        assert arrays is not None
-        return self._distributed(arrays, order)
-
     def _source_batches(self, batches: Iterable[tuple[Any, Any]]) -> Iterable[Batch]:
         raise RunError(NOT_SHARDED)
 
-    def _distributed(self, arrays: tuple[Any, Any], order: list[np.ndarray]) -> Any:
+    def _pipeline(self, arrays: tuple[Any, Any], order: list[np.ndarray]) -> Any:
+        """The given batches, each split into the replicas' shards, as a distributed dataset."""
         replicas = self.strategy.num_replicas_in_sync
         smallest = min((len(b) for b in order), default=replicas)
         if smallest < replicas:
