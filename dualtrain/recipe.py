@@ -8,7 +8,7 @@ A recipe is a Python module written once with Keras 3 layers, `keras.ops`, `kera
 - `loss() -> keras.losses.Loss` or any `(y_true, y_pred) -> scalar` written in `keras.ops`, or a
   dict of them by output name (weighted by `recipe.loss_weights`; one loss for several outputs
   applies to each)                                         (required, unless `phases` is defined)
-- `metrics() -> list[keras.metrics.Metric]`, or a dict of lists by output name
+- `metrics([data]) -> list[keras.metrics.Metric]`, or a dict of lists by output name
                                                            (optional; logged as `val/<name>`, or
                                                            `val/<output>/<name>`)
 - `phases(model) -> list[Phase]`                           (optional: the recipe's own training
@@ -107,11 +107,13 @@ class Recipe:
         for metric in metrics:
             metric.update_state(y, y_pred)
 
-    def metrics(self) -> list[Any] | dict[str, list[Any]]:
+    def metrics(self, data: DataInfo) -> list[Any] | dict[str, list[Any]]:
+        """The recipe's metrics; `metrics(data)` gets the DataInfo where it takes an argument
+        (a metric that needs the class count when it is made, as MeanIoU does)."""
         make = getattr(self.module, "metrics", None)
         if make is None:
             return []
-        made = make()
+        made = make(data) if inspect.signature(make).parameters else make()
         if isinstance(made, Mapping):
             return {
                 str(k): list(v) if isinstance(v, (list, tuple)) else [v] for k, v in made.items()

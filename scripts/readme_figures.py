@@ -1,6 +1,6 @@
 """Reruns the configurations whose figures README quotes, and rewrites those figures in README.
 
-    python scripts/readme_figures.py              # about 80 s on a 2-core CPU
+    python scripts/readme_figures.py              # about 10 minutes on a 2-core CPU
     python scripts/readme_figures.py --dry-run    # print the new blocks, leave README as it is
 
 Each figure sits in README between `<!-- figures:start NAME -->` and `<!-- figures:end NAME -->`;
@@ -13,7 +13,10 @@ that their throughputs do not share the CPU:
 - `run-table`: the final table of `python -m dualtrain recipe=mlp backend=tf`;
 - `compare`: `comparison.md` of `python -m dualtrain -m backend=torch,tf recipe=cnn` (whose jobs
   also give the cnn's accuracies);
-- `parity`: `python -m dualtrain mode=parity recipe=cnn` and `recipe=mlp`.
+- `parity`: `python -m dualtrain mode=parity recipe=cnn` and `recipe=mlp`;
+- `task-recipes`: each task recipe's val figure on each backend, beside a baseline fitted on the
+  same split (scikit-learn's RidgeCV and one-vs-rest logistic regression, the majority class and
+  the train mean, all-background masks, a unigram model), and its `mode=parity` result.
 
 Accuracies are repeatable on one machine and library versions (seeded, deterministic CPU
 kernels); throughput and wall seconds are not, and vary with what else the machine runs.
@@ -91,12 +94,97 @@ def measure(work: Path) -> dict[str, str]:
         dualtrain("mode=parity", f"recipe={recipe}", f"hydra.run.dir={run_dir}", allowed=(0, 1))
         parity[recipe] = json.loads((run_dir / "parity.json").read_text(encoding="utf-8"))
 
+    tasks = {}
+    for recipe, _, key, _ in TASK_FIGURES:
+        for backend in ("torch", "tf"):
+            run_dir = work / f"{recipe}-{backend}"
+            dualtrain(f"recipe={recipe}", f"backend={backend}", f"hydra.run.dir={run_dir}")
+            val[recipe, backend] = summary(run_dir)["final"]["val"]
+        if recipe not in parity:
+            run_dir = work / f"parity-{recipe}"
+            dualtrain("mode=parity", f"recipe={recipe}", f"hydra.run.dir={run_dir}", allowed=(0, 1))
+            parity[recipe] = json.loads((run_dir / "parity.json").read_text(encoding="utf-8"))
+        tasks[recipe, key] = baseline(recipe, key)
+
     return {
         "recipes": _recipes_block(val),
+        "task-recipes": _tasks_block(val, tasks, parity),
         "run-table": "```\n$ python -m dualtrain recipe=mlp backend=tf\n" + run_table + "\n```",
         "compare": "```\n" + comparison + "\n```",
         "parity": _parity_block(parity),
     }
+
+
+# recipe, figure, val key, digits: the task recipes' rows (their baselines: `baseline`).
+TASK_FIGURES = (
+    ("regression", "R²", "r2", 3),
+    ("multilabel", "micro-F1", "f1", 3),
+    ("two_towers", "kind: accuracy", "kind/accuracy", 3),
+    ("two_towers", "value: MAE", "value/mae", 3),
+    ("segmentation", "mean IoU", "mean_iou", 3),
+    ("char_lm", "bits per character", "bits_per_char", 3),
+)
+
+
+def baseline(recipe: str, key: str) -> str:
+    """A simple model's figure on the recipe's own train/val split (seed 0), and its name."""
+    import numpy as np
+    from hydra import compose, initialize_config_module
+
+    from dualtrain.cli import settings_from_config
+    from dualtrain.data import load_data
+
+    with initialize_config_module("dualtrain.configs", version_base="1.3"):
+        cfg = compose("train", overrides=[f"recipe={recipe}"])
+    settings = settings_from_config(cfg, Path(tempfile.gettempdir()))
+    data = load_data(settings.data, settings.seed, task=settings.recipe.task)
+    train, val = data.train, data.val
+    if key == "r2":
+        from sklearn.linear_model import RidgeCV
+
+        fitted = RidgeCV(alphas=np.logspace(-3, 3, 13)).fit(train.x, train.y)
+        return f"{fitted.score(val.x, val.y):.3f} (RidgeCV)"
+    if key == "f1":
+        from sklearn.linear_model import LogisticRegression
+        from sklearn.metrics import f1_score
+        from sklearn.multiclass import OneVsRestClassifier
+
+        fitted = OneVsRestClassifier(LogisticRegression(max_iter=2000)).fit(train.x, train.y)
+        f1 = f1_score(val.y, fitted.predict(val.x), average="micro")
+        return f"{f1:.3f} (one-vs-rest logistic regression)"
+    if key == "kind/accuracy":
+        majority = np.bincount(train.y["kind"]).argmax()
+        return f"{np.mean(val.y['kind'] == majority):.3f} (the majority class)"
+    if key == "value/mae":
+        mean = train.y["value"].mean()
+        return f"{np.abs(val.y['value'] - mean).mean():.3f} (the train mean)"
+    if key == "mean_iou":
+        classes = data.info.num_classes
+        ious = [float(np.mean(val.y == 0))] + [0.0] * (classes - 1)  # all background
+        return f"{np.mean(ious):.3f} (every pixel background)"
+    counts = np.bincount(train.y.ravel(), minlength=data.info.num_classes) + 1.0
+    bits = -np.log2((counts / counts.sum())[val.y.ravel()]).mean()
+    return f"{bits:.3f} (a unigram model)"
+
+
+def _tasks_block(
+    val: dict[tuple[str, str], dict[str, float]],
+    baselines: dict[tuple[str, str], str],
+    parity: dict[str, dict[str, Any]],
+) -> str:
+    rows = [
+        "| recipe | val figure, defaults, seed 0 | torch | tf | baseline, same split | parity |",
+        "|---|---|---:|---:|---|---|",
+    ]
+    for recipe, name, key, digits in TASK_FIGURES:
+        cells = [f"{val[recipe, backend][key]:.{digits}f}" for backend in ("torch", "tf")]
+        report = parity[recipe]
+        agreed = f"{report['status']}, {report['max_rel_diff']:.1e} largest relative"
+        rows.append(
+            f"| `{recipe}` | {name} | {cells[0]} | {cells[1]} | {baselines[recipe, key]} | "
+            f"{agreed} |"
+        )
+    return "\n".join(rows)
 
 
 def _final_table(stdout: str, recipe: str, backend: str) -> str:
@@ -162,7 +250,8 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep the runs in this directory")
     args = parser.parse_args()
     readme = args.readme.read_text(encoding="utf-8")
-    rewrite(readme, {name: "" for name in ("recipes", "run-table", "compare", "parity")})
+    blocks = ("recipes", "task-recipes", "run-table", "compare", "parity")
+    rewrite(readme, dict.fromkeys(blocks, ""))
     started = time.perf_counter()
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)

@@ -80,7 +80,7 @@ class TrainingState:
             else None
         )
         self.phases: list[Phase] = recipe.phases(self.model, self.loss_fn)
-        self.tracked_metrics = tracked_metrics(recipe.metrics(), self.outputs, said)
+        self.tracked_metrics = tracked_metrics(recipe.metrics(data.info), self.outputs, said)
         self.metrics: list[keras.metrics.Metric] = [t.metric for t in self.tracked_metrics]
         if self.supervised:
             _check_targets(self, recipe, data.info, sample_y, sample_pred)

@@ -18,8 +18,6 @@ from keras import ops
 from dualtrain.data import DataInfo
 from dualtrain.errors import RunError
 
-_built_classes: int | None = None  # the number of classes of the model built last (metrics())
-
 
 def _conv_block(x: Any, filters: int, name: str, batch_norm: bool) -> Any:
     """Two 3x3 convolutions, each followed by batch normalization (optional) and ReLU."""
@@ -92,8 +90,6 @@ def build_model(
         x = keras.layers.Concatenate(name=f"skip{level}")([x, skips[level]])
         x = _conv_block(x, n, f"dec{level}", batch_norm)
     logits = keras.layers.Conv2D(data.num_classes, 1, name="logits")(x)
-    global _built_classes
-    _built_classes = data.num_classes
     return keras.Model(inputs, logits, name="unet")
 
 
@@ -102,18 +98,12 @@ def loss() -> keras.losses.Loss:
     return keras.losses.SparseCategoricalCrossentropy(from_logits=True)
 
 
-def metrics() -> list[keras.metrics.Metric]:
+def metrics(data: DataInfo) -> list[keras.metrics.Metric]:
     """Mean IoU over the classes (each pixel's predicted class is the argmax of its logits),
-    and the share of pixels labelled right.
-
-    `metrics()` is not given the data, and MeanIoU needs the number of classes when it is made:
-    it takes that of the model this process built last (engines build the model first).
-    """
-    if _built_classes is None:
-        raise RunError("recipe segmentation: metrics() needs build_model() to have run first")
+    and the share of pixels labelled right."""
     return [
         MeanIoU(
-            num_classes=_built_classes, sparse_y_true=True, sparse_y_pred=False, name="mean_iou"
+            num_classes=data.num_classes, sparse_y_true=True, sparse_y_pred=False, name="mean_iou"
         ),
         keras.metrics.SparseCategoricalAccuracy(name="pixel_accuracy"),
     ]
