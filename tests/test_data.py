@@ -313,3 +313,44 @@ def test_export_writes_the_checkpoints_data_transform_beside_the_models(tmp_path
         export_checkpoint(settings, checkpoint, lambda overrides, run_dir: ["true"])
     written = json.loads((tmp_path / "run" / "export" / "data_transform.json").read_text())
     assert written == transform
+
+
+def test_a_csv_with_several_target_columns_gives_named_targets(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rows = ["size,color,species,weight"]
+    for i in range(60):
+        species = ["cat", "dog", "fox"][i % 3]
+        rows.append(f"{rng.normal():.3f},{['red', 'blue'][i % 2]},{species},{10 + i / 4:.2f}")
+    (tmp_path / "t.csv").write_text("\n".join(rows) + "\n")
+    settings = data_settings(
+        "dualtrain.data.tabular:load_csv",
+        path=str(tmp_path / "t.csv"),
+        target=["species", "weight"],
+    )
+    data = load_data(settings, seed=0)
+    species, weight = data.info.target("species"), data.info.target("weight")
+    # Text: class indices (names in the transform); numbers: float values, a regression target.
+    assert (species.task, species.num_classes, weight.task) == ("classification", 3, "regression")
+    assert data.info.input_shape == (3,)  # size, and color one-hot
+    assert (len(data.train), len(data.val)) == (48, 12)  # a seeded random 20%
+    assert data.transform is not None
+    assert data.transform["classes"] == {"species": ["cat", "dog", "fox"], "weight": None}
+    assert set(data.val.y) == {"species", "weight"} and data.val.y["weight"].dtype == np.float32
+
+
+def test_a_npz_with_named_arrays_gives_named_inputs_and_targets(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    ids = rng.integers(0, 50, size=(40, 5))
+    np.savez(
+        tmp_path / "d.npz", tokens=ids, numbers=rng.normal(size=(40, 2)).astype("float32"),
+        label=ids[:, 0] % 2, score=rng.normal(size=40).astype("float32"),
+    )  # fmt: skip
+    settings = data_settings(
+        "dualtrain.data.files:npz", path=str(tmp_path / "d.npz"),
+        x_key=["tokens", "numbers"], y_key=["label", "score"],
+    )  # fmt: skip
+    data = load_data(settings, seed=0)
+    assert (data.info.input_kind, data.info.target_kind) == ("dict", "dict")
+    assert data.info.input("tokens").dtype == "int32"  # token ids stay integers
+    assert data.info.target("score").task == "regression"
+    assert data.info.target("label").num_classes == 2

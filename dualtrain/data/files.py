@@ -18,33 +18,64 @@ from dualtrain.settings import Check
 
 def npz(
     path: str,
-    x_key: str = "x",
-    y_key: str = "y",
-    x_val_key: str = "x_val",
-    y_val_key: str = "y_val",
+    x_key: str | list[str] = "x",
+    y_key: str | list[str] = "y",
+    x_val_key: str | list[str] | None = "x_val",
+    y_val_key: str | list[str] | None = "y_val",
     val_path: str | None = None,
 ) -> SourceData:
     """Features and labels from `path`: a `.npz` archive (read into memory), or a folder of
     `<key>.npy` files (features streamed from disk, for data larger than memory).
 
     The val split is `x_val_key`/`y_val_key` where present, else the same keys of `val_path`,
-    else a seeded stratified `data.val_fraction`.
+    else a seeded `data.val_fraction`. A list of keys (`data.x_key=[numbers,category]`) gives
+    several named arrays (a dict by key, the model's input or output names); their val arrays
+    are `<key>_val` unless the val keys are lists too.
     """
-    keys = {"x": x_key, "y": y_key}
+    named = not isinstance(x_key, str) or not isinstance(y_key, str)
+    keys = _roles("x", x_key) | _roles("y", y_key)
+    val_keys = _roles("x", _val_keys(x_key, x_val_key)) | _roles("y", _val_keys(y_key, y_val_key))
+    if named and Path(path).is_dir():
+        raise ConfigError(
+            f"data.path={path} is a folder of .npy files; several named arrays (a list of keys) "
+            "are read from a .npz archive"
+        )
     arrays = _read(Path(path), keys, required=True)
-    val_keys = {"x": x_val_key, "y": y_val_key}
     val = _read(Path(path), val_keys, required=False)
     if val_path is not None:
         if val:
             raise ConfigError(
-                f"data.path={path} has its own val arrays ({x_val_key}, {y_val_key}) and "
+                f"data.path={path} has its own val arrays ({', '.join(val_keys.values())}) and "
                 f"data.val_path={val_path} gives others; keep one of them"
             )
         val = _read(Path(val_path), keys, required=True, label="data.val_path")
     said = f"data.path={path} has"
+    x, y = _gather(arrays, x_key, "x"), _gather(arrays, y_key, "y")
     if not val:
-        return SourceData(x=arrays["x"], y=arrays["y"], said=said)
-    return SourceData(x=arrays["x"], y=arrays["y"], x_val=val["x"], y_val=val["y"], said=said)
+        return SourceData(x=x, y=y, said=said)
+    return SourceData(
+        x=x, y=y, x_val=_gather(val, x_key, "x"), y_val=_gather(val, y_key, "y"), said=said
+    )
+
+
+def _roles(role: str, key: str | list[str]) -> dict[str, str]:
+    """What `_read` reads: role -> key in the file ("x", or "x:numbers" for named arrays)."""
+    if isinstance(key, str):
+        return {role: key}
+    return {f"{role}:{k}": str(k) for k in key}
+
+
+def _val_keys(key: str | list[str], val_key: str | list[str] | None) -> str | list[str]:
+    if isinstance(key, str):
+        return val_key if isinstance(val_key, str) else f"{key}_val"
+    return list(val_key) if isinstance(val_key, list) else [f"{k}_val" for k in key]
+
+
+def _gather(arrays: dict[str, Any], key: str | list[str], role: str) -> Any:
+    """The arrays of one role: one array, or a dict by key for a list of keys."""
+    if isinstance(key, str):
+        return arrays[role]
+    return {str(k): arrays[f"{role}:{k}"] for k in key}
 
 
 # Checked when the config is read (settings.py), before any framework starts.
@@ -94,8 +125,9 @@ def _read(
                 "data.y_key=..."
             )
         arrays = {role: _member(archive, key, path, label) for role, key in keys.items()}
-    if np.issubdtype(arrays["x"].dtype, np.integer):  # e.g. uint8 images: as they are, unscaled
-        arrays["x"] = arrays["x"].astype("float32")
+    if "x" in arrays and np.issubdtype(arrays["x"].dtype, np.integer):
+        arrays["x"] = arrays["x"].astype("float32")  # e.g. uint8 images: as they are, unscaled
+    # Named arrays keep their dtype: integer inputs are token or category ids.
     return arrays
 
 

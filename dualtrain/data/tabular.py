@@ -1,4 +1,4 @@
-"""`data=csv`: a CSV file with a header row, one column the class label.
+"""`data=csv`: a CSV file with a header row; one column the class label, or several the targets.
 
 Numeric columns are standardized, text columns encoded (one-hot, or the category's index), with
 statistics and categories fitted on the train split only. The fitted transform is JSON; it is
@@ -14,7 +14,7 @@ from typing import Any
 
 import numpy as np
 
-from dualtrain.data.dataset import SourceData, stratified_indices
+from dualtrain.data.dataset import SourceData, random_indices, stratified_indices
 from dualtrain.errors import ConfigError, RunError
 
 ENCODINGS = ("onehot", "index")
@@ -22,20 +22,27 @@ ENCODINGS = ("onehot", "index")
 
 def load_csv(
     path: str,
-    target: str,
+    target: str | list[str],
     seed: int,
     val_fraction: float,
     val_path: str | None = None,
     categorical: str = "onehot",
     transform: dict[str, Any] | None = None,
 ) -> SourceData:
-    """Features and class labels of a CSV file; the val split is `val_path` or a seeded
-    stratified `val_fraction` of `path`."""
+    """Features and targets of a CSV file; the val split is `val_path` or a seeded
+    `val_fraction` of `path` (stratified by the class label, where there is one target).
+
+    One target column gives class labels (class names, or whole numbers as class indices).
+    Several (`data.target=[species,weight]`) give a dict by column name: text columns as class
+    indices, numeric columns as float values (a classification or a regression target each; see
+    `recipe.task`).
+    """
     if categorical not in ENCODINGS:
         raise ConfigError(f"data.categorical must be one of onehot, index; got {categorical!r}")
-    header, rows, lines = _read(Path(path), target, "data.path")
+    targets = [target] if isinstance(target, str) else [str(t) for t in target]
+    header, rows, lines = _read(Path(path), targets, "data.path")
     if val_path is not None:
-        val_header, val_rows, val_lines = _read(Path(val_path), target, "data.val_path")
+        val_header, val_rows, val_lines = _read(Path(val_path), targets, "data.val_path")
         if val_header != header:
             raise RunError(
                 f"data.val_path={val_path} has the columns {val_header}; expected those of "
@@ -43,17 +50,21 @@ def load_csv(
             )
         train_rows, train_lines = rows, lines
     else:
-        labels = [row[header.index(target)] for row in rows]
-        train_idx, val_idx = stratified_indices(
-            np.asarray(labels), val_fraction, seed, f"data.path={path} has"
-        )
+        if len(targets) == 1:
+            labels = [row[header.index(targets[0])] for row in rows]
+            train_idx, val_idx = stratified_indices(
+                np.asarray(labels), val_fraction, seed, f"data.path={path} has"
+            )
+        else:
+            train_idx, val_idx = random_indices(len(rows), val_fraction, seed)
         train_rows, train_lines = [rows[i] for i in train_idx], [lines[i] for i in train_idx]
         val_rows, val_lines = [rows[i] for i in val_idx], [lines[i] for i in val_idx]
     if transform is None:
-        _check_mixed_columns(header, rows, lines, target, f"data.path={path}")
+        _check_mixed_columns(header, rows, lines, targets, f"data.path={path}")
         transform = fit_transform(header, train_rows, target, categorical)
-    fitted = [c["name"] for c in transform["columns"]] + [transform["target"]]
-    if set(header) != set(fitted) or transform["target"] != target:
+    fitted_targets = _targets(transform)
+    fitted = [c["name"] for c in transform["columns"]] + fitted_targets
+    if set(header) != set(fitted) or fitted_targets != targets:
         raise RunError(
             f"data.path={path} has the columns {header} with data.target={target}; the "
             f"checkpoint's transform was fitted on {fitted} with target {transform['target']}"
@@ -61,7 +72,7 @@ def load_csv(
     x, y = apply_transform(transform, header, train_rows, train_lines, f"data.path={path}")
     where = f"data.val_path={val_path}" if val_path else f"data.path={path}"
     x_val, y_val = apply_transform(transform, header, val_rows, val_lines, where)
-    classes = transform["classes"]
+    classes = transform["classes"] if isinstance(transform["target"], str) else None
     return SourceData(
         x=x,
         y=y,
@@ -73,13 +84,21 @@ def load_csv(
     )
 
 
+def _targets(transform: dict[str, Any]) -> list[str]:
+    target = transform["target"]
+    return [target] if isinstance(target, str) else list(target)
+
+
 def fit_transform(
-    header: list[str], rows: list[list[str]], target: str, categorical: str
+    header: list[str], rows: list[list[str]], target: str | list[str], categorical: str
 ) -> dict[str, Any]:
-    """Each feature column's encoding, fitted on `rows` (the train split), as JSON."""
+    """Each feature column's encoding, fitted on `rows` (the train split), as JSON; and the
+    target's class names (None: class indices), or with several targets each one's (None: a
+    numeric column, read as values)."""
+    targets = [target] if isinstance(target, str) else list(target)
     columns = []
     for j, name in enumerate(header):
-        if name == target:
+        if name in targets:
             continue
         values = [row[j] for row in rows]
         numbers = _numbers(values)
@@ -97,11 +116,19 @@ def fit_transform(
                     "categories": sorted(set(values)),
                 }
             )
-    labels = [row[header.index(target)] for row in rows]
-    whole = _numbers(labels)
-    is_index = whole is not None and np.isfinite(whole).all() and (whole == np.round(whole)).all()
-    classes = None if is_index else sorted(set(labels))
-    return {"kind": "csv", "target": target, "classes": classes, "columns": columns}
+    if isinstance(target, str):
+        labels = [row[header.index(target)] for row in rows]
+        whole = _numbers(labels)
+        is_index = (
+            whole is not None and np.isfinite(whole).all() and (whole == np.round(whole)).all()
+        )
+        classes = None if is_index else sorted(set(labels))
+        return {"kind": "csv", "target": target, "classes": classes, "columns": columns}
+    per_target = {}
+    for name in targets:
+        values = [row[header.index(name)] for row in rows]
+        per_target[name] = None if _numbers(values) is not None else sorted(set(values))
+    return {"kind": "csv", "target": targets, "classes": per_target, "columns": columns}
 
 
 def apply_transform(
@@ -144,29 +171,64 @@ def apply_transform(
                 onehot[np.flatnonzero(seen), codes[seen]] = 1.0
                 parts.append(onehot)
     x = np.concatenate(parts, axis=1) if parts else np.zeros((len(rows), 0))
-    labels = [row[header.index(transform["target"])] for row in rows]
-    classes = transform["classes"]
+    if isinstance(transform["target"], str):
+        y: Any = _labels(transform["target"], transform["classes"], header, rows, where)
+    else:
+        y = {
+            name: _column_target(name, transform["classes"][name], header, rows, lines, where)
+            for name in transform["target"]
+        }
+    return x.astype("float32"), y
+
+
+def _labels(
+    target: str, classes: list[str] | None, header: list[str], rows: list[list[str]], where: str
+) -> np.ndarray:
+    """One target column as class indices: whole numbers, or class names looked up."""
+    labels = [row[header.index(target)] for row in rows]
     if classes is None:
         numbers = _numbers(labels)
         if numbers is None or not np.isfinite(numbers).all() or (numbers % 1).any():
             raise RunError(
-                f"{where}: column {transform['target']!r} holds labels that are not whole "
+                f"{where}: column {target!r} holds labels that are not whole "
                 "numbers; expected class indices 0..num_classes-1 (as in training)"
             )
-        y = numbers.astype("int64")
-    else:
-        lookup = {c: i for i, c in enumerate(classes)}
-        unknown = [label for label in labels if label not in lookup]
-        if unknown:
-            raise RunError(
-                f"{where}: column {transform['target']!r} holds {len(unknown)} labels outside "
-                f"the class range, the first {unknown[0]!r}; the classes are {classes}"
-            )
-        y = np.array([lookup[label] for label in labels], "int64")
-    return x.astype("float32"), y
+        return numbers.astype("int64")
+    lookup = {c: i for i, c in enumerate(classes)}
+    unknown = [label for label in labels if label not in lookup]
+    if unknown:
+        raise RunError(
+            f"{where}: column {target!r} holds {len(unknown)} labels outside "
+            f"the class range, the first {unknown[0]!r}; the classes are {classes}"
+        )
+    return np.array([lookup[label] for label in labels], "int64")
 
 
-def _read(path: Path, target: str, label: str) -> tuple[list[str], list[list[str]], list[int]]:
+def _column_target(
+    name: str,
+    classes: list[str] | None,
+    header: list[str],
+    rows: list[list[str]],
+    lines: list[int],
+    where: str,
+) -> np.ndarray:
+    """One of several target columns: class names as indices, or numbers as float values."""
+    if classes is not None:
+        return _labels(name, classes, header, rows, where)
+    values = [row[header.index(name)] for row in rows]
+    numbers = _numbers(values)
+    if numbers is None:
+        bad = next(i for i, v in enumerate(values) if _number(v) is None)
+        raise RunError(
+            f"{where}: target column {name!r} is numeric but line {lines[bad]} holds "
+            f"{values[bad]!r}; expected a number in every row"
+        )
+    return numbers.astype("float32")
+
+
+def _read(
+    path: Path, targets: list[str], label: str
+) -> tuple[list[str], list[list[str]], list[int]]:
     """The header, the rows below it, and each row's line number in the file."""
     rows, lines = [], []
     try:
@@ -183,13 +245,15 @@ def _read(path: Path, target: str, label: str) -> tuple[list[str], list[list[str
     if not header:
         raise RunError(
             f"{label}={path} is empty ({path.stat().st_size} bytes); expected a CSV file with a "
-            f"header row naming the columns, {target} among them, and one row per sample below it"
+            f"header row naming the columns, {', '.join(targets)} among them, and one row per "
+            "sample below it"
         )
-    if target not in header:
-        raise ConfigError(
-            f"data.target={target} is not a column of {label}={path}; its columns: "
-            f"{', '.join(header)}"
-        )
+    for target in targets:
+        if target not in header:
+            raise ConfigError(
+                f"data.target={target} is not a column of {label}={path}; its columns: "
+                f"{', '.join(header)}"
+            )
     short = next((i for i, row in enumerate(rows) if len(row) != len(header)), None)
     if short is not None:
         raise RunError(
@@ -209,10 +273,10 @@ _NUMERIC_SHARE = 0.9
 
 
 def _check_mixed_columns(
-    header: list[str], rows: list[list[str]], lines: list[int], target: str, where: str
+    header: list[str], rows: list[list[str]], lines: list[int], targets: list[str], where: str
 ) -> None:
     for j, name in enumerate(header):
-        if name == target:
+        if name in targets:
             continue
         parsed = [_number(row[j]) for row in rows]
         text = [i for i, n in enumerate(parsed) if n is None]
