@@ -81,8 +81,11 @@ def run_worker(settings: Settings) -> dict[str, Any]:
 
     Imports the framework of `settings.backend`; runs in a process of its own.
     """
+    from dualtrain.engines import select_backend
     from dualtrain.run import train
 
+    # Before the initial weights' data: a data source of the user's may import Keras.
+    select_backend(settings.backend.name, import_framework=False)
     init = settings.run_dir.parent / INIT
     if not (init / "trainer.json").is_file():
         _write_initial_weights(settings, init)
