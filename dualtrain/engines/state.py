@@ -268,8 +268,10 @@ def _check_targets(
     first step."""
     said = f"recipe {recipe.name}"
     losses = recipe.loss()
-    for out, target_name in zip(state.outputs.outputs, state.outputs.targets, strict=True):
-        spec = info.target(target_name)
+    for (out, target, pred), name in zip(
+        state.outputs.pairs(y, y_pred), state.outputs.targets, strict=True
+    ):
+        spec = info.target(name)
         loss = losses.get(out) if isinstance(losses, dict) else losses
         if isinstance(loss, keras.losses.SparseCategoricalCrossentropy):
             if spec.task != "classification":
@@ -283,11 +285,7 @@ def _check_targets(
                     f"{said}: the labels hold {spec.num_classes} class; a classifier needs at "
                     "least two (check data.target, or the labels the data source returns)"
                 )
-    for (out, target, pred), name in zip(
-        state.outputs.pairs(y, y_pred), state.outputs.targets, strict=True
-    ):
-        loss = losses.get(out) if isinstance(losses, dict) else losses
-        _check_shapes(loss, info.target(name), tuple(target.shape[1:]), tuple(pred.shape[1:]), said)
+        _check_shapes(loss, spec, tuple(target.shape[1:]), tuple(pred.shape[1:]), said)
     assert state.loss_fn is not None
     try:
         value = state.loss_fn(y, y_pred)
