@@ -125,9 +125,7 @@ def fit_child(backend: str, jit_compile: str, epochs: int, batch_size: int, resu
 
     x, y = digits()
     train, _ = stratified_split(x, y, VAL_FRACTION, seed=SEED)
-    info = DataInfo(
-        input_shape=tuple(train.x.shape[1:]), num_classes=int(y.max()) + 1, x_train=train.x
-    )
+    info = DataInfo.classifier(tuple(train.x.shape[1:]), int(y.max()) + 1, x_train=train.x)
     model = build_model(info, **CNN_MODEL_KWARGS)
     # No metrics: dualtrain's train step tracks only the loss, which fit tracks too.
     model.compile(

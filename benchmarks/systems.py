@@ -114,7 +114,8 @@ def _keras_model(workload: Workload, x: Any) -> Any:
     from dualtrain.data import DataInfo
     from dualtrain.recipes.bench import build_model
 
-    return build_model(DataInfo(workload.shape, workload.num_classes, x), **workload.model)
+    info = DataInfo.classifier(workload.shape, workload.num_classes, x)
+    return build_model(info, **workload.model)
 
 
 def _epochs(run_epoch: Any, epochs: int) -> dict:

@@ -117,6 +117,18 @@ class DataInfo:
     input_kind: str = structure.ARRAY  # how x is structured: array | dict | tuple
     target_kind: str = structure.ARRAY  # how y is structured: array | dict | tuple | none
 
+    @classmethod
+    def classifier(
+        cls, input_shape: tuple[int, ...], num_classes: int, x_train: Any = None
+    ) -> DataInfo:
+        """One float input and one class label per sample: what a classifier is built for
+        (a benchmark's or a notebook's model, without a data source)."""
+        return cls(
+            inputs=(ArraySpec("x", tuple(input_shape), "float32"),),
+            targets=(ArraySpec("y", (), "int32", "classification", int(num_classes)),),
+            x_train=x_train,
+        )
+
     def input(self, name: str) -> ArraySpec:
         return _by_name(self.inputs, name, "input")
 
