@@ -94,21 +94,20 @@ def measure(work: Path) -> dict[str, str]:
         dualtrain("mode=parity", f"recipe={recipe}", f"hydra.run.dir={run_dir}", allowed=(0, 1))
         parity[recipe] = json.loads((run_dir / "parity.json").read_text(encoding="utf-8"))
 
-    tasks = {}
-    for recipe, _, key, _ in TASK_FIGURES:
+    task_parity = {}
+    for recipe in dict.fromkeys(row[0] for row in TASK_FIGURES):  # each once, in order
         for backend in ("torch", "tf"):
             run_dir = work / f"{recipe}-{backend}"
             dualtrain(f"recipe={recipe}", f"backend={backend}", f"hydra.run.dir={run_dir}")
             val[recipe, backend] = summary(run_dir)["final"]["val"]
-        if recipe not in parity:
-            run_dir = work / f"parity-{recipe}"
-            dualtrain("mode=parity", f"recipe={recipe}", f"hydra.run.dir={run_dir}", allowed=(0, 1))
-            parity[recipe] = json.loads((run_dir / "parity.json").read_text(encoding="utf-8"))
-        tasks[recipe, key] = baseline(recipe, key)
+        run_dir = work / f"parity-{recipe}"
+        dualtrain("mode=parity", f"recipe={recipe}", f"hydra.run.dir={run_dir}", allowed=(0, 1))
+        task_parity[recipe] = json.loads((run_dir / "parity.json").read_text(encoding="utf-8"))
+    tasks = {(recipe, key): baseline(recipe, key) for recipe, _, key, _ in TASK_FIGURES}
 
     return {
         "recipes": _recipes_block(val),
-        "task-recipes": _tasks_block(val, tasks, parity),
+        "task-recipes": _tasks_block(val, tasks, task_parity),
         "run-table": "```\n$ python -m dualtrain recipe=mlp backend=tf\n" + run_table + "\n```",
         "compare": "```\n" + comparison + "\n```",
         "parity": _parity_block(parity),
