@@ -35,6 +35,8 @@ from pathlib import Path
 from typing import Any
 
 REPO = Path(__file__).resolve().parents[1]
+# The README blocks this script writes, each between its markers.
+BLOCKS = ("recipes", "task-recipes", "run-table", "compare", "parity")
 
 
 def one_thread_env() -> dict[str, str]:
@@ -249,8 +251,7 @@ def main() -> None:
     parser.add_argument("--keep", type=Path, help="keep the runs in this directory")
     args = parser.parse_args()
     readme = args.readme.read_text(encoding="utf-8")
-    blocks = ("recipes", "task-recipes", "run-table", "compare", "parity")
-    rewrite(readme, dict.fromkeys(blocks, ""))
+    rewrite(readme, dict.fromkeys(BLOCKS, ""))
     started = time.perf_counter()
     if args.keep:
         args.keep.mkdir(parents=True, exist_ok=True)
