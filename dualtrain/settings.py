@@ -201,6 +201,9 @@ class BackendSettings:
     capture_forward: bool = field(default=True, metadata=key(boolean))
     # torch on glibc: host memory the steps free stays with the process for the next step
     keep_host_memory: bool = field(default=True, metadata=key(boolean))
+    # every step op by op, for a debugger: no captured graph (torch), no tf.function (tf);
+    # debug=eager sets it, and a run under a debugger (pdb, an IDE's) gets it by itself
+    eager: bool = field(default=False, metadata=key(boolean))
 
 
 def _recipe_module(value: Any, label: str) -> str:

@@ -42,7 +42,7 @@ def test_help_lists_groups_and_options_without_importing_a_framework(tmp_path: P
         "optimizer: adam, adamw, sgd",
         "scheduler: constant, cosine, step, warmup_cosine",
         "callbacks: early_stopping, none",
-        "debug: fast_dev_run, overfit",
+        "debug: eager, fast_dev_run, overfit",
     ):
         assert line in result.stdout
     assert "python -m dualtrain recipe=mlp backend=tf" in result.stdout

@@ -9,9 +9,12 @@ optimizer update, loss tracking.
 
 from __future__ import annotations
 
+import bdb
 import contextlib
 import itertools
+import logging
 import random
+import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any, ClassVar
@@ -31,12 +34,29 @@ from dualtrain.settings import Settings
 Batch = tuple[Any, Any]
 
 
+log = logging.getLogger("dualtrain")
+
+EAGER_MODE = (
+    "eagerly, op by op (backend.eager: debug=eager, or a debugger): breakpoints stop at every step"
+)
+
 # Distributed engines shard each global batch of a split of arrays by index; a batch source's
 # batches come whole, one stream per process.
 NOT_SHARDED = (
     "a batch source (a keras.utils.PyDataset or a function of batches) cannot be sharded across "
     "processes yet; under torchrun or tf.distribute return arrays from the data source"
 )
+
+
+def debugger_attached() -> bool:
+    """Whether a debugger traces this process: pdb (any `bdb.Bdb`), or the debugpy/pydevd of an
+    IDE. A coverage tracer is not one: measured runs keep their graphs."""
+    trace = sys.gettrace()
+    if trace is None:
+        return False
+    owner = getattr(trace, "__self__", trace)
+    module = type(owner).__module__ or ""
+    return isinstance(owner, bdb.Bdb) or module.startswith(("pydevd", "_pydevd", "debugpy"))
 
 
 def rows(x: Any) -> Any:
@@ -60,7 +80,10 @@ class Engine(ABC):
         self.settings = settings
         self.recipe = recipe
         self.data = data
-        self.jit_compile = self._resolve_jit(settings.backend.jit_compile)
+        # backend.eager (debug=eager), or a debugger tracing this process: every step op by op,
+        # so that a breakpoint in the recipe stops at every step, not once while a graph is made.
+        self.eager = settings.backend.eager or debugger_attached()
+        self.jit_compile = False if self.eager else self._resolve_jit(settings.backend.jit_compile)
         # Steps hand their gradients back only when histograms want them.
         self._keep_gradients = settings.logger.histograms_every > 0
         self._last_gradients: dict[str, Any] | None = None  # variable path -> gradient
@@ -76,6 +99,7 @@ class Engine(ABC):
             self.phases: list[Phase] = list(self.state.phases)
             self._predict: Callable[[Any], Any] = lambda x: self.state.model(x, training=False)
             self._make_steps()
+        log.info("%s steps run %s", self.name, self.step_mode())
 
     @property
     def model(self) -> keras.Model:
@@ -88,6 +112,10 @@ class Engine(ABC):
         yield
 
     # -- what each backend implements, in the order a run uses it --------------------------------
+
+    @abstractmethod
+    def step_mode(self) -> str:
+        """How the steps run, in words, for the log line at start."""
 
     @abstractmethod
     def _resolve_jit(self, choice: str) -> bool:

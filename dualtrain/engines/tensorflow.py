@@ -9,7 +9,7 @@ import numpy as np
 import tensorflow as tf
 
 from dualtrain.data import ArrayDataset, ArraySpec, BatchSplit, DataInfo, Rows, structure
-from dualtrain.engines.base import Batch, Engine, targets
+from dualtrain.engines.base import EAGER_MODE, Batch, Engine, targets
 
 Branch = Callable[..., None]  # a branch of `_cond`
 
@@ -35,7 +35,15 @@ class TensorFlowEngine(Engine):
     def restore_framework_rng_state(self, state: list[int]) -> None:
         pass
 
+    def step_mode(self) -> str:
+        if self.eager:
+            return EAGER_MODE
+        return f"as tf.function graphs (XLA: {self.jit_compile}; debug=eager for pdb)"
+
     def _make_steps(self) -> None:
+        # Process-wide in TensorFlow: set either way, so that a later run in the process is not
+        # left eager by an earlier one.
+        tf.config.run_functions_eagerly(self.eager)
         # A batch dimension of None: the last, smaller batch of an epoch reuses the one trace.
         self._batch_signature = _signature(self.data.info)
         # One traced step per number of accumulated batches (grad_accum_steps, and the fewer that

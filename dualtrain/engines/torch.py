@@ -15,7 +15,7 @@ import torch
 from torch.utils.data import DataLoader
 
 from dualtrain.data import ArrayDataset, BatchSplit, structure
-from dualtrain.engines.base import Batch, Engine, rows, targets
+from dualtrain.engines.base import EAGER_MODE, Batch, Engine, rows, targets
 from dualtrain.engines.torch_adam import fuse_adam
 from dualtrain.recipe import Phase
 
@@ -57,8 +57,9 @@ class TorchEngine(Engine):
         # Arrays: DataLoaders that gather batches by index (batch sources make their own).
         self._train_loader = self._loader(self.data.train)
         self._val_loader = self._loader(self.data.val)
-        if self.settings.backend.capture_forward and not self.jit_compile:
-            self._capture_forward()
+        self._captured = False
+        if self.settings.backend.capture_forward and not self.jit_compile and not self.eager:
+            self._captured = self._capture_forward()
         # Adam and AdamW: Keras's update arithmetic in torch's one-pass kernel (torch_adam.py).
         # Not under torch.compile, which traces the update and cannot functionalize the kernel.
         for optimizer in self.state.optimizers:
@@ -83,7 +84,19 @@ class TorchEngine(Engine):
     def _eval_step(self, batch: Batch) -> None:
         self._eval_fn(*batch)
 
-    def _capture_forward(self) -> None:
+    def step_mode(self) -> str:
+        if self.eager:
+            return EAGER_MODE
+        if self.jit_compile:
+            return "compiled with torch.compile (backend.jit_compile=true)"
+        if self._captured:
+            return (
+                "with the forward pass and loss as captured graphs (backend.capture_forward; "
+                "debug=eager for pdb)"
+            )
+        return "eagerly (plain Keras on torch)"
+
+    def _capture_forward(self) -> bool:
         """backend.capture_forward: the phases' training losses and the eval forward pass run as
         captured ATen graphs (engines/torch_graph.py); the eager path where that is not safe."""
         from dualtrain.engines.torch_graph import CapturedFunction, capture_problem
@@ -94,13 +107,14 @@ class TorchEngine(Engine):
                 "backend.capture_forward: the model runs eagerly, as plain Keras on torch: %s",
                 problem,
             )
-            return
+            return False
         variables = list(self.model.variables)
         self.phases = [_captured_phase(phase, self.model, variables) for phase in self.phases]
         model = self.model
         self._predict = CapturedFunction(
             lambda x: model(x, training=False), variables, "the eval forward pass"
         )
+        return True
 
     # -- the steps -------------------------------------------------------------------------------
 
