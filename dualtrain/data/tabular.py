@@ -145,13 +145,7 @@ def apply_transform(
         j = header.index(column["name"])
         values = [row[j] for row in rows]
         if column["kind"] == "numeric":
-            numbers = _numbers(values)
-            if numbers is None:
-                bad = next(i for i, v in enumerate(values) if _number(v) is None)
-                raise RunError(
-                    f"{where}: column {column['name']!r} is numeric but line {lines[bad]} holds "
-                    f"{values[bad]!r}; expected a number in every row"
-                )
+            numbers = _numeric(values, lines, where, f"column {column['name']!r}")
             bad_rows = np.flatnonzero(~np.isfinite(numbers))
             if len(bad_rows):
                 raise RunError(
@@ -216,14 +210,19 @@ def _column_target(
     if classes is not None:
         return _labels(name, classes, header, rows, where)
     values = [row[header.index(name)] for row in rows]
+    return _numeric(values, lines, where, f"target column {name!r}").astype("float32")
+
+
+def _numeric(values: list[str], lines: list[int], where: str, what: str) -> np.ndarray:
+    """A numeric column's values as floats; one line naming the first row that holds text."""
     numbers = _numbers(values)
     if numbers is None:
         bad = next(i for i, v in enumerate(values) if _number(v) is None)
         raise RunError(
-            f"{where}: target column {name!r} is numeric but line {lines[bad]} holds "
-            f"{values[bad]!r}; expected a number in every row"
+            f"{where}: {what} is numeric but line {lines[bad]} holds {values[bad]!r}; expected "
+            "a number in every row"
         )
-    return numbers.astype("float32")
+    return numbers
 
 
 def _read(
