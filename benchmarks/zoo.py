@@ -199,6 +199,11 @@ def _epochs(run_epoch: Callable[[int, Callable[[], Any]], None], epochs: int) ->
     return {"epoch_seconds": times, "first_step_at": first[0]}
 
 
+def _scalar(value: Any) -> float:
+    """A framework scalar as a float (torch: detached from the graph first)."""
+    return float(value.detach() if hasattr(value, "detach") else value)
+
+
 def _take(x: Any, idx: Any) -> Any:
     return {k: v[idx] for k, v in x.items()} if isinstance(x, dict) else x[idx]
 
@@ -228,6 +233,7 @@ def torch_keras_loop(job: Job) -> dict[str, Any]:
 
     model = job.recipe.build_model(job.info)
     xs, ys = _torch_tensors(job.x), _torch_tensors(job.y)
+    last: list[Any] = [None]  # the last step's loss, read once at the end (a check it trains)
     if not job.recipe.has_phases:
         loss_fn = job.recipe.loss()
         beta_1, beta_2 = job.adam.get("beta_1", 0.9), job.adam.get("beta_2", 0.999)
@@ -240,9 +246,10 @@ def torch_keras_loop(job: Job) -> dict[str, Any]:
                 optimizer.zero_grad(set_to_none=True)
                 loss.backward()
                 optimizer.step()
+                last[0] = loss
                 on_first_step()
 
-        return _epochs(run_epoch, job.epochs)
+        return {**_epochs(run_epoch, job.epochs), "final_loss": _scalar(last[0])}
 
     # The recipe's own step (autoencoder, gan): each phase's loss, its variables, its own Adam.
     steps = []
@@ -260,9 +267,10 @@ def torch_keras_loop(job: Job) -> dict[str, Any]:
                 for p, g in zip(params, torch.autograd.grad(loss, params), strict=True):
                     p.grad = g
                 optimizer.step()
+            last[0] = loss
             on_first_step()
 
-    return _epochs(run_phases, job.epochs)
+    return {**_epochs(run_phases, job.epochs), "final_loss": _scalar(last[0])}
 
 
 def torch_nn_loop(job: Job) -> dict[str, Any]:
@@ -285,6 +293,7 @@ def torch_nn_loop(job: Job) -> dict[str, Any]:
         xs = xs.permute(0, 3, 1, 2).contiguous()
     optimizer = torch.optim.Adam(module.parameters(), lr=job.lr)
     module.train()
+    last: list[Any] = [None]
 
     def run_epoch(epoch: int, on_first_step: Callable[[], Any]) -> None:
         for xb, yb in _torch_batches(job, xs, ys, epoch):
@@ -292,9 +301,11 @@ def torch_nn_loop(job: Job) -> dict[str, Any]:
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
+            last[0] = loss
             on_first_step()
 
-    return {**_epochs(run_epoch, job.epochs), "parameters": params}
+    result = _epochs(run_epoch, job.epochs)
+    return {**result, "final_loss": _scalar(last[0]), "parameters": params}
 
 
 def torch_nn_model(name: str, info: Any) -> Any:
@@ -368,25 +379,28 @@ def tf_function_loop(job: Job) -> dict[str, Any]:
         steps.append((loss_of, variables, optimizer))
     data = (
         tf.data.Dataset.from_tensor_slices((job.x, job.y))
-        .shuffle(job.samples, seed=0)
+        .shuffle(len(job.y), seed=0)
         .batch(job.batch_size)
         .take(job.batches_per_epoch)
         .prefetch(tf.data.AUTOTUNE)
     )
 
     @tf.function
-    def step(xb: Any, yb: Any) -> None:
+    def step(xb: Any, yb: Any) -> Any:
         for loss_of, variables, optimizer in steps:
             with tf.GradientTape() as tape:
                 loss = loss_of(model, xb, yb, True)
             optimizer.apply(tape.gradient(loss, variables), variables)
+        return loss
+
+    last: list[Any] = [None]
 
     def run_epoch(epoch: int, on_first_step: Callable[[], Any]) -> None:
         for xb, yb in data:
-            step(xb, yb)
+            last[0] = step(xb, yb)
             on_first_step()
 
-    return _epochs(run_epoch, job.epochs)
+    return {**_epochs(run_epoch, job.epochs), "final_loss": _scalar(last[0])}
 
 
 # -- how dualtrain ran its steps ------------------------------------------------------------------
@@ -525,6 +539,7 @@ def run_one(system: str, model: Model, args: argparse.Namespace) -> dict[str, An
                 raise RunFailed(system, model.name, errors, result["steps"])
             result["samples_per_sec"] = summary["train_samples_per_sec"]
             result["first_step_seconds"] = summary["first_step_seconds"]
+            result["final_loss"] = (summary.get("final") or {}).get("train", {}).get("loss")
         else:
             if proc.returncode != 0:
                 raise RunFailed(system, model.name, errors)
@@ -532,8 +547,9 @@ def run_one(system: str, model: Model, args: argparse.Namespace) -> dict[str, An
             steady = report["epoch_seconds"][1:]
             result["samples_per_sec"] = report["samples_per_epoch"] * len(steady) / sum(steady)
             result["first_step_seconds"] = report["first_step_at"] - launched
-            if "parameters" in report:
-                result["parameters"] = report["parameters"]
+            for key in ("parameters", "final_loss"):
+                if key in report:
+                    result[key] = report[key]
         result["peak_rss_mb"] = usage.ru_maxrss / 1024  # Linux: kilobytes
         after = busy_cpu_seconds()
         if busy is not None and after is not None:
@@ -663,7 +679,9 @@ def _ratio(row: dict[str, Any], system: str, base: str) -> str:
     return f"{entry['median']:.2f}x" if entry else "-"
 
 
-def markdown(table: dict[str, Any], args: argparse.Namespace) -> str:
+def markdown(
+    table: dict[str, Any], args: argparse.Namespace, runs: list[dict[str, Any]] | None = None
+) -> str:
     lines = [
         f"threads={args.threads or 'default'}; {args.rounds} round(s) of {args.epochs} epochs; "
         "samples/s: steady state (first epoch excluded), median over rounds; ratios: median of "
@@ -677,8 +695,9 @@ def markdown(table: dict[str, Any], args: argparse.Namespace) -> str:
     for name, row in table.items():
         records = row["steps"].get("dualtrain/torch", [])
         steps = "; ".join(dict.fromkeys(describe_steps(r) for r in records)) or "-"
-        if row["failed"]:
-            steps += " FAILED: " + "; ".join(row["failed"])
+        failed = sorted({line.split(":")[0] for line in row["failed"]})
+        if failed:  # the errors are listed below the table
+            steps += f" (failed: {', '.join(failed)})"
         lines.append(
             f"| {name} | {_ratio(row, 'dualtrain/torch', 'torch+keras')} "
             f"| {_ratio(row, 'dualtrain/torch', 'torch.nn')} "
@@ -695,11 +714,34 @@ def markdown(table: dict[str, Any], args: argparse.Namespace) -> str:
     for f in found:
         said = f"from {f['source']}" if f.get("source") else "no step record, no log line"
         lines.append(f"- {f['model']}, {f['system']}: {describe_steps(f)} ({said})")
+    loads = sorted(r["other_load_cores"] for r in runs or [] if "other_load_cores" in r)
+    if loads:
+        lines += [
+            "",
+            f"Other load (cores other processes kept busy during a run; the machine has "
+            f"{os.cpu_count()}): median {statistics.median(loads):.2f}, max {loads[-1]:.2f}"
+            + (": a busy machine, rerun for figures to quote" if loads[-1] > 0.25 else ""),
+        ]
     failed = [(name, line) for name, row in table.items() for line in row["failed"]]
     if failed:
         lines += ["", f"Failed: {len(failed)}"]
         lines += [f"- {name}, {line}" for name, line in failed]
     return "\n".join(lines)
+
+
+def cpu() -> dict[str, Any]:
+    """The CPU's name, and whether TensorFlow turns its oneDNN ops on by itself on it (on CPUs
+    with AVX-512 VNNI or BF16, AVX-VNNI or AMX; dualtrain/tf turns them on on any x86)."""
+    info: dict[str, Any] = {"machine": platform.machine()}
+    with contextlib.suppress(OSError):
+        text = Path("/proc/cpuinfo").read_text()
+        names = re.findall(r"^model name\s*:\s*(.+)$", text, re.MULTILINE)
+        flags = set((re.findall(r"^flags\s*:\s*(.+)$", text, re.MULTILINE) or [""])[0].split())
+        info["model"] = names[0] if names else None
+        wanted = {"avx512_vnni", "avx512_bf16", "avx_vnni", "amx_tile"}
+        info["tf_onednn_by_default"] = bool(flags & wanted)
+        info["flags"] = sorted(flags & (wanted | {"avx2", "avx512f"}))
+    return info
 
 
 def environment() -> dict[str, Any]:
@@ -722,6 +764,7 @@ def environment() -> dict[str, Any]:
     return {
         "python": platform.python_version(),
         "cpus": os.cpu_count(),
+        "cpu": cpu(),
         "versions": versions,
         "git": git,
         "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
@@ -771,7 +814,7 @@ def main(argv: list[str] | None = None) -> None:
         return
     report = run_all(args)
     table = summarize(report, args)
-    print(markdown(table, args))
+    print(markdown(table, args, report["runs"]))
     args.out.parent.mkdir(parents=True, exist_ok=True)
     everything = {
         "args": {k: str(v) for k, v in vars(args).items()},

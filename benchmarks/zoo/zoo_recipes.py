@@ -245,7 +245,7 @@ def mlp_dropout(data: DataInfo, units: int = 256) -> keras.Model:
 
 def subclassed(data: DataInfo, units: int = 128) -> keras.Model:
     model = ResidualMLP(data.num_classes, units)
-    model.build((None, *data.input_shape))
+    model(np.zeros((1, *data.input_shape), "float32"))  # the first call creates the weights
     return model
 
 
