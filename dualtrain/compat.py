@@ -109,14 +109,19 @@ def _fused_adam_problem() -> str | None:
         return f"torch._fused_adam_ takes ({', '.join(names)})"
     # One step on numbers worked out by hand: m = 0.1, v = 0.001, and with the bias corrections
     # c1 = 0.1, c2 = sqrt(0.001) the update is (lr / c1) * m / (sqrt(v) / c2) = 0.1. The kernel
-    # must read the step, not count it (torch's Adam counts before calling it).
+    # must read the step, not count it (torch's Adam counts before calling it), take the step
+    # size as a tensor, and change nothing when found_inf is 1.
     param, momentum, velocity, step = torch.ones(1), torch.zeros(1), torch.zeros(1), torch.ones(1)
     try:
-        kernel(
-            [param], [torch.ones(1)], [momentum], [velocity], [], [step],
-            lr=0.1, beta1=0.9, beta2=0.999, weight_decay=0.0, eps=0.0, amsgrad=False,
-            maximize=False,
-        )  # fmt: skip
+        for found_inf in (1.0, 0.0):
+            kernel(
+                [param], [torch.ones(1)], [momentum], [velocity], [], [step],
+                lr=torch.tensor(0.1, dtype=torch.float64), beta1=0.9, beta2=0.999,
+                weight_decay=0.0, eps=0.0, amsgrad=False, maximize=False,
+                found_inf=torch.tensor(found_inf),
+            )  # fmt: skip
+            if found_inf and float(param) != 1.0:
+                return "torch._fused_adam_ changes the parameters when found_inf is set"
     except Exception as err:  # a kernel that refuses what dualtrain hands it
         return f"torch._fused_adam_ failed on a probe step ({type(err).__name__}: {err})"
     got = [float(t) for t in (param, momentum, velocity, step)]
@@ -381,8 +386,7 @@ def fresh_object_names() -> Iterator[None]:
         global_state.set_global_attribute("object_name_uids", saved)
 
 
-# -- Keras on torch and torch: swapping the variables' tensors while a graph is captured ---------
-# -- (engines/torch_graph.py) --------------------------------------------------------------------
+# -- Keras on torch and torch: capturing a step as a graph (engines/torch_graph.py) ------------
 
 
 @functools.cache
@@ -402,45 +406,48 @@ def _torch_capture_problem() -> str | None:
         return f"torch's OpOverload._schema cannot be read ({err})"
     if not (mutable and aliasing):
         return "torch's OpOverload._schema does not mark in-place and view ops"
-    return None
+    import keras
+
+    scope = getattr(keras, "StatelessScope", None)
+    return _signature_problem(
+        getattr(scope, "add_update", None), "StatelessScope.add_update", ["self", "update"]
+    )
 
 
-def _variables_problem(variables: Sequence[Any]) -> str | None:
-    for variable in variables:
-        value = vars(variable).get("_value")
-        if value is None or variable.value is not value:
-            return "a Keras variable's `value` is not its `_value` tensor"
-    return None
-
-
-def graph_capture_problem(variables: Sequence[Any]) -> str | None:
+def graph_capture_problem() -> str | None:
     """Why the internals the graph capture relies on are not there, or None.
 
-    The capture (engines/torch_graph.py) traces the forward pass with the model's variables
-    replaced by graph inputs; Keras has no public way to point a variable at another tensor
-    without copying into it (`assign` copies, which make_fx would record as an in-place change of
-    the graph's inputs), so the tensor behind `value` (`KerasVariable._value`) is swapped. Its
-    safety checks read torch's in-place counter (`Tensor._version`: did tracing change a
-    variable?) and op schemas (`OpOverload._schema`: which ops write or alias their inputs), for
-    which torch has no public equivalent. Checked at set-up: a variable's `value` is its
-    `_value`, `_version` counts an in-place add, and the schemas mark `add_` as in-place and
-    `view` as aliasing. Otherwise one info line: the model runs eagerly (same results, slower).
+    The capture (engines/torch_graph.py) traces a step inside Keras's public `StatelessScope`,
+    which maps every variable to a graph input and records assignments instead of making them.
+    Which variables a step assigns is learnt from the scope's `add_update((variable, value))`,
+    which Keras calls for each assignment (a subclass records the variable; the public scope
+    only answers for variables named in advance, and a step may advance Keras's global seed
+    generator, which no model holds). The safety checks read torch's in-place counter
+    (`Tensor._version`: did tracing change a variable?) and op schemas (`OpOverload._schema`:
+    which ops write or alias their inputs), for which torch has no public equivalent. Checked
+    once; otherwise one info line: the model runs eagerly (same results, slower).
     """
-    problem = _torch_capture_problem() or _variables_problem(variables)
+    problem = _torch_capture_problem()
     if problem is not None:
         _fall_back("graph_capture", "torch", problem, "the model runs eagerly")
     return problem
 
 
-def variable_tensors(variables: Sequence[Any]) -> list[Any]:
-    """The tensors behind the variables (graph_capture_problem checked that they are there)."""
-    return [v._value for v in variables]
+def recording_scope(mapping: Sequence[tuple[Any, Any]]) -> Any:
+    """A `keras.StatelessScope` over `mapping` (variable, tensor) whose `assigned` dict lists the
+    variables assigned inside it, by id (see graph_capture_problem)."""
+    import keras
 
+    class RecordingScope(keras.StatelessScope):
+        def __init__(self) -> None:
+            super().__init__(state_mapping=mapping, collect_losses=True)
+            self.assigned: dict[int, Any] = {}
 
-def set_variable_tensors(variables: Sequence[Any], tensors: Sequence[Any]) -> None:
-    """Points each variable at a tensor without copying (see graph_capture_problem)."""
-    for variable, tensor in zip(variables, tensors, strict=True):
-        variable._value = tensor
+        def add_update(self, update: tuple[Any, Any]) -> None:
+            self.assigned[id(update[0])] = update[0]
+            super().add_update(update)
+
+    return RecordingScope()
 
 
 def tensor_version(tensor: Any) -> int:
@@ -451,6 +458,129 @@ def tensor_version(tensor: Any) -> int:
 def op_schema(target: Any) -> Any:
     """The schema of an ATen op (see graph_capture_problem), or None for other callables."""
     return getattr(target, "_schema", None)
+
+
+# -- Keras on torch: seeded random numbers and one_hot as tensor arithmetic (torch_random.py) ----
+
+_KERAS_RANDOM = {
+    "uniform": ["shape", "minval", "maxval", "dtype", "seed"],
+    "normal": ["shape", "mean", "stddev", "dtype", "seed"],
+    "randint": ["shape", "minval", "maxval", "dtype", "seed"],
+    "dropout": ["inputs", "rate", "noise_shape", "seed"],
+}
+
+
+@functools.cache
+def _counter_random_patches() -> list[tuple[Any, str, Any]] | str:
+    try:
+        from keras.src.backend.torch import nn as keras_nn
+        from keras.src.backend.torch import random as keras_random
+        from keras.src.backend.torch.core import get_device, to_torch_dtype
+        from keras.src.random.seed_generator import SeedGenerator, draw_seed
+    except ImportError as err:
+        return f"Keras's torch random module cannot be imported ({err})"
+    for name, arguments in _KERAS_RANDOM.items():
+        problem = _signature_problem(getattr(keras_random, name, None), name, arguments)
+        if problem:
+            return problem
+    functional: Any = getattr(keras_nn, "tnn", None)
+    if getattr(functional, "one_hot", None) is None:
+        return "keras.src.backend.torch.nn does not call torch.nn.functional.one_hot as `tnn`"
+    import torch
+
+    from dualtrain.engines import torch_random
+
+    keras_dropout = keras_random.dropout
+
+    def dtype_of(dtype: Any) -> Any:
+        import keras
+
+        return to_torch_dtype(dtype or keras.config.floatx())
+
+    def uniform(
+        shape: Any, minval: Any = 0.0, maxval: Any = 1.0, dtype: Any = None, seed: Any = None
+    ) -> Any:
+        unit = torch_random.uniform_01(draw_seed(seed), tuple(shape), get_device())
+        return ((maxval - minval) * unit + minval).to(dtype_of(dtype))
+
+    def normal(
+        shape: Any, mean: Any = 0.0, stddev: Any = 1.0, dtype: Any = None, seed: Any = None
+    ) -> Any:
+        unit = torch_random.normal_01(draw_seed(seed), tuple(shape), get_device())
+        return (unit * stddev + mean).to(dtype_of(dtype))
+
+    def randint(
+        shape: Any, minval: Any, maxval: Any, dtype: Any = "int32", seed: Any = None
+    ) -> Any:
+        unit = torch_random.uniform_01(draw_seed(seed), tuple(shape), get_device())
+        return (torch.floor(unit * (maxval - minval)) + minval).to(to_torch_dtype(dtype))
+
+    def dropout(inputs: Any, rate: Any, noise_shape: Any = None, seed: Any = None) -> Any:
+        unseeded = seed is None or (
+            isinstance(seed, SeedGenerator) and seed.get_config()["seed"] is None
+        )
+        if rate in (0.0, 1.0) or (unseeded and noise_shape is None):
+            return keras_dropout(inputs, rate, noise_shape, seed)  # torch's kernel, global RNG
+        keep = 1.0 - rate
+        shape = [
+            size if n is None else n
+            for size, n in zip(inputs.shape, noise_shape or [None] * inputs.ndim, strict=True)
+        ]
+        mask = torch_random.uniform_01(draw_seed(seed), shape, inputs.device) < keep
+        return torch.where(mask, inputs / keep, torch.zeros_like(inputs))
+
+    def one_hot(tensor: Any, num_classes: int = -1) -> Any:
+        if num_classes < 0:  # the number of classes from the values: a host read, as torch does
+            return functional.one_hot(tensor, num_classes)
+        classes = torch.arange(num_classes, device=tensor.device)
+        return (tensor.unsqueeze(-1) == classes).long()
+
+    class Functional(ModuleType):
+        """torch.nn.functional with one_hot replaced."""
+
+        def __getattr__(self, name: str) -> Any:
+            return getattr(functional, name)
+
+    shim = Functional("torch.nn.functional")
+    shim.one_hot = one_hot  # type: ignore[attr-defined]
+    return [
+        (keras_random, "uniform", uniform),
+        (keras_random, "normal", normal),
+        (keras_random, "randint", randint),
+        (keras_random, "dropout", dropout),
+        (keras_nn, "tnn", shim),
+    ]
+
+
+@contextlib.contextmanager
+def counter_random() -> Iterator[None]:
+    """Inside: Keras on torch draws seeded random numbers from dualtrain's counter-based
+    generator (engines/torch_random.py), and `ops.one_hot` compares with `arange` instead of
+    calling torch's one_hot, whose CPU kernel reads the labels' range back to the host.
+
+    Keras's torch backend seeds a `torch.Generator` from `int(seed)` for each seeded draw: a host
+    read in every step that no graph can replay. Keras has no hook for its random backend, so
+    the module functions of keras.src.backend.torch.random (uniform, normal, randint, dropout's
+    seeded path) and the `tnn` name its nn module calls `one_hot` through are replaced for the
+    duration (the torch engine's steps only; model building and initializers keep Keras's).
+    one_hot gives the same values for every label in range (dualtrain checks the labels before
+    training); torch's would raise on one out of range, this gives a row of zeros. Checked
+    once: the functions take Keras's arguments. Otherwise one info line, and Keras's own
+    (seeded layers and one_hot losses then run eagerly).
+    """
+    patches = _counter_random_patches()
+    if isinstance(patches, str):
+        _fall_back("counter_random", "keras", patches, "seeded layers run eagerly on torch")
+        yield
+        return
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
+    for module, name, value in patches:
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
 
 
 # -- Keras on TensorFlow under tf.distribute (engines/tf_distribute.py) --------------------------

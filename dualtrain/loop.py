@@ -205,13 +205,19 @@ def _groups(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
         yield group
 
 
-def _check_finite(engine: Engine, trainer: TrainerSettings, state: LoopState) -> None:
+def _check_finite(
+    engine: Engine,
+    trainer: TrainerSettings,
+    state: LoopState,
+    record: tuple[int, int | None] | None = None,
+) -> None:
     """Reports steps the engine skipped for a NaN or Inf loss; with on_nonfinite=stop, stops.
+    `record`: the engine's non-finite record as just read with the logged values (else read).
 
     Raises:
         RunError: naming the first such step, before anything is saved after it.
     """
-    count, first = engine.state.nonfinite_steps()
+    count, first = record or engine.state.nonfinite_steps()
     if count <= state.nonfinite_seen:
         return
     new = count - state.nonfinite_seen
@@ -267,7 +273,7 @@ def _log_train(
 ) -> float:
     started = time.perf_counter()
     values = engine.train_metrics()  # the device sync happens here, before the clock is read
-    _check_finite(engine, trainer, state)
+    _check_finite(engine, trainer, state, engine.nonfinite_at_read)
     now = time.perf_counter()
     values["samples_per_sec"] = samples / max(now - since, 1e-9)
     state.final_train = values

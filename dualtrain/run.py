@@ -165,6 +165,8 @@ def _train(
             "stop_reason": state.stop_reason,
             "final": {"train": state.final_train, "val": state.final_val},
             "jit_compile": engine.jit_compile if engine is not None else None,
+            # How the steps ran (graphs, or op by op and why), for users and the benchmarks.
+            "step_capture": engine.step_capture() if engine is not None else None,
             "distributed": engine.distributed_info() if engine is not None else None,
             "seed": settings.seed,
             "versions": _versions(settings.backend.name),

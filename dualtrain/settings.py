@@ -175,7 +175,7 @@ def check_section(values: Mapping[str, Any], section: str, checks: Mapping[str, 
 # -- the schema ----------------------------------------------------------------------------------
 
 
-def _jit_compile(value: Any, label: str) -> str:
+def _auto_true_false(value: Any, label: str) -> str:
     value = {True: "true", False: "false"}.get(value, value) if isinstance(value, bool) else value
     return choice(JIT_CHOICES)(value, label)
 
@@ -184,7 +184,7 @@ def _jit_compile(value: Any, label: str) -> str:
 class BackendSettings:
     name: str = field(metadata=key(choice(BACKENDS), "backend"))
     # auto | true | false: XLA for tf, torch.compile for torch (auto: XLA on GPU, torch off)
-    jit_compile: str = field(default="auto", metadata=key(_jit_compile))
+    jit_compile: str = field(default="auto", metadata=key(_auto_true_false))
     # optimizer steps per compiled call (tf; torch runs them eagerly, one by one)
     steps_per_execution: int = field(default=1, metadata=key(integer(1)))
     # float32 | mixed_float16 | mixed_bfloat16 (Keras dtype policies: layers compute in 16 bits,
@@ -199,6 +199,9 @@ class BackendSettings:
     cpu_replicas: int = field(default=1, metadata=key(integer(1)))
     # torch: run the forward pass and loss as an ATen graph captured once per batch shape
     capture_forward: bool = field(default=True, metadata=key(boolean))
+    # auto | true | false: in-memory data sets go to the device once and batches are gathered
+    # there (auto: those that take at most a quarter of the device memory; on a CPU, all)
+    data_on_device: str = field(default="auto", metadata=key(_auto_true_false))
     # torch on glibc: host memory the steps free stays with the process for the next step
     keep_host_memory: bool = field(default=True, metadata=key(boolean))
     # every step op by op, for a debugger: no captured graph (torch), no tf.function (tf);

@@ -45,6 +45,14 @@ class ArrayDataset:
     def in_memory(self) -> bool:
         return not isinstance(self.x, Rows)
 
+    @property
+    def nbytes(self) -> int:
+        """The memory the split's arrays take (features on disk count as none)."""
+        leaves = [] if isinstance(self.x, Rows) else structure.leaves(self.x)
+        if self.y is not None:
+            leaves += structure.leaves(self.y)
+        return sum(int(np.asarray(a).nbytes) for a in leaves)
+
     def num_batches(self, batch_size: int) -> int:
         return math.ceil(len(self) / batch_size)
 

@@ -72,7 +72,7 @@ class Engine(ABC):
     # Set by each backend's `_make_steps`.
     _train_fn: Callable[..., Any]
     _eval_fn: Callable[..., Any]
-    _read_train_fn: Callable[[], tuple[Any, Any, list[Any]]]
+    _read_train_fn: Callable[[], Any]
 
     def __init__(self, settings: Settings, recipe: Recipe, data: DataSplits) -> None:
         """Seeds every RNG, builds the training state (model, loss, metrics, optimizers), then
@@ -86,6 +86,7 @@ class Engine(ABC):
         self.jit_compile = False if self.eager else self._resolve_jit(settings.backend.jit_compile)
         # Steps hand their gradients back only when histograms want them.
         self._keep_gradients = settings.logger.histograms_every > 0
+        self.nonfinite_at_read: tuple[int, int | None] | None = None  # see train_metrics
         self._last_gradients: dict[str, Any] | None = None  # variable path -> gradient
         with self._building():
             # Keras draws its default initializer seeds from Python's `random`; NumPy for
@@ -116,6 +117,21 @@ class Engine(ABC):
     @abstractmethod
     def step_mode(self) -> str:
         """How the steps run, in words, for the log line at start."""
+
+    @abstractmethod
+    def not_captured_because(self) -> str | None:
+        """Why the steps (or a part of them) run op by op rather than as a graph, in words; None
+        when they run as graphs. Known for certain after the first step (torch captures each
+        graph when it is first called)."""
+
+    def step_capture(self) -> dict[str, Any]:
+        """How the steps ran, for summary.json."""
+        reason = self.not_captured_because()
+        return {
+            "mode": self.step_mode(),
+            "captured": reason is None,
+            "not_captured_because": reason,
+        }
 
     @abstractmethod
     def _resolve_jit(self, choice: str) -> bool:
@@ -153,6 +169,24 @@ class Engine(ABC):
             return self._source_batches(split.epoch(0))
         return self._array_batches(split, self._batch_order(split, None), train=False)
 
+    def _on_device(self, split: ArrayDataset | BatchSplit) -> bool:
+        """Whether a split's arrays go to the device once, to be gathered there batch by batch
+        (`backend.data_on_device`): arrays in memory, and with `auto` those that take at most a
+        quarter of the device's free memory (on a CPU the device memory is the host's: all).
+        Otherwise each batch is gathered in host memory and copied."""
+        if isinstance(split, BatchSplit) or not split.in_memory:
+            return False
+        choice = self.settings.backend.data_on_device
+        if choice != "auto":
+            return choice == "true"
+        free = self._free_device_memory()
+        return free is None or split.nbytes <= free // 4
+
+    @abstractmethod
+    def _free_device_memory(self) -> int | None:
+        """Bytes free on the accelerator the steps run on; None when they run on the CPU, or
+        when the framework cannot tell."""
+
     @abstractmethod
     def _array_batches(
         self, split: ArrayDataset, order: list[np.ndarray], train: bool
@@ -189,11 +223,14 @@ class Engine(ABC):
 
     def train_metrics(self) -> dict[str, float]:
         """Mean train loss since the last call (all phases'), the current lr, and with several
-        phases each one's mean loss; the only device sync."""
-        loss, lr, phase_losses = self._read_train_fn()
-        values = {"loss": number(loss), "lr": number(lr)}
-        for metric, value in zip(self.state.phase_train_losses, phase_losses, strict=True):
-            values[metric.name] = number(value)
+        phases each one's mean loss; the only device sync, one read. The non-finite record read
+        with them is kept in `nonfinite_at_read`."""
+        loss, lr, *rest = keras.ops.convert_to_numpy(self._read_train_fn()).tolist()
+        values = {"loss": loss, "lr": lr}
+        for metric, value in zip(self.state.phase_train_losses, rest, strict=False):
+            values[metric.name] = value
+        count, first = int(rest[-2]), int(rest[-1])
+        self.nonfinite_at_read = (count, first if first >= 0 else None)
         return values
 
     def train_loss_state(self) -> list[float]:

@@ -134,28 +134,34 @@ class TrainingState:
 
     # -- in the steps ----------------------------------------------------------------------------
 
-    def record_nonfinite(self) -> None:
-        """In the step, in place of the update: counts the step, and names it if it is the first."""
-        self.nonfinite.assign(self.nonfinite.value + 1)
+    def record_nonfinite(self, bad: Any = True) -> None:
+        """In the step, in place of the update: counts the step, and names it if it is the first.
+        `bad` may be a boolean tensor, decided on the device (torch): where it is false, nothing
+        is recorded."""
+        bad = keras.ops.cast(bad, "int64")
+        self.nonfinite.assign(self.nonfinite.value + bad)
         self.first_nonfinite.assign(
             keras.ops.where(
-                self.first_nonfinite.value < 0,
+                (self.first_nonfinite.value < 0) & (bad > 0),
                 self.steps_run.value + 1,
                 self.first_nonfinite.value,
             )
         )
 
-    def read_train_values(self) -> tuple[Any, Any, list[Any]]:
-        """The mean train loss since the last read, the lr and the phases' mean losses, as
-        tensors; resets the means."""
-        values = (
+    def read_train_values(self) -> Any:
+        """What a log point reads, as one float64 vector, so that it costs one transfer to the
+        host: the mean train loss since the last read, the lr, the phases' mean losses, and the
+        non-finite record (count, first step or -1). Resets the means."""
+        values = [
             self.train_loss.result(),
             self.optimizer.learning_rate,
-            [m.result() for m in self.phase_train_losses],
-        )
+            *[m.result() for m in self.phase_train_losses],
+            self.nonfinite.value,
+            self.first_nonfinite.value,
+        ]
         for metric in [self.train_loss, *self.phase_train_losses]:
             metric.reset_state()
-        return values
+        return keras.ops.stack([keras.ops.cast(v, "float64") for v in values])
 
     # -- between steps ---------------------------------------------------------------------------
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
@@ -40,6 +41,9 @@ class TensorFlowEngine(Engine):
             return EAGER_MODE
         return f"as tf.function graphs (XLA: {self.jit_compile}; debug=eager for pdb)"
 
+    def not_captured_because(self) -> str | None:
+        return "debug=eager (or a debugger) runs every step op by op" if self.eager else None
+
     def _make_steps(self) -> None:
         # Process-wide in TensorFlow: set either way, so that a later run in the process is not
         # left eager by an earlier one.
@@ -58,8 +62,13 @@ class TensorFlowEngine(Engine):
         # One graph call instead of several eager ops per log line; traced here, not in the loop.
         self._read_train_fn = tf.function(self.state.read_train_values)
         self._read_train_fn()
-        self._train_arrays = _as_tensors(self.data.train)
-        self._val_arrays = _as_tensors(self.data.val)
+        self._train_arrays = _as_tensors(self.data.train, self._on_device(self.data.train))
+        self._val_arrays = _as_tensors(self.data.val, self._on_device(self.data.val))
+
+    def _free_device_memory(self) -> int | None:
+        # TensorFlow reports what it allocated, not what the device has free: `auto` puts every
+        # in-memory set on the device, as the tf engine always did.
+        return None
 
     def _array_batches(
         self, split: ArrayDataset, order: list[np.ndarray], train: bool
@@ -218,7 +227,8 @@ def _take(x: Any, y: Any, indices: tf.Tensor) -> Batch:
     """The rows `indices` of every tensor of x and y (y: () where there are no targets)."""
 
     def gather(t: tf.Tensor) -> tf.Tensor:
-        return tf.gather(t, indices)
+        with tf.device(t.device):  # where the data lives (backend.data_on_device)
+            return tf.gather(t, indices)
 
     return structure.map_leaves(gather, x), structure.map_leaves(gather, y)
 
@@ -243,13 +253,15 @@ def _add(total: tf.Tensor | None, grad: tf.Tensor | None) -> tf.Tensor | None:
     return grad if total is None else total + grad
 
 
-def _as_tensors(split: ArrayDataset | BatchSplit) -> tuple[Any, Any] | None:
-    """Arrays in memory as constants; features on disk stay `Rows`, read batch by batch; None
-    for a batch source, whose batches are converted as they come."""
+def _as_tensors(split: ArrayDataset | BatchSplit, on_device: bool) -> tuple[Any, Any] | None:
+    """Arrays in memory as constants, on the device (`on_device`) or in host memory, whence the
+    steps copy each gathered batch; features on disk stay `Rows`, read batch by batch; None for
+    a batch source, whose batches are converted as they come."""
     if isinstance(split, BatchSplit):
         return None
-    x = structure.map_leaves(tf.constant, split.x) if split.in_memory else split.x
-    y = () if split.y is None else structure.map_leaves(tf.constant, split.y)
+    with contextlib.nullcontext() if on_device else tf.device("/CPU:0"):
+        x = structure.map_leaves(tf.constant, split.x) if split.in_memory else split.x
+        y = () if split.y is None else structure.map_leaves(tf.constant, split.y)
     return x, y
 
 

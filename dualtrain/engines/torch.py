@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import dataclasses
 import logging
@@ -14,9 +15,10 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
+from dualtrain import compat
 from dualtrain.data import ArrayDataset, BatchSplit, structure
 from dualtrain.engines.base import EAGER_MODE, Batch, Engine, rows, targets
-from dualtrain.engines.torch_adam import fuse_adam
+from dualtrain.engines.torch_adam import FusedAdam, fuse_adam
 from dualtrain.recipe import Phase
 
 log = logging.getLogger("dualtrain")
@@ -54,22 +56,34 @@ class TorchEngine(Engine):
         if self.jit_compile:
             self._train_fn = torch.compile(self._train_step)
             self._eval_fn = torch.compile(self._eval_step_impl)
-        # Arrays: DataLoaders that gather batches by index (batch sources make their own).
+        # Arrays in memory that fit: on the device once, gathered there (as the tf engine does);
+        # other arrays: DataLoaders that gather batches by index in host memory (batch sources
+        # make their own batches).
+        self._resident = {
+            id(split): _on(self.device, split)
+            for split in (self.data.train, self.data.val)
+            if isinstance(split, ArrayDataset) and self._on_device(split)
+        }
         self._train_loader = self._loader(self.data.train)
         self._val_loader = self._loader(self.data.val)
-        self._captured = False
+        self._captures: list[Any] = []
         if self.settings.backend.capture_forward and not self.jit_compile and not self.eager:
-            self._captured = self._capture_forward()
+            self._captures = self._capture_forward()
         # Adam and AdamW: Keras's update arithmetic in torch's one-pass kernel (torch_adam.py).
         # Not under torch.compile, which traces the update and cannot functionalize the kernel.
+        self._fused: list[FusedAdam | None] = []
         for optimizer in self.state.optimizers:
-            problem = "torch.compile" if self.jit_compile else fuse_adam(optimizer)
-            if problem is not None:
-                log.debug("optimizer %s: Keras's own update: %s", optimizer.name, problem)
+            fused = "torch.compile" if self.jit_compile else fuse_adam(optimizer)
+            if isinstance(fused, str):
+                log.debug("optimizer %s: Keras's own update: %s", optimizer.name, fused)
+            self._fused.append(None if isinstance(fused, str) else fused)
 
     def _array_batches(
         self, split: ArrayDataset, order: list[np.ndarray], train: bool
     ) -> Iterable[Batch]:
+        resident = self._resident.get(id(split))
+        if resident is not None:
+            return _gathered(*resident, order, self.device)
         loader = self._train_loader if train else self._val_loader
         assert loader is not None
         loader.sampler.order = order  # type: ignore[attr-defined]
@@ -78,43 +92,64 @@ class TorchEngine(Engine):
     def _source_batches(self, batches: Iterable[tuple[Any, Any]]) -> Iterable[Batch]:
         return self._to_device(_from_numpy(batches))
 
+    # Every step draws Keras's seeded random numbers from the counter-based generator, captured
+    # or eager: the two give the same numbers (compat.counter_random, engines/torch_random.py).
     def train_step(self, batches: list[Batch]) -> None:
-        self._last_gradients = self._train_fn(batches)
+        with compat.counter_random():
+            self._last_gradients = self._train_fn(batches)
 
     def _eval_step(self, batch: Batch) -> None:
-        self._eval_fn(*batch)
+        with compat.counter_random():
+            self._eval_fn(*batch)
+        self._apply_updates()
 
     def step_mode(self) -> str:
         if self.eager:
             return EAGER_MODE
         if self.jit_compile:
             return "compiled with torch.compile (backend.jit_compile=true)"
-        if self._captured:
+        if self._captures:
             return (
                 "with the forward pass and loss as captured graphs (backend.capture_forward; "
                 "debug=eager for pdb)"
             )
         return "eagerly (plain Keras on torch)"
 
-    def _capture_forward(self) -> bool:
+    def _capture_forward(self) -> list[Any]:
         """backend.capture_forward: the phases' training losses and the eval forward pass run as
-        captured ATen graphs (engines/torch_graph.py); the eager path where that is not safe."""
-        from dualtrain.engines.torch_graph import CapturedFunction, capture_problem
+        captured ATen graphs (engines/torch_graph.py), each eagerly where that is not safe."""
+        from dualtrain.engines.torch_graph import CapturedFunction
 
-        problem = capture_problem(self.model)
-        if problem is not None:
-            log.info(
-                "backend.capture_forward: the model runs eagerly, as plain Keras on torch: %s",
-                problem,
-            )
-            return False
         variables = list(self.model.variables)
-        self.phases = [_captured_phase(phase, self.model, variables) for phase in self.phases]
+        captures = []
+        for i, phase in enumerate(self.phases):
+            captured = CapturedFunction(
+                lambda x, y, loss=phase.loss: loss(self.model, x, y, True),
+                variables,
+                f"the {phase.name} loss",
+            )
+            self.phases[i] = _captured_phase(phase, self.model, captured)
+            captures.append(captured)
         model = self.model
         self._predict = CapturedFunction(
             lambda x: model(x, training=False), variables, "the eval forward pass"
         )
-        return True
+        return [*captures, self._predict]
+
+    def not_captured_because(self) -> str | None:
+        if self._captures:
+            return next((c.failed for c in self._captures if c.failed), None)
+        if self.eager:
+            return "debug=eager (or a debugger) runs every step op by op"
+        if self.jit_compile:
+            return "backend.jit_compile=true compiles the steps with torch.compile instead"
+        return "backend.capture_forward=false"
+
+    def _apply_updates(self) -> None:
+        """What captured graphs computed for the variables they assign (batch norm statistics,
+        seed states), assigned after the backward pass (torch_graph.py)."""
+        for captured in self._captures:
+            captured.apply_updates()
 
     # -- the steps -------------------------------------------------------------------------------
 
@@ -122,8 +157,8 @@ class TorchEngine(Engine):
         batches = self._augment(batches)
         total = sum(int(rows(x)) for x, _ in batches)
         all_grads, losses = [], []
-        for phase, optimizer, variables in zip(
-            self.phases, self.state.optimizers, self.state.phase_variables, strict=True
+        for phase, optimizer, fused, variables in zip(
+            self.phases, self.state.optimizers, self._fused, self.state.phase_variables, strict=True
         ):
             # Phases run in order: each sees the variables the phases before it updated.
             grads: list[torch.Tensor | None] = [None] * len(variables)
@@ -136,24 +171,49 @@ class TorchEngine(Engine):
                     [v.value for v in variables],
                     allow_unused=True,
                 )
+                self._apply_updates()
                 grads = [_add(a, b) for a, b in zip(grads, batch_grads, strict=True)]
                 loss = loss + batch_loss.detach()
             grads, loss, samples = self._all_reduce(grads, loss, total)
-            with torch.no_grad():
-                # Eager: the finiteness check reads the loss (a device sync, cheap on a CPU).
-                if torch.isfinite(loss):
-                    optimizer.apply(grads, variables)
+            self._apply_if_finite(optimizer, fused, grads, variables, torch.isfinite(loss))
             all_grads.append(grads)
             losses.append(loss)
         with torch.no_grad():
-            if all(torch.isfinite(loss) for loss in losses):
-                self.state.train_loss.update_state(sum(losses), sample_weight=samples)
-                for metric, loss in zip(self.state.phase_train_losses, losses, strict=False):
-                    metric.update_state(loss, sample_weight=samples)
-            else:
-                self.state.record_nonfinite()
+            # As the tf engine's graph does, without reading the losses on the host: the means
+            # count a step whose losses are all finite, the non-finite record the others.
+            finite = torch.stack([torch.isfinite(loss) for loss in losses]).all()
+            weight = finite.to(torch.float32) * samples
+            for metric, loss in [
+                (self.state.train_loss, torch.stack(losses).sum()),
+                *zip(self.state.phase_train_losses, losses, strict=False),
+            ]:
+                metric.update_state(torch.where(finite, loss, 0.0), sample_weight=weight)
+            self.state.record_nonfinite(~finite)
             self.state.steps_run.assign(self.state.steps_run.value + 1)
         return self._gradients_by_path(all_grads)
+
+    @torch.no_grad()
+    def _apply_if_finite(
+        self,
+        optimizer: Any,
+        fused: FusedAdam | None,
+        grads: list[torch.Tensor | None],
+        variables: list[Any],
+        finite: torch.Tensor,
+    ) -> None:
+        """`optimizer.apply(grads, variables)` where `finite` holds, and no change where it does
+        not, decided on the device: reading `finite` on the host would cost a round trip (a
+        sync on a GPU) in every step. The tensors the update may change are kept and put back
+        where the step is skipped; those the fused Adam kernel leaves alone by itself
+        (found_inf) need no copy."""
+        guarded = {id(t) for t in fused.guarded(variables)} if fused is not None else set()
+        touched = [v.value for v in [*variables, *optimizer.variables]]
+        kept = [(t, t.clone()) for t in touched if id(t) not in guarded]
+        if fused is not None:
+            fused.found_inf = (~finite).to(torch.float32)
+        optimizer.apply(grads, variables)
+        for tensor, before in kept:
+            tensor.copy_(torch.where(finite, tensor, before))
 
     def _all_reduce(
         self, grads: list[torch.Tensor | None], loss: torch.Tensor, total: int
@@ -168,6 +228,11 @@ class TorchEngine(Engine):
 
     # -- data ------------------------------------------------------------------------------------
 
+    def _free_device_memory(self) -> int | None:
+        if self.device.type != "cuda":
+            return None
+        return int(torch.cuda.mem_get_info(self.device)[0])
+
     def _loader(self, split: ArrayDataset | BatchSplit) -> DataLoader | None:
         """A DataLoader that serves whole batches by index; the order is set before each epoch.
 
@@ -176,7 +241,7 @@ class TorchEngine(Engine):
         (image_folder: 2). Workers index the split's `x` as the main process would: arrays, or
         `Rows` that read files.
         """
-        if isinstance(split, BatchSplit):
+        if isinstance(split, BatchSplit) or id(split) in self._resident:
             return None
         workers = self.settings.data.num_workers
         return DataLoader(
@@ -193,12 +258,37 @@ class TorchEngine(Engine):
             generator=torch.Generator().manual_seed(self.settings.seed),
         )
 
-    def _to_device(self, loader: Iterable[Batch]) -> Iterator[Batch]:
-        def move(t: torch.Tensor) -> torch.Tensor:
-            return t.to(self.device, non_blocking=True)
+    def _to_device(self, batches: Iterable[Batch]) -> Iterator[Batch]:
+        """Host batches on the device, one batch ahead: the next batch's copy is under way
+        while the step computes on this one. On a GPU the loaders pin the batches (copies from
+        pinned memory do not block) and the copies run on a stream of their own, which the
+        compute stream waits for before it reads a batch. On a CPU the same code runs, and the
+        copies are no-ops."""
+        stream = torch.cuda.Stream(self.device) if self.device.type == "cuda" else None
 
-        for x, y in loader:
-            yield structure.map_leaves(move, x), structure.map_leaves(move, y)
+        def move(batch: Batch) -> Batch:
+            def to(t: torch.Tensor) -> torch.Tensor:
+                return t.to(self.device, non_blocking=True)
+
+            with torch.cuda.stream(stream) if stream is not None else contextlib.nullcontext():
+                return structure.map_leaves(to, batch[0]), structure.map_leaves(to, batch[1])
+
+        def ready(batch: Batch) -> Batch:
+            if stream is not None:
+                torch.cuda.current_stream(self.device).wait_stream(stream)
+                for t in structure.leaves(batch[0]) + structure.leaves(batch[1]):
+                    t.record_stream(torch.cuda.current_stream(self.device))
+            return batch
+
+        ahead: Batch | None = None
+        for batch in batches:
+            if ahead is not None:
+                current, ahead = ahead, move(batch)
+                yield ready(current)
+            else:
+                ahead = move(batch)
+        if ahead is not None:
+            yield ready(ahead)
 
 
 # glibc's mallopt parameters (malloc.h).
@@ -238,13 +328,8 @@ def _confstr(name: str) -> str:
         return ""
 
 
-def _captured_phase(phase: Phase, model: Any, variables: list[Any]) -> Phase:
+def _captured_phase(phase: Phase, model: Any, captured: Any) -> Phase:
     """The phase with its training loss captured; its eval loss stays eager (it is run rarely)."""
-    from dualtrain.engines.torch_graph import CapturedFunction
-
-    captured = CapturedFunction(
-        lambda x, y: phase.loss(model, x, y, True), variables, f"the {phase.name} loss"
-    )
 
     def loss(m: Any, x: Any, y: Any, training: bool) -> Any:
         return captured(x, y) if training and m is model else phase.loss(m, x, y, training)
@@ -261,6 +346,33 @@ def _add(total: torch.Tensor | None, grad: torch.Tensor | None) -> torch.Tensor 
     if grad is None:
         return total
     return grad if total is None else total + grad
+
+
+def _on(device: torch.device, split: ArrayDataset) -> tuple[Any, Any]:
+    """A split's arrays as tensors on `device` (on a CPU they share the arrays' memory)."""
+
+    def tensor(a: np.ndarray) -> torch.Tensor:
+        return torch.from_numpy(np.ascontiguousarray(a)).to(device)
+
+    y = () if split.y is None else structure.map_leaves(tensor, split.y)
+    return structure.map_leaves(tensor, split.x), y
+
+
+def _gathered(x: Any, y: Any, order: list[np.ndarray], device: torch.device) -> Iterator[Batch]:
+    """The batches of `order` gathered from tensors on the device; the epoch's indices go over
+    in one copy."""
+    if not order:
+        return
+    indices = torch.from_numpy(np.concatenate(order)).to(device, non_blocking=True)
+    start = 0
+    for batch in order:
+        rows = indices[start : start + len(batch)]
+        start += len(batch)
+
+        def take(t: torch.Tensor, rows: torch.Tensor = rows) -> torch.Tensor:
+            return t.index_select(0, rows)
+
+        yield structure.map_leaves(take, x), structure.map_leaves(take, y)
 
 
 def _from_numpy(batches: Iterable[tuple[Any, Any]]) -> Iterator[Batch]:

@@ -11,12 +11,18 @@ variables, so checkpoints, restores and the tf backend see no difference.
 
 Keras computes the step size in the variables' dtype and updates
     var -= m * alpha / (sqrt(v) + eps),   alpha = lr * sqrt(1 - b2^t) / (1 - b1^t)
-torch's kernel computes its bias corrections c1 = 1 - b1^t, c2 = sqrt(1 - b2^t) in float64 and
-updates
+torch's kernel computes bias corrections c1 = 1 - b1^s, c2 = sqrt(1 - b2^s) in float64 from a
+step tensor s and updates
     var -= (lr' / c1) * m / (sqrt(v) / c2 + eps')
-which is Keras's update for lr' = alpha * c1 / c2 and eps' = eps / c2. With Keras's own float32
-alpha the two differ in rounding only: tests/backend/test_torch_adam.py holds them within a few
-ulp of the weights over 100 steps.
+The kernel is handed s = 1 at every step, so c1 = 1 - b1 and c2 = sqrt(1 - b2) are constants,
+and lr' = alpha * c1 / c2, eps' = eps / c2 make its update Keras's exactly (up to rounding):
+tests/backend/test_torch_adam.py holds the two within a few ulp of the weights over 100 steps.
+alpha is Keras's own expression of `iterations`, computed on the device and handed over as a
+tensor (the kernel's tensor-lr form): nothing is read back to the host in a step.
+
+A step whose loss is NaN or Inf must change nothing. The engine hands the kernel `found_inf`,
+with which it leaves the parameters and the momentum and velocity as they are; what the kernel
+does not guard (`iterations`, AdamW's decay applied before it) the engine restores itself.
 """
 
 from __future__ import annotations
@@ -31,9 +37,76 @@ from keras import ops
 from dualtrain import compat
 
 
-def fuse_adam(optimizer: Any) -> str | None:
+class FusedAdam:
+    """A Keras Adam/AdamW whose update runs in torch's fused kernel.
+
+    `found_inf`, when set (a float tensor, 1.0 for a step to skip), makes the kernel leave the
+    parameters and their momentum and velocity unchanged.
+    """
+
+    def __init__(self, optimizer: Any, inner: Any, kernel: Any, adam: Any) -> None:
+        self.optimizer = optimizer
+        self.found_inf: torch.Tensor | None = None
+        self._adam = adam
+        beta_1, beta_2, epsilon = float(inner.beta_1), float(inner.beta_2), float(inner.epsilon)
+        # The kernel's bias corrections at its step 1 (see the module docstring).
+        correction_1, correction_2 = 1.0 - beta_1, math.sqrt(1.0 - beta_2)
+        keras_update = adam.keras_update
+        ones: dict[Any, torch.Tensor] = {}  # the step tensor, one per device
+
+        @torch.no_grad()
+        def update(grads: list[torch.Tensor], variables: list[Any], learning_rate: Any) -> None:
+            params = [v.value for v in variables]
+            momentums, velocities = adam.slots(variables)
+            if not params or not _fusable(params, momentums, velocities, grads):
+                return keras_update(grads, variables, learning_rate)
+            # Keras's step size, computed as Keras computes it (in the variables' dtype: its
+            # powers of the betas round differently from the kernel's float64 ones at early
+            # steps), on the device ...
+            dtype = params[0].dtype
+            step = ops.cast(inner.iterations.value + 1, dtype)
+            beta_1_power = ops.power(ops.cast(beta_1, dtype), step)
+            beta_2_power = ops.power(ops.cast(beta_2, dtype), step)
+            alpha = ops.cast(learning_rate, dtype) * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
+            device = params[0].device
+            if device not in ones:
+                ones[device] = torch.ones((), dtype=torch.float32, device=device)
+            # ... and handed to the kernel in the form its own bias corrections undo.
+            kernel(
+                params,
+                # The kernel reads each gradient's memory as laid out contiguously (torch 2.13's
+                # CPU kernel makes a contiguous copy and then does not use it); gradients of
+                # permuted views, as Keras's convolution kernels are on torch, are not.
+                [g.contiguous() for g in grads],
+                momentums,
+                velocities,
+                [],
+                [ones[device]] * len(params),
+                lr=alpha.to(torch.float64) * (correction_1 / correction_2),
+                beta1=beta_1,
+                beta2=beta_2,
+                weight_decay=0.0,  # AdamW's decay is applied before, by Keras (decoupled)
+                eps=epsilon / correction_2,
+                amsgrad=False,
+                maximize=False,
+                found_inf=self.found_inf,
+            )
+
+        adam.replace(update)
+
+    def guarded(self, variables: list[Any]) -> list[torch.Tensor]:
+        """The tensors a skipped step leaves unchanged by itself (found_inf): the momentums and
+        velocities, and the parameters unless AdamW's decay, applied before the kernel, changes
+        them."""
+        momentums, velocities = self._adam.slots(variables)
+        inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
+        params = [] if inner.weight_decay else [v.value for v in variables]
+        return [*params, *momentums, *velocities]
+
+
+def fuse_adam(optimizer: Any) -> FusedAdam | str:
     """Makes a Keras Adam/AdamW (or a LossScaleOptimizer around one) update with the fused
-    kernel. Returns None when done, else why it keeps Keras's own update."""
+    kernel. Returns it, else why it keeps Keras's own update."""
     inner = getattr(optimizer, "inner_optimizer", optimizer)
     if not isinstance(inner, keras.optimizers.Adam):  # AdamW is an Adam
         return f"{type(inner).__name__} has no fused update"
@@ -48,52 +121,7 @@ def fuse_adam(optimizer: Any) -> str | None:
     adam = compat.keras_adam_update(inner)
     if adam is None:
         return "this Keras's Adam internals differ from the ones dualtrain was written for"
-    beta_1, beta_2, epsilon = float(inner.beta_1), float(inner.beta_2), float(inner.epsilon)
-    keras_update = adam.keras_update
-
-    @torch.no_grad()
-    def update(grads: list[torch.Tensor], variables: list[Any], learning_rate: Any) -> None:
-        params = [v.value for v in variables]
-        momentums, velocities = adam.slots(variables)
-        if not params or not _fusable(params, momentums, velocities, grads):
-            return keras_update(grads, variables, learning_rate)
-        # Two reads (on a GPU a sync each, as the engine's finiteness check already is): the
-        # step (the update of step t runs before `iterations` counts it), and Keras's step size,
-        # computed as Keras computes it (in the variables' dtype: its powers of the betas round
-        # differently from the kernel's float64 ones at early steps) ...
-        t = float(inner.iterations.value) + 1.0
-        dtype = params[0].dtype
-        step = ops.cast(t, dtype)  # the same value as Keras's cast of the integer counter
-        beta_1_power = ops.power(ops.cast(beta_1, dtype), step)
-        beta_2_power = ops.power(ops.cast(beta_2, dtype), step)
-        alpha = float(
-            ops.cast(learning_rate, dtype) * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
-        )
-        # ... and handed to the kernel in the form its own bias corrections undo.
-        correction_1, correction_2 = 1.0 - beta_1**t, math.sqrt(1.0 - beta_2**t)
-        # The kernel reads the step from a tensor per parameter; one tensor serves them all.
-        steps = [torch.tensor(t, dtype=torch.float32, device=params[0].device)] * len(params)
-        kernel(
-            params,
-            # The kernel reads each gradient's memory as laid out contiguously (torch 2.13's CPU
-            # kernel makes a contiguous copy and then does not use it); gradients of permuted
-            # views, as Keras's convolution kernels are on torch, are not.
-            [g.contiguous() for g in grads],
-            momentums,
-            velocities,
-            [],
-            steps,
-            lr=alpha * correction_1 / correction_2,
-            beta1=beta_1,
-            beta2=beta_2,
-            weight_decay=0.0,  # AdamW's decay is applied before, by Keras (decoupled)
-            eps=epsilon / correction_2,
-            amsgrad=False,
-            maximize=False,
-        )
-
-    adam.replace(update)
-    return None
+    return FusedAdam(optimizer, inner, kernel, adam)
 
 
 def _fusable(

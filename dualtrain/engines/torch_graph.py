@@ -4,28 +4,39 @@ On PyTorch eager, a Keras model spends much of its step time in Python around th
 layer-call machinery, dtype conversions, and the NHWC<->NCHW copies around every convolution and
 pooling (Keras keeps images channels-last; torch's kernels take NCHW). Capturing the function with
 `make_fx` (real tensors, per input shape) records only the ATen ops; running the recorded graph
-skips the Python around them. The model's variables are graph inputs, passed in on every call, so
-autograd and the Keras variables stay the single source of truth: gradients reach the variables'
-own tensors, and checkpoints, restores and optimizer updates need no change.
+skips the Python around them.
+
+The graph is a pure function of tensors. It is traced inside Keras's `StatelessScope`, which maps
+every model variable to a graph input and records assignments instead of making them, so:
+- trainable variables are graph inputs, passed in on every call: gradients reach the variables'
+  own tensors, and checkpoints, restores and optimizer updates need no change;
+- what the function assigns (batch normalization's moving statistics, the seed state of a seeded
+  random layer, Keras's global seed generator) comes out of the graph as values, which
+  `apply_updates` assigns after the backward pass, as the eager step would have;
+- seeded random numbers are drawn by tensor arithmetic from the seed state
+  (engines/torch_random.py), so each call draws anew and a resumed run draws the same.
+Subclassed models and users' own layers are traced like functional ones, as tf.function traces
+them on the tf backend: Python control flow on shapes and arguments is fixed per input shape;
+control flow on a tensor's value cannot be recorded and makes the capture fall back.
 
 One rewrite: a copy that makes a permuted (NCHW view of an NHWC) tensor contiguous is dropped. The
 permuted view is already a valid NCHW tensor in torch's channels-last memory format, which the
 CPU convolution and pooling kernels take directly and produce again, so the permutes back become
 free views too. Values stay the same to float32 rounding (tested).
 
-What cannot be captured safely falls back to the eager path with a log line: models that are not
-functional (a subclassed `call` may branch on values), layers that update state in training (batch
-normalization), random layers other than unseeded Dropout (whose masks come from torch's global
-RNG, as in eager), and graphs that do not reproduce the eager values on their first call.
+A function that cannot be captured safely runs eagerly, with one info line that says why: it reads
+a tensor's value on the host (a Python `if` on a tensor, `.item()`), it changes a trainable
+variable or a graph input in place, or the graph does not reproduce the eager values on its first
+call.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import logging
 from collections.abc import Callable, Sequence
 from typing import Any
 
-import keras
 import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
@@ -41,24 +52,11 @@ _CHECK_RTOL = 1e-4
 _CHECK_ATOL = 1e-5
 
 
-def capture_problem(model: Any) -> str | None:
-    """Why `model` cannot be captured safely, or None if it can."""
-    if not isinstance(model, keras.Model) or not compat.is_functional(model):
-        return f"{type(model).__name__} is not a functional or Sequential model"
-    for layer in compat.sublayers(model):
-        if isinstance(layer, keras.layers.BatchNormalization):
-            return f"layer {layer.name} (BatchNormalization) updates its statistics in training"
-        generators = compat.seed_generators(layer)
-        if not generators:
-            continue
-        unseeded_dropout = (
-            type(layer) is keras.layers.Dropout
-            and layer.noise_shape is None
-            and all(g.get_config()["seed"] is None for g in generators)
-        )
-        if not unseeded_dropout:
-            return f"layer {layer.name} ({type(layer).__name__}) draws from a seeded generator"
-    return None
+@dataclasses.dataclass
+class _Graph:
+    module: Any  # the GraphModule, once traced
+    state: list[Any]  # the variables whose tensors follow the arguments, in order
+    assigned: list[Any]  # the variables whose new values the graph returns, in order
 
 
 class CapturedFunction:
@@ -66,8 +64,8 @@ class CapturedFunction:
 
     Args:
         fn: the function to capture; it reads the model's variables.
-        variables: every variable `fn` reads (all of the model's); their current tensors are
-            passed to the graph on each call.
+        variables: every variable of the model; their current tensors are passed to the graph on
+            each call.
         name: for log lines.
     """
 
@@ -75,9 +73,10 @@ class CapturedFunction:
         self.fn = fn
         self.variables = list(variables)
         self.name = name
-        self.graphs: dict[tuple[Any, ...], Callable[..., Any] | None] = {}
+        self.graphs: dict[tuple[Any, ...], _Graph | None] = {}
         # The library internals the capture needs, checked once (compat logs if they differ).
-        self.failed: str | None = compat.graph_capture_problem(self.variables)
+        self.failed: str | None = compat.graph_capture_problem()
+        self._pending: list[tuple[Any, torch.Tensor]] = []
 
     def __call__(self, *tensors: Any) -> Any:
         key = _signature(tensors)
@@ -86,59 +85,88 @@ class CapturedFunction:
         graph = self.graphs[key]
         if graph is None:
             return self.fn(*tensors)
-        return graph(*tensors, *[v.value for v in self.variables])
+        output, updates = graph.module(*tensors, *[v.value for v in graph.state])
+        self._pending.extend(zip(graph.assigned, updates, strict=True))
+        return output
 
-    def _capture(self, tensors: Sequence[torch.Tensor]) -> Callable[..., Any] | None:
+    def apply_updates(self) -> None:
+        """Assigns the values the graph calls since the last apply computed for the variables
+        they assign. The torch engine calls it after each backward pass: an in-place change
+        before it could alter a tensor autograd saved (the eager step assigns during the
+        forward pass; the next forward pass sees the same values either way)."""
+        with torch.no_grad():
+            for variable, value in self._pending:
+                variable.assign(value.detach())
+        self._pending.clear()
+
+    def _capture(self, tensors: Sequence[torch.Tensor]) -> _Graph | None:
         if self.failed:
             return None
-        values = [v.value for v in self.variables]
+        rng = torch.get_rng_state()
+        # The function once eagerly without changing anything: the values the graph must give,
+        # and which variables it assigns, Keras's global seed generator's among them.
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                expected, assigned, new_values = _stateless(self.fn, self.variables, tensors)
+        except Exception as err:  # e.g. a layer that creates variables when called
+            self._fail("it does not run without changing the model's variables", err)
+            return None
+        known = {id(v) for v in self.variables}
+        for variable in assigned:
+            if variable.trainable:
+                self._fail(f"it assigns to the trainable variable {variable.path}")
+                return None
+        state = self.variables + [v for v in assigned if id(v) not in known]
+        by_id = {id(v): value for v, value in zip(assigned, new_values, strict=True)}
+        order = [v for v in state if id(v) in by_id]
+        expected_updates = [by_id[id(v)] for v in order]
+        graph = _Graph(None, state, order)
+        values = [v.value for v in state]
         versions = [compat.tensor_version(t) for t in values]
         try:
             # Tracing runs the function on real tensors: keep the RNG stream (dropout masks)
             # where the eager path would have it.
             with torch.random.fork_rng(devices=[]):
-                graph = make_fx(self._with_variables)(*tensors, *values)
+                graph.module = make_fx(self._traced(graph))(*tensors, *values)
         except Exception as err:  # an op or a Python construct make_fx cannot record
-            return self._fail(_untraceable(err), err)
-        if [compat.tensor_version(t) for t in values] != versions or any(
-            v.value is not t for v, t in zip(self.variables, values, strict=True)
-        ):
-            return self._fail("the function changes the model's variables")
-        if any(_mutates_input(node) for node in graph.graph.nodes):
-            return self._fail("the graph changes its inputs in place")
-        _drop_layout_copies(graph)
+            self._fail(_untraceable(err), err)
+            return None
+        if [compat.tensor_version(t) for t in values] != versions:
+            self._fail("it changes the model's variables in place")
+            return None
+        if any(_mutates_input(node) for node in graph.module.graph.nodes):
+            self._fail("the graph changes its inputs in place")
+            return None
+        _drop_layout_copies(graph.module)
         try:
-            same = self._same_values(graph, tensors, values)
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(rng)  # the global RNG the eager run drew from
+                got = graph.module(*tensors, *values)
+            same = all(
+                torch.allclose(g.float(), e.float(), rtol=_CHECK_RTOL, atol=_CHECK_ATOL)
+                for g, e in zip(_flat(got), _flat((expected, expected_updates)), strict=True)
+            )
         except Exception as err:  # a kernel that refuses what the rewritten graph gives it
-            return self._fail("a kernel refuses the captured graph's inputs", err)
+            self._fail("a kernel refuses the captured graph's inputs", err)
+            return None
         if not same:
-            return self._fail("the captured graph does not reproduce the eager values")
+            self._fail("the captured graph does not reproduce the eager values")
+            return None
         return graph
 
-    def _with_variables(self, *args: torch.Tensor) -> Any:
-        """`fn` with the variables' tensors replaced by the graph's inputs."""
-        count = len(args) - len(self.variables)
-        saved = compat.variable_tensors(self.variables)
-        compat.set_variable_tensors(self.variables, args[count:])
-        try:
-            return self.fn(*args[:count])
-        finally:
-            compat.set_variable_tensors(self.variables, saved)
+    def _traced(self, graph: _Graph) -> Callable[..., Any]:
+        """The function of (tensors..., state tensors...) that make_fx records: the output, and
+        the new values of the variables it assigns."""
 
-    def _same_values(
-        self, graph: Callable[..., Any], tensors: Sequence[torch.Tensor], values: list[Any]
-    ) -> bool:
-        with torch.no_grad(), torch.random.fork_rng(devices=[]):
-            state = torch.get_rng_state()
-            expected = self.fn(*tensors)
-            torch.set_rng_state(state)
-            got = graph(*tensors, *values)
-        return all(
-            torch.allclose(g.float(), e.float(), rtol=_CHECK_RTOL, atol=_CHECK_ATOL)
-            for g, e in zip(_flat(got), _flat(expected), strict=True)
-        )
+        def traced(*args: torch.Tensor) -> Any:
+            count = len(args) - len(graph.state)
+            output, assigned, values = _stateless(self.fn, graph.state, args[:count], args[count:])
+            by_id = {id(v): value for v, value in zip(assigned, values, strict=True)}
+            return output, [by_id[id(v)] for v in graph.assigned]
 
-    def _fail(self, reason: str, err: Exception | None = None) -> Callable[..., Any] | None:
+        return traced
+
+    def _fail(self, reason: str, err: Exception | None = None) -> None:
         """Logs why, in words, and returns no graph: this function runs eagerly from now on.
 
         The exception behind it is torch's tracing machinery speaking (with advice about make_fx
@@ -156,14 +184,30 @@ class CapturedFunction:
         return None
 
 
+def _stateless(
+    fn: Callable[..., Any],
+    state: Sequence[Any],
+    tensors: Sequence[Any],
+    values: Sequence[Any] | None = None,
+) -> tuple[Any, list[Any], list[Any]]:
+    """`fn(*tensors)` with each variable of `state` reading its tensor from `values` (default:
+    its own), changing none: the output, the variables it assigned, and their new values."""
+    if values is None:
+        values = [v.value for v in state]
+    with compat.recording_scope(list(zip(state, values, strict=True))) as scope:
+        output = fn(*tensors)
+    assigned = list(scope.assigned.values())
+    return output, assigned, [scope.get_current_value(v) for v in assigned]
+
+
 def _untraceable(err: Exception) -> str:
     """Why tracing failed, in the terms of the user's code rather than torch's."""
     text = str(err)
     if "_local_scalar_dense" in text or "data-dependent" in text or "value out of" in text:
         return (
-            "it reads a tensor's value on the host (e.g. ops.one_hot, whose torch kernel checks "
-            "the labels; .item(), int(...) or a Python `if` on a tensor), which a captured graph "
-            "cannot replay"
+            "it reads a tensor's value on the host (.item(), int(...) or a Python `if` on a "
+            "tensor; keras.random.shuffle, categorical or gamma with a seed), which a captured "
+            "graph cannot replay"
         )
     return f"it uses an operation the graph capture cannot record ({type(err).__name__})"
 

@@ -216,45 +216,73 @@ def test_keras_adam_update(
 
 
 @torch_only
-def test_graph_capture_internals(caplog: pytest.LogCaptureFixture) -> None:
+def test_graph_capture_internals(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import keras
     import torch
 
     from dualtrain.engines.torch_graph import CapturedFunction
 
     model = _nested_model()
-    assert compat.graph_capture_problem(model.variables) is None
+    assert compat.graph_capture_problem() is None
     x = torch.randn(4, 3)
     captured = CapturedFunction(lambda x: model(x, training=False), model.variables, "test")
     torch.testing.assert_close(captured(x), model(x, training=False))
     assert captured.graphs and next(iter(captured.graphs.values())) is not None
 
-    class NoValueSlot:  # a variable that keeps its tensor elsewhere than `_value`
-        def __init__(self, value: torch.Tensor) -> None:
-            self.stored = value
-
-        @property
-        def value(self) -> torch.Tensor:
-            return self.stored
-
-    variables = [NoValueSlot(torch.zeros(2))]
-    with caplog.at_level(logging.INFO, logger="dualtrain"):
-        eager = CapturedFunction(lambda x: x + variables[0].value, variables, "test")
-        assert torch.equal(eager(torch.ones(2)), torch.ones(2))
+    # A Keras whose StatelessScope does not report assignments through add_update.
+    monkeypatch.delattr(keras.StatelessScope, "add_update")
+    compat._torch_capture_problem.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger="dualtrain"):
+            eager = CapturedFunction(lambda x: model(x, training=False), model.variables, "test")
+            torch.testing.assert_close(eager(x), model(x, training=False))
+    finally:
+        monkeypatch.undo()
+        compat._torch_capture_problem.cache_clear()
     assert eager.failed and all(graph is None for graph in eager.graphs.values())
-    assert len(_lines(caplog, "graph_capture")) == 1
+    assert "StatelessScope.add_update is missing" in _lines(caplog, "graph_capture")[0]
 
 
 @torch_only
-def test_capture_without_the_functional_class_runs_eagerly(
-    monkeypatch: pytest.MonkeyPatch,
-) -> None:
-    from dualtrain.engines.torch_graph import capture_problem
+def test_counter_random_draws_seeded_numbers_and_one_hot_without_host_reads() -> None:
+    import keras
+    import torch
+    from keras import ops
 
-    model = _nested_model()
-    assert capture_problem(model) is None
-    monkeypatch.setitem(sys.modules, "keras.src.models.functional", None)
-    compat._functional_class.cache_clear()
-    assert "not a functional" in str(capture_problem(model))
+    labels = torch.tensor([0, 2, 1, -1])
+    expected = ops.one_hot(labels, 3)
+    with compat.counter_random():
+        first = keras.random.uniform((1000,), seed=1)
+        again = keras.random.uniform((1000,), seed=1)
+        other = keras.random.uniform((1000,), seed=2)
+        normal = keras.random.normal((4000,), seed=3)
+        one_hot = ops.one_hot(labels, 3)
+    assert torch.equal(first, again) and not torch.equal(first, other)
+    assert float(first.min()) >= 0.0 and float(first.max()) < 1.0
+    # Mean 0.5 and standard deviation 1/sqrt(12) of 1000 uniforms: 4.5 standard errors apart.
+    assert abs(float(first.mean()) - 0.5) < 0.04
+    assert abs(float(normal.mean())) < 0.07 and abs(float(normal.std()) - 1.0) < 0.05
+    torch.testing.assert_close(one_hot, expected)
+
+
+@torch_only
+def test_counter_random_without_keras_random_functions_keeps_kerass_own(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from keras.src.backend.torch import random as keras_random
+
+    dropout = keras_random.dropout
+    monkeypatch.setattr(keras_random, "uniform", lambda shape, seed=None: None)
+    compat._counter_random_patches.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger="dualtrain"), compat.counter_random():
+            assert keras_random.dropout is dropout
+    finally:
+        monkeypatch.undo()
+        compat._counter_random_patches.cache_clear()
+    assert "uniform takes (shape, seed)" in _lines(caplog, "counter_random")[0]
 
 
 # -- TensorFlow hooks ----------------------------------------------------------------------------

@@ -15,7 +15,7 @@ def _train(fused: bool, cls_name: str, steps: int = 100, **options: float) -> tu
     import keras
     import torch
 
-    from dualtrain.engines.torch_adam import fuse_adam
+    from dualtrain.engines.torch_adam import FusedAdam, fuse_adam
 
     shapes = [(64, 32), (32,), (32, 10), (10,)]
     init = torch.Generator().manual_seed(0)
@@ -24,7 +24,7 @@ def _train(fused: bool, cls_name: str, steps: int = 100, **options: float) -> tu
     optimizer = getattr(keras.optimizers, cls_name)(learning_rate=schedule, **options)
     optimizer.build(variables)
     if fused:
-        assert fuse_adam(optimizer) is None
+        assert isinstance(fuse_adam(optimizer), FusedAdam)
     draw = torch.Generator().manual_seed(1)
     for i in range(steps):
         # Gradients of changing scale, so the velocities matter.
@@ -86,11 +86,11 @@ def test_engine_trains_the_same_with_the_fused_update(
 
     overrides = ("recipe=cnn", f"optimizer={optimizer}")
     fused = _engine(tmp_path / "fused", *overrides)
-    assert fused.state.optimizer._parallel_update_step.__qualname__.startswith("fuse_adam")
+    assert fused.state.optimizer._parallel_update_step.__qualname__.startswith("FusedAdam")
     fused_losses = _train(fused, 5)
     monkeypatch.setattr(torch_engine, "fuse_adam", lambda optimizer: "switched off by the test")
     plain = _engine(tmp_path / "plain", *overrides)
-    assert not plain.state.optimizer._parallel_update_step.__qualname__.startswith("fuse_adam")
+    assert not plain.state.optimizer._parallel_update_step.__qualname__.startswith("FusedAdam")
     plain_losses = _train(plain, 5)
     # A few ulp per step apart (above); the losses of 5 steps agree far inside capture's 1e-5.
     np.testing.assert_allclose(fused_losses, plain_losses, rtol=1e-5)
