@@ -199,6 +199,9 @@ class BackendSettings:
     cpu_replicas: int = field(default=1, metadata=key(integer(1)))
     # torch: run the forward pass and loss as an ATen graph captured once per batch shape
     capture_forward: bool = field(default=True, metadata=key(boolean))
+    # torch: each optimizer step (forward, backward, update) as one graph, where the model and
+    # the optimizer (Adam, AdamW) allow it; needs capture_forward
+    capture_step: bool = field(default=True, metadata=key(boolean))
     # auto | true | false: in-memory data sets go to the device once and batches are gathered
     # there (auto: those that take at most a quarter of the device memory; on a CPU, all)
     data_on_device: str = field(default="auto", metadata=key(_auto_true_false))

@@ -8,7 +8,7 @@ import dataclasses
 import logging
 import os
 import platform
-from collections.abc import Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator
 from typing import Any
 
 import numpy as np
@@ -78,6 +78,41 @@ class TorchEngine(Engine):
                 log.debug("optimizer %s: Keras's own update: %s", optimizer.name, fused)
             self._fused.append(None if isinstance(fused, str) else fused)
 
+        self._steps: list[Any] = [None] * len(self.phases)
+        if self._captures and self.settings.backend.capture_step and self._steps_capturable():
+            self._steps = self._capture_steps()
+
+    def _steps_capturable(self) -> bool:
+        """Whole steps are captured for steps of one batch that hand nothing back: not with
+        gradient accumulation, gradient histograms or a distributed sum of the gradients."""
+        return (
+            self.settings.trainer.grad_accum_steps == 1
+            and not self._keep_gradients
+            and type(self)._all_reduce is TorchEngine._all_reduce
+        )
+
+    def _capture_steps(self) -> list[Any]:
+        from dualtrain.engines.torch_graph import CapturedStep
+
+        variables = list(self.model.variables)
+        return [
+            CapturedStep(
+                _training_loss(phase, self.model),
+                variables,
+                phase_variables,
+                optimizer,
+                fused,
+                f"the {phase.name} step",
+            )
+            for phase, optimizer, fused, phase_variables in zip(
+                self.state.phases,
+                self.state.optimizers,
+                self._fused,
+                self.state.phase_variables,
+                strict=True,
+            )
+        ]
+
     def _array_batches(
         self, split: ArrayDataset, order: list[np.ndarray], train: bool
     ) -> Iterable[Batch]:
@@ -108,6 +143,12 @@ class TorchEngine(Engine):
             return EAGER_MODE
         if self.jit_compile:
             return "compiled with torch.compile (backend.jit_compile=true)"
+        if any(step is not None for step in self._steps):
+            return (
+                "as one captured graph per optimizer step where the optimizer allows, else with "
+                "the forward pass and loss as captured graphs (backend.capture_step, "
+                "backend.capture_forward; debug=eager for pdb)"
+            )
         if self._captures:
             return (
                 "with the forward pass and loss as captured graphs (backend.capture_forward; "
@@ -124,7 +165,7 @@ class TorchEngine(Engine):
         captures = []
         for i, phase in enumerate(self.phases):
             captured = CapturedFunction(
-                lambda x, y, loss=phase.loss: loss(self.model, x, y, True),
+                _training_loss(phase, self.model),
                 variables,
                 f"the {phase.name} loss",
             )
@@ -135,6 +176,16 @@ class TorchEngine(Engine):
             lambda x: model(x, training=False), variables, "the eval forward pass"
         )
         return [*captures, self._predict]
+
+    def step_capture(self) -> dict[str, Any]:
+        record = super().step_capture()
+        steps = [s for s in self._steps if s is not None]
+        reasons = [s.failed for s in steps if s.failed]
+        record["whole_step"] = bool(steps) and not reasons
+        record["whole_step_not_captured_because"] = (
+            reasons[0] if reasons else None if steps else "backend.capture_step does not apply"
+        )
+        return record
 
     def not_captured_because(self) -> str | None:
         if self._captures:
@@ -156,11 +207,22 @@ class TorchEngine(Engine):
     def _train_step(self, batches: list[Batch]) -> dict[str, torch.Tensor] | None:
         batches = self._augment(batches)
         total = sum(int(rows(x)) for x, _ in batches)
-        all_grads, losses = [], []
-        for phase, optimizer, fused, variables in zip(
-            self.phases, self.state.optimizers, self._fused, self.state.phase_variables, strict=True
+        all_grads, losses, samples = [], [], total
+        for phase, optimizer, fused, variables, step in zip(
+            self.phases,
+            self.state.optimizers,
+            self._fused,
+            self.state.phase_variables,
+            self._steps,
+            strict=True,
         ):
             # Phases run in order: each sees the variables the phases before it updated.
+            if step is not None:  # one batch: the whole step as one graph, once captured
+                x, y = batches[0]
+                loss = step(x, targets(y))
+                if loss is not None:
+                    losses.append(loss)
+                    continue
             grads: list[torch.Tensor | None] = [None] * len(variables)
             loss = torch.zeros((), device=self.device)
             for x, y in batches:
@@ -176,6 +238,8 @@ class TorchEngine(Engine):
                 loss = loss + batch_loss.detach()
             grads, loss, samples = self._all_reduce(grads, loss, total)
             self._apply_if_finite(optimizer, fused, grads, variables, torch.isfinite(loss))
+            if step is not None:  # the first step of a batch shape: captured from this one
+                step.check(batches[0][0], targets(batches[0][1]), loss)
             all_grads.append(grads)
             losses.append(loss)
         with torch.no_grad():
@@ -335,6 +399,11 @@ def _captured_phase(phase: Phase, model: Any, captured: Any) -> Phase:
         return captured(x, y) if training and m is model else phase.loss(m, x, y, training)
 
     return dataclasses.replace(phase, loss=loss)
+
+
+def _training_loss(phase: Phase, model: Any) -> Callable[[Any, Any], Any]:
+    """The phase's training loss as a function of (x, y)."""
+    return lambda x, y: phase.loss(model, x, y, True)
 
 
 def _float32(loss: torch.Tensor) -> torch.Tensor:

@@ -262,6 +262,10 @@ _LAYOUT_FREE = {
     aten.convolution.default,
     aten.max_pool2d_with_indices.default,
     aten.avg_pool2d.default,
+    # in a captured step (CapturedStep), the backward kernels that read the same inputs
+    aten.convolution_backward.default,
+    aten.max_pool2d_with_indices_backward.default,
+    aten.avg_pool2d_backward.default,
 }
 
 
@@ -280,3 +284,202 @@ def _drop_layout_copies(graph: torch.fx.GraphModule) -> None:
             graph.graph.erase_node(node)
     graph.graph.eliminate_dead_code()
     graph.recompile()
+
+
+@dataclasses.dataclass
+class _StepGraph:
+    module: Any  # the GraphModule
+    state: list[Any]  # the model's variables, then the optimizer's, as the graph takes them
+    model_count: int  # how many of `state` are the model's
+    trainable: list[int]  # where in `state` the variables the optimizer updates are
+    assigned: list[Any]  # the model variables the forward pass assigns (batch norm, seeds)
+
+
+class CapturedStep:
+    """One optimizer step of one phase as one graph per batch shape: the loss, its gradients
+    and the optimizer's update (backend.capture_step).
+
+    make_fx records the backward pass as autograd runs it, op by op, and Keras's
+    `optimizer.stateless_apply` as the update (for Adam and AdamW the fused kernel, which updates
+    the parameters, momentums and velocities in place). The step then costs one graph call: no
+    Keras layer, optimizer or autograd-engine Python runs in it. A step whose loss is NaN or Inf
+    changes nothing, decided in the graph (the kernel's found_inf, `where` for the rest).
+
+    The first step of each batch shape runs as before (the captured forward pass and an eager
+    update): `check` then captures the step from the state before it, replays it on a copy and
+    keeps the graph only if it gives that step's loss and every variable's new value. Only Adam
+    without weight decay is captured: Keras's other torch optimizers (and AdamW's decay) update
+    their tensors in place in ways a skipped step could not undo in the graph.
+    """
+
+    def __init__(
+        self,
+        loss_fn: Callable[[Any, Any], Any],
+        model_variables: Sequence[Any],
+        phase_variables: Sequence[Any],
+        optimizer: Any,
+        fused: Any,
+        name: str,
+    ) -> None:
+        self.loss_fn = loss_fn
+        self.model_variables = list(model_variables)
+        self.optimizer = optimizer
+        self.fused = fused
+        self.name = name
+        self.graphs: dict[Any, _StepGraph | None] = {}
+        self._pending: tuple[Any, list[torch.Tensor], torch.Tensor] | None = None
+        position = {id(v): i for i, v in enumerate(self.model_variables)}
+        self.trainable = [position.get(id(v), -1) for v in phase_variables]
+        self.failed: str | None = compat.graph_capture_problem()
+        if fused is None:
+            self.failed = f"{type(optimizer).__name__} has no update the graph can skip"
+        elif getattr(optimizer, "inner_optimizer", None) is not None:
+            self.failed = "mixed_float16's loss scaling decides on the host"
+        elif optimizer.weight_decay:
+            # Keras's torch optimizers decay the weights in place, before the update: a skipped
+            # step could not undo it in the graph.
+            self.failed = f"{type(optimizer).__name__}'s weight decay changes the weights in place"
+        elif -1 in self.trainable:
+            self.failed = "the phase trains variables that are not the model's"
+
+    def _state(self) -> list[Any]:
+        return [*self.model_variables, *self.optimizer.variables]
+
+    def __call__(self, x: Any, y: Any) -> torch.Tensor | None:
+        """Runs the step and returns its loss; None when the caller must run it (not captured,
+        or the first step of a batch shape, after which the caller calls `check`)."""
+        if self.failed:
+            return None
+        key = _signature((x, y))
+        if key not in self.graphs:
+            before = [v.value.detach().clone() for v in self._state()]
+            self._pending = (key, before, torch.get_rng_state())
+            return None
+        graph = self.graphs[key]
+        if graph is None:
+            return None
+        state = graph.state
+        with torch.no_grad():
+            loss, new_values = graph.module(x, y, *[v.value for v in state])
+            for variable, value in zip(_changed(graph), new_values, strict=True):
+                if value is not variable.value:  # the kernel updated it in place
+                    variable.value.copy_(value)
+        return loss
+
+    def check(self, x: Any, y: Any, loss: torch.Tensor) -> None:
+        """After the caller ran the first step of a batch shape: captures the step from the
+        state before it, and keeps the graph if it gives the same loss and new state."""
+        if self._pending is None:
+            return
+        key, before, rng = self._pending
+        self._pending = None
+        self.graphs[key] = self._capture(x, y, before, rng, loss)
+        if self.graphs[key] is None:
+            self.failed = self.failed or "the captured step does not reproduce the eager step"
+
+    def _capture(
+        self, x: Any, y: Any, before: list[torch.Tensor], rng: torch.Tensor, loss: torch.Tensor
+    ) -> _StepGraph | None:
+        state = self._state()
+        graph = _StepGraph(None, state, len(self.model_variables), self.trainable, [])
+
+        def copies() -> list[torch.Tensor]:
+            values = [t.clone() for t in before]
+            for i in self.trainable:
+                values[i].requires_grad_(True)
+            return values
+
+        try:
+            with torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(rng)
+                graph.module = make_fx(self._traced(graph))(x, y, *copies())
+        except Exception as err:  # an op or a Python construct make_fx cannot record
+            self._fail(_untraceable(err), err)
+            return None
+        if any(_mutates_input(n) and not _is_kernel(n) for n in graph.module.graph.nodes):
+            self._fail("the graph changes its inputs in place")
+            return None
+        outside = [v for v in graph.assigned if not any(v is m for m in self.model_variables)]
+        if outside or any(v.trainable for v in graph.assigned):
+            self._fail("the loss assigns to variables other than the model's state")
+            return None
+        _drop_layout_copies(graph.module)
+        try:
+            with torch.no_grad(), torch.random.fork_rng(devices=[]):
+                torch.set_rng_state(rng)
+                values = copies()
+                got_loss, new_values = graph.module(x, y, *values)
+        except Exception as err:  # a kernel that refuses what the rewritten graph gives it
+            self._fail("a kernel refuses the captured step's inputs", err)
+            return None
+        expected = [loss, *[v.value for v in _changed(graph)]]
+        got = [got_loss, *new_values]
+        same = all(
+            torch.allclose(g.float(), e.float(), rtol=_CHECK_RTOL, atol=_CHECK_ATOL)
+            for g, e in zip(got, expected, strict=True)
+        )
+        if not same:
+            self._fail("the captured step does not reproduce the eager step")
+            return None
+        return graph
+
+    def _traced(self, graph: _StepGraph) -> Callable[..., Any]:
+        count = len(self.model_variables)
+
+        def step(x: Any, y: Any, *values: torch.Tensor) -> Any:
+            model, optimizer_values = list(values[:count]), list(values[count:])
+            mapping = list(zip(self.model_variables, model, strict=True))
+            with compat.recording_scope(mapping) as scope:
+                loss = self.loss_fn(x, y).float()
+            graph.assigned = list(scope.assigned.values())
+            assigned = [scope.get_current_value(v) for v in graph.assigned]
+            trainable = [model[i] for i in graph.trainable]
+            scaled = self.optimizer.scale_loss(loss)
+            grads = torch.autograd.grad(scaled, trainable, allow_unused=True)
+            finite = torch.isfinite(loss)
+            self.fused.found_inf = (~finite).to(torch.float32)
+            try:
+                new_trainable, new_optimizer = self.optimizer.stateless_apply(
+                    optimizer_values, list(grads), trainable
+                )
+            finally:
+                self.fused.found_inf = None
+
+            def kept(new: list[Any], old: list[Any]) -> list[Any]:
+                # In place (the kernel, guarded by found_inf), or new values to keep if finite.
+                return [
+                    n if n is o else torch.where(finite, n, o)
+                    for n, o in zip(new, old, strict=True)
+                ]
+
+            new = [
+                *assigned,
+                *kept(new_trainable, trainable),
+                *kept(new_optimizer, optimizer_values),
+            ]
+            return loss.detach(), new
+
+        return step
+
+    def _fail(self, reason: str, err: Exception | None = None) -> None:
+        self.failed = reason
+        log.info(
+            "backend.capture_step: %s runs as a captured forward pass and an eager update: %s",
+            self.name,
+            reason,
+        )
+        if err is not None:
+            log.debug("backend.capture_step: %s: %s: %s", self.name, type(err).__name__, err)
+        return None
+
+
+def _changed(graph: _StepGraph) -> list[Any]:
+    """The variables whose new values a step graph returns, in its order: those the forward pass
+    assigns, the optimizer's trainable variables, the optimizer's own."""
+    trainable = [graph.state[i] for i in graph.trainable]
+    return [*graph.assigned, *trainable, *graph.state[graph.model_count :]]
+
+
+def _is_kernel(node: torch.fx.Node) -> bool:
+    """The fused Adam kernel, which updates the parameters and the optimizer's state in place."""
+    return node.op == "call_function" and str(node.target).startswith("aten._fused_adam_")

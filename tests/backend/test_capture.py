@@ -172,3 +172,86 @@ def test_a_model_that_cannot_be_captured_runs_eagerly_and_says_why(
     lines = [r.getMessage() for r in caplog.records if "runs eagerly" in r.getMessage()]
     # One line per captured function that fell back (the training loss, then the eval pass).
     assert lines and "the model loss runs eagerly" in lines[0], lines
+
+
+STEP_CASES = {
+    # Dropout from torch's global RNG, Adam (the fused kernel in the graph)
+    "cnn": ["recipe=cnn", "data=synthetic", "data.num_samples=320"],
+    # two phases, two optimizers, noise from seeded generators in the losses
+    "gan": ["recipe=gan", "data=synthetic", "data.shape=[8,8,1]", "data.num_samples=320"],
+    # BatchNorm's statistics, the one_hot loss
+    "batchnorm": [
+        "recipe.name=layers", "recipe.module=tests.backend.users.layers", "~recipe.model",
+        "~recipe.task", "data=python", "data.source=tests.backend.users.layers:load_data",
+        "+recipe.model.kind=batchnorm",
+    ],
+}  # fmt: skip
+
+
+def _all_variables(engine: Any) -> dict[str, np.ndarray]:
+    arrays = _variables(engine)
+    for optimizer in engine.state.optimizers:
+        arrays.update({v.path: np.array(v.numpy()) for v in optimizer.variables})
+    return arrays
+
+
+@pytest.mark.parametrize("case", sorted(STEP_CASES))
+def test_a_captured_step_gives_the_values_of_the_forward_graph_and_eager_update(
+    case: str, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    """backend.capture_step: forward, backward and the optimizer's update as one graph; the same
+    losses, weights, optimizer state and moving statistics as the step it replaces."""
+    overrides = ("data.batch_size=64", *STEP_CASES[case])
+    with caplog.at_level(logging.INFO, logger="dualtrain"):
+        whole = _build(tmp_path, *overrides)
+        whole_losses = _train(whole, 4)
+    assert "backend.capture_step: " not in caplog.text  # no fallback line
+    assert all(s is not None and s.failed is None for s in whole._steps)
+    assert all(None not in s.graphs.values() and s.graphs for s in whole._steps)
+    assert whole.step_capture()["whole_step"] is True
+    parts = _build(tmp_path, *overrides, "backend.capture_step=false")
+    np.testing.assert_allclose(whole_losses, _train(parts, 4), rtol=RTOL)
+    expected, got = _all_variables(parts), _all_variables(whole)
+    assert got.keys() == expected.keys()
+    for path, value in expected.items():
+        np.testing.assert_allclose(got[path], value, rtol=RTOL, atol=1e-6, err_msg=path)
+
+
+def test_a_captured_step_with_a_nan_loss_changes_nothing(tmp_path: Path) -> None:
+    from tests.backend.nonfinite import OVERFLOW_SAMPLE
+
+    engine = _build(
+        tmp_path, "recipe.name=nonfinite", "recipe.module=tests.backend.nonfinite",
+        "~recipe.model", "data=python", "data.source=tests.backend.nonfinite:load_data",
+        "data.batch_size=32", "trainer.on_nonfinite=skip",
+    )  # fmt: skip
+    order = engine._batch_order(engine.data.train, 0)
+    bad = next(i for i, indices in enumerate(order) if OVERFLOW_SAMPLE in indices)
+    batches = list(engine.train_batches(0))
+    good = next(i for i in range(len(batches)) if i != bad)
+    engine.train_step([batches[good]])  # the step is captured from this one
+    assert engine._steps[0].graphs and None not in engine._steps[0].graphs.values()
+    before = _all_variables(engine)
+    engine.train_step([batches[bad]])
+    after = _all_variables(engine)
+    for path, value in before.items():
+        np.testing.assert_array_equal(after[path], value, err_msg=path)
+    assert engine.state.nonfinite_steps() == (1, 2)  # one step skipped: the second
+    engine.train_step([batches[good]])
+    assert int(engine.state.optimizer.iterations.numpy()) == 2  # the skipped step not counted
+
+
+@pytest.mark.parametrize(
+    ("optimizer", "reason"),
+    [
+        ("sgd", "SGD has no update the graph can skip"),
+        ("adamw", "AdamW's weight decay changes the weights in place"),
+    ],
+)
+def test_optimizers_a_captured_step_cannot_skip_keep_the_eager_update(
+    optimizer: str, reason: str, tmp_path: Path
+) -> None:
+    engine = _engine(tmp_path, "recipe=mlp", f"optimizer={optimizer}")
+    _train(engine, 2)
+    assert engine.step_capture()["whole_step_not_captured_because"] == reason
+    assert engine.step_capture()["captured"] is True  # the forward pass still is
