@@ -186,17 +186,18 @@ def child(system: str, model: Model, overrides: list[str], threads: int) -> dict
 def _epochs(run_epoch: Callable[[int, Callable[[], Any]], None], epochs: int) -> dict[str, Any]:
     """Times each epoch; `run_epoch(epoch, on_first_step)`; samples counted by the caller."""
     first: list[float] = []
-    times = []
+    times, cpu_times = [], []
 
     def on_first_step() -> None:
         if not first:
             first.append(time.time())
 
     for epoch in range(epochs):
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()
         run_epoch(epoch, on_first_step)
         times.append(time.perf_counter() - start)
-    return {"epoch_seconds": times, "first_step_at": first[0]}
+        cpu_times.append(time.process_time() - cpu)
+    return {"epoch_seconds": times, "epoch_cpu_seconds": cpu_times, "first_step_at": first[0]}
 
 
 def _scalar(value: Any) -> float:
@@ -501,6 +502,7 @@ def _command(system: str, model: Model, args: argparse.Namespace, out: Path) -> 
             sys.executable, "-m", "dualtrain", "--config-dir", str(ZOO), *overrides,
             f"backend={backend}", "logger=[jsonl]", "logger.progress=false",
             "checkpoint.every_n_epochs=0", f"hydra.run.dir={out / 'run'}",
+            "callbacks=[zoo_timing]",  # zoo/callbacks: the CPU time of each epoch's steps
             *(["backend.jit_compile=false"] if backend == "tf" else []),
         ]  # fmt: skip
     return [
@@ -539,6 +541,12 @@ def run_one(system: str, model: Model, args: argparse.Namespace) -> dict[str, An
                 raise RunFailed(system, model.name, errors, result["steps"])
             result["samples_per_sec"] = summary["train_samples_per_sec"]
             result["first_step_seconds"] = summary["first_step_seconds"]
+            timing_file = run / "zoo_timing.json"  # zoo/zoo_timing.py
+            if timing_file.exists():
+                timing = json.loads(timing_file.read_text())
+                cpu = sum(e["cpu_seconds"] for e in timing["epochs"][1:])
+                if cpu > 0:
+                    result["samples_per_cpu_sec"] = timing["steady_samples"] / cpu
             result["final_loss"] = (summary.get("final") or {}).get("train", {}).get("loss")
         else:
             if proc.returncode != 0:
@@ -546,6 +554,8 @@ def run_one(system: str, model: Model, args: argparse.Namespace) -> dict[str, An
             report = json.loads((out / "result.json").read_text())
             steady = report["epoch_seconds"][1:]
             result["samples_per_sec"] = report["samples_per_epoch"] * len(steady) / sum(steady)
+            cpu = report["epoch_cpu_seconds"][1:]
+            result["samples_per_cpu_sec"] = report["samples_per_epoch"] * len(cpu) / sum(cpu)
             result["first_step_seconds"] = report["first_step_at"] - launched
             for key in ("parameters", "final_loss"):
                 if key in report:
@@ -602,8 +612,11 @@ def run_all(args: argparse.Namespace) -> dict[str, Any]:
     return {"runs": runs, "failures": failures}
 
 
-def per_round(runs: list[dict[str, Any]], model: str, system: str, base: str) -> list[float]:
-    by = {(r["system"], r["round"]): r["samples_per_sec"] for r in runs if r["model"] == model}
+def per_round(
+    runs: list[dict[str, Any]], model: str, system: str, base: str, rate: str = "samples_per_sec"
+) -> list[float]:
+    """system : base, each round's pair of runs (the same round: close in time)."""
+    by = {(r["system"], r["round"]): r[rate] for r in runs if r["model"] == model and rate in r}
     rounds = sorted({r for s, r in by if s == system})
     return [by[(system, r)] / by[(base, r)] for r in rounds if (base, r) in by]
 
@@ -625,6 +638,9 @@ def summarize(report: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
                 "peak_rss_mb": max(r["peak_rss_mb"] for r in runs),
                 "other_load_cores": max(r.get("other_load_cores", 0.0) for r in runs),
             }
+            cpu_rates = [r["samples_per_cpu_sec"] for r in runs if "samples_per_cpu_sec" in r]
+            if cpu_rates:
+                systems[system]["samples_per_cpu_sec"] = statistics.median(cpu_rates)
         ratios = {}
         for system, base, goal in RATIOS:
             rounds = per_round(report["runs"], name, system, base)
@@ -634,6 +650,10 @@ def summarize(report: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
                     "system": system, "against": base, "goal": goal, "per_round": rounds,
                     "median": median, "met": median >= goal,
                 }  # fmt: skip
+                cpu = per_round(report["runs"], name, system, base, "samples_per_cpu_sec")
+                if cpu:  # the same from CPU time: less sensitive to other processes
+                    ratios[f"{system} : {base}"]["cpu_per_round"] = cpu
+                    ratios[f"{system} : {base}"]["cpu_median"] = statistics.median(cpu)
         steps = {}
         for system in ("dualtrain/torch", "dualtrain/tf"):
             records = [
@@ -674,9 +694,9 @@ def _rate(row: dict[str, Any], system: str) -> str:
     return f"{entry['samples_per_sec']:,.0f}" if entry else "-"
 
 
-def _ratio(row: dict[str, Any], system: str, base: str) -> str:
+def _ratio(row: dict[str, Any], system: str, base: str, key: str = "median") -> str:
     entry = row["ratios"].get(f"{system} : {base}")
-    return f"{entry['median']:.2f}x" if entry else "-"
+    return f"{entry[key]:.2f}x" if entry and key in entry else "-"
 
 
 def markdown(
@@ -704,6 +724,20 @@ def markdown(
             f"| {_ratio(row, 'dualtrain/tf', 'tf.function')} "
             + "".join(f"| {_rate(row, s)} " for s in SYSTEMS)
             + f"| {steps.replace('|', '/')} |"
+        )
+    lines += [
+        "",
+        "The same ratios from the CPU time of each process over the same epochs (samples per "
+        "CPU-second; less sensitive to other processes on the machine):",
+        "",
+        "| model | dt/torch : torch+keras | dt/torch : torch.nn | dt/tf : tf.function |",
+        "|---|---:|---:|---:|",
+    ]
+    for name, row in table.items():
+        lines.append(
+            f"| {name} | "
+            + " | ".join(_ratio(row, s, b, "cpu_median") for s, b, _ in RATIOS)
+            + " |"
         )
     extra = [s for s in args.systems.split(",") if s not in SYSTEMS]
     for system in extra:  # e.g. tf.function+onednn

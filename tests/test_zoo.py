@@ -76,7 +76,8 @@ def test_step_record_from_the_log_where_the_summary_has_none() -> None:
     assert zoo.describe_steps(captured) == "graph"
     refused = zoo.step_record(summary, LOG_REFUSED)
     assert refused["captured"] is False
-    assert refused["not_captured_because"] == "layer dropout (Dropout) draws from a seeded generator"
+    reason = "layer dropout (Dropout) draws from a seeded generator"
+    assert refused["not_captured_because"] == reason
     assert zoo.describe_steps(refused).startswith("eager: layer dropout")
     # Capture may fail only at the first step, after the line that says the steps are captured.
     failed = zoo.step_record(summary, LOG_FAILED_AT_FIRST_STEP)
@@ -162,19 +163,26 @@ def test_zoo_smoke(half: str, tmp_path: Path) -> None:
         expected = [s for s in systems if s != "torch.nn" or zoo.MODELS[name].torch_nn]
         assert sorted(row["systems"]) == sorted(expected)
         for entry in row["systems"].values():
-            assert math.isfinite(entry["samples_per_sec"]) and entry["samples_per_sec"] > 0
+            for rate in ("samples_per_sec", "samples_per_cpu_sec"):  # wall and CPU time
+                assert math.isfinite(entry[rate]) and entry[rate] > 0
             assert entry["first_step_seconds"] > 0 and entry["peak_rss_mb"] > 50
         # The ratios of the pairs that ran, each from its one round.
         pairs = {(s, b) for s, b, _ in zoo.RATIOS if s in expected and b in expected}
         assert {(r["system"], r["against"]) for r in row["ratios"].values()} == pairs
         for ratio in row["ratios"].values():
             rates = row["systems"]
-            expect = rates[ratio["system"]]["samples_per_sec"] / (
-                rates[ratio["against"]]["samples_per_sec"]
+            expect = (
+                rates[ratio["system"]]["samples_per_sec"]
+                / (rates[ratio["against"]]["samples_per_sec"])
             )
             assert ratio["per_round"] == [pytest.approx(expect)]
             assert math.isfinite(ratio["median"]) and ratio["median"] > 0
             assert ratio["met"] == (ratio["median"] >= ratio["goal"])
+            cpu = (
+                rates[ratio["system"]]["samples_per_cpu_sec"]
+                / (rates[ratio["against"]]["samples_per_cpu_sec"])
+            )
+            assert ratio["cpu_per_round"] == [pytest.approx(cpu)] == [ratio["cpu_median"]]
         # How dualtrain ran the steps: one record, from the summary or the log.
         [record] = row["steps"][dualtrain]
         assert record["source"] in ("summary.json", "log")
@@ -186,7 +194,15 @@ def test_zoo_smoke(half: str, tmp_path: Path) -> None:
         else:
             assert record["captured"] is True
         # The printed table: the row, its ratios and how the steps ran.
-        [line] = [x for x in result.stdout.splitlines() if x.startswith(f"| {name} |")]
+        # The ratios table, then the same from CPU time.
+        line, cpu_line = [x for x in result.stdout.splitlines() if x.startswith(f"| {name} |")]
+        cpu_cells = [c.strip() for c in cpu_line.strip("|").split("|")]
+        assert cpu_cells[1:] == [
+            f"{row['ratios'][f'{s} : {b}']['cpu_median']:.2f}x"
+            if f"{s} : {b}" in row["ratios"]
+            else "-"
+            for s, b, _ in zoo.RATIOS
+        ]
         cells = [c.strip() for c in line.strip("|").split("|")]
         assert len(cells) == 10
         for (system, base), cell in zip(
