@@ -317,9 +317,9 @@ def is_functional(model: Any) -> bool | None:
 
     `keras.Model(inputs, outputs)` returns an instance of the private class `Functional`; a
     public test would be `type(model) is keras.Model`, which is never true for it, and
-    subclassed models (whose `call` may branch on values) look alike otherwise. Checked once:
+    subclassed models (whose `call` takes what it likes) look alike otherwise. Checked once:
     the class imports and is a keras.Model. Otherwise None with one info line: the callers then
-    treat the model as not functional (the torch engine runs it eagerly, same results).
+    treat the model as not functional (its inputs are checked by a sample call only).
     """
     functional = _functional_class()
     if isinstance(functional, str):

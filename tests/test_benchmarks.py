@@ -62,3 +62,24 @@ def test_systems_harness_smoke(half: str, tmp_path: Path) -> None:
         assert goal["met"] == (goal["median"] >= goal["target"])
         name = f"{goal['system']} >= {goal['target']:.1f}x {goal['against']}"
         assert f"| W1 | {name} |" in result.stdout
+
+
+def test_step_profile_splits_a_step_into_flop_ops_and_memory_ops(tmp_path: Path) -> None:
+    out = tmp_path / "profile.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/step_profile.py", "--workload", "W2", "--steps", "4",
+         "--out", str(out)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    report = json.loads(out.read_text())
+    # W2's matmuls, counted by torch for one step of 256 samples: the forward's
+    # F = 2 * 256 * (784*512 + 512*512 + 512*10) FLOPs, as many for the weights' gradients, and
+    # as many for the inputs' gradients less the first layer's (the data needs none).
+    forward = 2 * 256 * (784 * 512 + 512 * 512 + 512 * 10)
+    assert report["step_flops"] == 3 * forward - 2 * 256 * 784 * 512
+    assert report["whole_step_graph"] is True
+    assert 0 < report["mfu"] < 2 and report["flop_ops_seconds"] > 0
+    assert "aten::mm" in report["ops"] or "aten::addmm" in report["ops"]
+    assert "| op | ms/step | share |" in result.stdout
