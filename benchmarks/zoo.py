@@ -417,7 +417,9 @@ _NOT_CAPTURED = re.compile(
 
 
 def step_record(summary: dict[str, Any], log_text: str) -> dict[str, Any]:
-    """How a dualtrain run ran its steps: {mode, captured, not_captured_because, source}.
+    """How a dualtrain run ran its steps: {mode, captured, not_captured_because, source}, and
+    on torch, where the summary says, whether each optimizer step ran as one graph
+    (`whole_step`, `whole_step_not_captured_because`).
 
     From summary.json's record where it has one (`step_capture`, or `steps` when that is a dict
     rather than the step count), else from the run's log lines; `captured` None where neither
@@ -427,16 +429,20 @@ def step_record(summary: dict[str, Any], log_text: str) -> dict[str, Any]:
     if not isinstance(record, dict) and isinstance(summary.get("steps"), dict):
         record = summary.get("steps")
     if isinstance(record, dict):
-        return {
+        given = {
             "mode": record.get("mode"),
             "captured": record.get("captured"),
             "not_captured_because": record.get("not_captured_because"),
             "source": "summary.json",
         }
+        for key in ("whole_step", "whole_step_not_captured_because"):
+            if key in record:
+                given[key] = record.get(key)
+        return given
     mode, reasons = None, []
     for line in log_text.splitlines():
-        if (found := _STEPS_RUN.search(line)) is not None:
-            mode = found["mode"]
+        if (said := _STEPS_RUN.search(line)) is not None:
+            mode = said["mode"]
         elif (failed := _NOT_CAPTURED.search(line)) is not None and (
             # The eval forward pass runs at validation only: not the timed train steps.
             failed["what"] != "the eval forward pass"
@@ -450,12 +456,19 @@ def step_record(summary: dict[str, Any], log_text: str) -> dict[str, Any]:
 
 
 def describe_steps(record: dict[str, Any] | None) -> str:
-    """The table's words for a step record: captured, eager: <reason>, or ?."""
+    """The table's words for a step record: `graph` (torch: `whole step` where each optimizer
+    step ran as one graph, `forward graph` where only the forward pass and loss did, with why),
+    `eager: <reason>`, or `?` where the run did not say."""
     if not record or record.get("captured") is None:
         return "?"
-    if record["captured"]:
+    if not record["captured"]:
+        return f"eager: {record.get('not_captured_because') or 'NO REASON GIVEN'}"
+    if "whole_step" not in record:
         return "graph"
-    return f"eager: {record.get('not_captured_because') or 'NO REASON GIVEN'}"
+    if record["whole_step"]:
+        return "whole step"
+    why = record.get("whole_step_not_captured_because") or "no reason given"
+    return f"forward graph (whole step: {why})"
 
 
 # -- the parent: runs, rounds, the report -------------------------------------------------------
@@ -748,6 +761,15 @@ def markdown(
     for f in found:
         said = f"from {f['source']}" if f.get("source") else "no step record, no log line"
         lines.append(f"- {f['model']}, {f['system']}: {describe_steps(f)} ({said})")
+    partial = [
+        (name, record)
+        for name, row in table.items()
+        for record in row["steps"].get("dualtrain/torch", [])
+        if record.get("captured") and record.get("whole_step") is False
+    ]
+    if partial:
+        lines += ["", f"dualtrain/torch runs graphed but not as one graph a step: {len(partial)}"]
+        lines += [f"- {name}: {describe_steps(record)}" for name, record in partial]
     loads = sorted(r["other_load_cores"] for r in runs or [] if "other_load_cores" in r)
     if loads:
         lines += [

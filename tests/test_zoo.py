@@ -69,6 +69,18 @@ def test_step_record_from_the_summary() -> None:
     assert zoo.step_record({"step_capture": record}, LOG_CAPTURED)["captured"] is False
 
 
+def test_whole_step_or_forward_graph_on_torch() -> None:
+    base = {"mode": "m", "captured": True, "not_captured_because": None}
+    whole = zoo.step_record({"step_capture": {**base, "whole_step": True}}, "")
+    assert zoo.describe_steps(whole) == "whole step"
+    forward = zoo.step_record(
+        {"step_capture": {**base, "whole_step": False, "whole_step_not_captured_because": "SGD"}},
+        "",
+    )
+    assert forward["whole_step_not_captured_because"] == "SGD"
+    assert zoo.describe_steps(forward) == "forward graph (whole step: SGD)"
+
+
 def test_step_record_from_the_log_where_the_summary_has_none() -> None:
     summary = {"steps": 135, "status": "completed"}  # steps: the step count, not a record
     captured = zoo.step_record(summary, LOG_CAPTURED)
