@@ -286,6 +286,14 @@ def _drop_layout_copies(graph: torch.fx.GraphModule) -> None:
     graph.recompile()
 
 
+# A step graph runs its ops from Python, a few microseconds each; the forward graph leaves the
+# backward ops to autograd's C++ engine. Above this many ops the whole-step graph was slower
+# (benchmarks/zoo.py, one thread: a GRU over 24 steps, 1,362 ops, 4,432 samples/s against 12,660
+# with the forward graph; an LSTM over 32 tokens, 1,579 ops, 7,806 against 8,009), below it
+# faster or even (a Transformer encoder, 481 ops: 3,844 against 3,220).
+MAX_STEP_OPS = 1000
+
+
 @dataclasses.dataclass
 class _StepGraph:
     module: Any  # the GraphModule
@@ -396,6 +404,13 @@ class CapturedStep:
         except Exception as err:  # an op or a Python construct make_fx cannot record
             self._fail(_untraceable(err), err)
             return None
+        if _ops(graph.module) > MAX_STEP_OPS:
+            self._fail(
+                f"its graph has {_ops(graph.module)} operations, more than {MAX_STEP_OPS} (a "
+                "recurrent layer unrolled over its steps): the captured forward pass with "
+                "autograd's own engine runs so many small ones faster"
+            )
+            return None
         if any(_mutates_input(n) and not _is_kernel(n) for n in graph.module.graph.nodes):
             self._fail("the graph changes its inputs in place")
             return None
@@ -421,6 +436,7 @@ class CapturedStep:
         if not same:
             self._fail("the captured step does not reproduce the eager step")
             return None
+        log.debug("backend.capture_step: %s: %d ops", self.name, _ops(graph.module))
         return graph
 
     def _traced(self, graph: _StepGraph) -> Callable[..., Any]:
@@ -478,6 +494,10 @@ def _changed(graph: _StepGraph) -> list[Any]:
     assigns, the optimizer's trainable variables, the optimizer's own."""
     trainable = [graph.state[i] for i in graph.trainable]
     return [*graph.assigned, *trainable, *graph.state[graph.model_count :]]
+
+
+def _ops(module: Any) -> int:
+    return sum(1 for node in module.graph.nodes if node.op == "call_function")
 
 
 def _is_kernel(node: torch.fx.Node) -> bool:

@@ -255,3 +255,17 @@ def test_optimizers_a_captured_step_cannot_skip_keep_the_eager_update(
     _train(engine, 2)
     assert engine.step_capture()["whole_step_not_captured_because"] == reason
     assert engine.step_capture()["captured"] is True  # the forward pass still is
+
+
+def test_a_step_graph_of_too_many_small_ops_keeps_the_forward_graph(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from dualtrain.engines import torch_graph
+
+    monkeypatch.setattr(torch_graph, "MAX_STEP_OPS", 20)  # the mlp's step has about 100
+    engine = _engine(tmp_path, "recipe=mlp")
+    losses = _train(engine, 2)
+    record = engine.step_capture()
+    assert record["whole_step"] is False and record["captured"] is True
+    assert "more than 20 (a recurrent layer unrolled" in record["whole_step_not_captured_because"]
+    assert np.isfinite(losses).all()
