@@ -50,6 +50,7 @@ def select_backend(name: str, import_framework: bool = True) -> None:
                 "(Keras fixes its backend at import time)"
             )
     os.environ["KERAS_BACKEND"] = keras_name
+    importlib.import_module("dualtrain.threads").configure_threads(name)  # docs/shared-machines.md
     if name == "tf" and "tensorflow" not in sys.modules:
         if platform.machine().lower() in ("x86_64", "amd64"):
             _use_onednn()
