@@ -167,21 +167,12 @@ class CapturedFunction:
         return traced
 
     def _fail(self, reason: str, err: Exception | None = None) -> None:
-        """Logs why, in words, and returns no graph: this function runs eagerly from now on.
-
-        The exception behind it is torch's tracing machinery speaking (with advice about make_fx
-        options that a user of dualtrain cannot act on), so it goes to the debug log only.
-        """
+        """This function runs eagerly from now on; one info line says why."""
         self.failed = reason
-        log.info(
-            "backend.capture_forward: %s runs eagerly, as plain Keras on torch (same results, "
-            "slower steps): %s",
-            self.name,
-            reason,
-        )
-        if err is not None:
-            log.debug("backend.capture_forward: %s: %s: %s", self.name, type(err).__name__, err)
-        return None
+        _log_fallback(
+            "capture_forward", self.name, "runs eagerly, as plain Keras on torch (same results, "
+            "slower steps)", reason, err,
+        )  # fmt: skip
 
 
 def _stateless(
@@ -478,15 +469,21 @@ class CapturedStep:
         return step
 
     def _fail(self, reason: str, err: Exception | None = None) -> None:
+        """This step runs as a forward graph and an eager update from now on; one info line."""
         self.failed = reason
-        log.info(
-            "backend.capture_step: %s runs as a captured forward pass and an eager update: %s",
-            self.name,
-            reason,
-        )
-        if err is not None:
-            log.debug("backend.capture_step: %s: %s: %s", self.name, type(err).__name__, err)
-        return None
+        _log_fallback(
+            "capture_step", self.name, "runs as a captured forward pass and an eager update",
+            reason, err,
+        )  # fmt: skip
+
+
+def _log_fallback(setting: str, name: str, runs: str, reason: str, err: Exception | None) -> None:
+    """One info line: what `name` runs as instead, and why in words. The exception behind it is
+    torch's tracing machinery speaking (with advice about make_fx options that a user of
+    dualtrain cannot act on), so it goes to the debug log only."""
+    log.info("backend.%s: %s %s: %s", setting, name, runs, reason)
+    if err is not None:
+        log.debug("backend.%s: %s: %s: %s", setting, name, type(err).__name__, err)
 
 
 def _changed(graph: _StepGraph) -> list[Any]:
