@@ -51,8 +51,8 @@ TASKS = ("classification", "multilabel", "regression", "none")
 # tf.distribute strategies; for torch, torchrun's environment makes a run distributed.
 STRATEGIES = {"tf": ("none", "mirrored", "multi_worker"), "torch": ("none",)}
 LOGGERS = ("jsonl", "csv", "console", "tensorboard")  # the options of configs/logger/
-EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "torch")
-TFLITE_QUANTIZE = ("none", "dynamic", "float16")
+EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "torch", "tfjs", "executorch")
+TFLITE_QUANTIZE = ("none", "dynamic", "float16", "int8")
 # Keys of a data config that the loader uses itself; all other keys go to the data source function.
 # (`num_classes`, where set, is also the number of classes the labels are checked against.)
 DATA_LOADER_KEYS = ("source", "batch_size", "val_fraction", "num_workers", "augmentation")
@@ -462,8 +462,10 @@ class ExportSettings:
 
     # of EXPORT_FORMATS
     formats: tuple[str, ...] = field(default=(), metadata=key(_formats))
-    # none | dynamic | float16
+    # none | dynamic | float16 | int8 (full integer, calibrated on training samples)
     tflite_quantize: str = field(default="none", metadata=key(choice(TFLITE_QUANTIZE)))
+    # with tflite_quantize=int8: int8 inputs and outputs too (float32 where false)
+    tflite_int8_io: bool = field(default=False, metadata=key(boolean))
     # internal: set by export for the one-backend processes it starts
     worker: bool = field(default=False, metadata=key(boolean))
 

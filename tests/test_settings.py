@@ -113,12 +113,13 @@ def test_python_data_requires_a_source() -> None:
         ),
         (
             "export.formats=[keras]",
-            "export.formats must be a list of saved_model, tflite, onnx, torch, e.g. "
+            "export.formats must be a list of saved_model, tflite, onnx, torch, tfjs, "
+            "executorch, e.g. "
             "export.formats=[saved_model,onnx]; got ['keras']",
         ),
         (
-            "export.tflite_quantize=int8",
-            "export.tflite_quantize must be one of none, dynamic, float16; got 'int8'",
+            "export.tflite_quantize=int4",
+            "export.tflite_quantize must be one of none, dynamic, float16, int8; got 'int4'",
         ),
         ("parity.steps=0", "parity.steps must be a positive integer; got 0"),
         (

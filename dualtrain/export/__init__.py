@@ -13,6 +13,7 @@ the others are still written.
 
 from __future__ import annotations
 
+import importlib
 import json
 import shutil
 import subprocess
@@ -29,8 +30,17 @@ from dualtrain.data.dataset import ArrayDataset
 from dualtrain.errors import ConfigError, DualtrainError, RunError
 from dualtrain.settings import Settings
 
-# The backend whose process writes each format, and the runtime that checks it.
-FORMAT_BACKENDS = {"saved_model": "tf", "tflite": "tf", "onnx": "torch", "torch": "torch"}
+# The backend whose process writes each format, and the module and function that write it (imported
+# only when the format is asked for: a format's own dependencies stay optional).
+WRITERS = {
+    "saved_model": ("tf", "dualtrain.export.tensorflow", "write_saved_model"),
+    "tflite": ("tf", "dualtrain.export.tensorflow", "write_tflite"),
+    "tfjs": ("tf", "dualtrain.export.tfjs", "write_tfjs"),
+    "onnx": ("torch", "dualtrain.export.torch", "write_onnx"),
+    "torch": ("torch", "dualtrain.export.torch", "write_exported_program"),
+    "executorch": ("torch", "dualtrain.export.executorch", "write_executorch"),
+}
+FORMAT_BACKENDS = {name: backend for name, (backend, _, _) in WRITERS.items()}
 # float32 formats must reproduce the Keras model's outputs within this (max abs). The runtimes
 # reorder float32 sums (fused kernels, XNNPACK): measured up to 7.6e-6 on the trained cnn's logits
 # (docs/export.md), so 1e-4 leaves room and still flags a real conversion error.
@@ -252,7 +262,6 @@ def run_worker(settings: Settings) -> dict[str, Any]:
     batch_x, _ = val.rows(np.arange(min(37, len(val))))
     signature, expected = _signature(model, engine.data.info, batch_x)
     fed = signature.feed(batch_x)
-    writers = _writers(settings.backend.name)
     tasks = _output_tasks(signature, engine.data.info, model, expected)
     reference = _keras_run(model, signature)
     keras_accuracy = _accuracies(reference, signature, val, tasks)
@@ -263,7 +272,7 @@ def run_worker(settings: Settings) -> dict[str, Any]:
         directory.mkdir(parents=True)
         started = time.perf_counter()
         try:
-            written = writers[name](model, directory, signature, settings, batch_x)
+            written = _writer(name)(model, directory, signature, settings, batch_x)
             result = _check(written, fed, expected, val, tasks, keras_accuracy)
             result["export_seconds"] = round(time.perf_counter() - started, 3)
             result["path"] = str(written.path.relative_to(settings.run_dir))
@@ -564,14 +573,22 @@ def _latency_ms(run: Run, fed: dict[str, np.ndarray]) -> float:
     return round(float(np.median(times)) * 1000, 4)
 
 
-def _writers(backend: str) -> dict[str, Callable[..., Written]]:
-    if backend == "tf":
-        from dualtrain.export import tensorflow
+# The extra that installs each format's optional packages.
+EXTRAS = {"onnx": "export", "tflite": "export", "executorch": "mobile"}
 
-        return {"saved_model": tensorflow.write_saved_model, "tflite": tensorflow.write_tflite}
-    from dualtrain.export import torch
 
-    return {"onnx": torch.write_onnx, "torch": torch.write_exported_program}
+def _writer(name: str) -> Callable[..., Written]:
+    _, module, function = WRITERS[name]
+    try:
+        loaded = importlib.import_module(module)
+    except ImportError as err:
+        extra = EXTRAS.get(name, "all")
+        raise ExportFailure(
+            f"needs the {err.name or err} package: pip install -c constraints.txt "
+            f"'dualtrain[{extra}]'"
+        ) from err
+    writer: Callable[..., Written] = getattr(loaded, function)
+    return writer
 
 
 def _figure(result: dict[str, Any]) -> str:
