@@ -272,7 +272,10 @@ def run_worker(settings: Settings) -> dict[str, Any]:
         directory.mkdir(parents=True)
         started = time.perf_counter()
         try:
-            written = _writer(name)(model, directory, signature, settings, batch_x)
+            extra = {}
+            if name == "tflite" and settings.export.tflite_quantize == "int8":
+                extra["calibration"] = _calibration(engine.data.train)
+            written = _writer(name)(model, directory, signature, settings, batch_x, **extra)
             result = _check(written, fed, expected, val, tasks, keras_accuracy)
             result["export_seconds"] = round(time.perf_counter() - started, 3)
             result["path"] = str(written.path.relative_to(settings.run_dir))
@@ -426,6 +429,21 @@ def _output_tasks(
     return tasks
 
 
+def _calibration(train: Any) -> Any:
+    """The training features that calibrate an int8 model: `CALIBRATION_SAMPLES` drawn at
+    random (seeded, so an export is repeatable) from the training split, or its first ones
+    where the split is a batch source."""
+    from dualtrain.export.tensorflow import CALIBRATION_SAMPLES
+
+    if isinstance(train, ArrayDataset):
+        rows = np.random.default_rng(0).permutation(len(train))[:CALIBRATION_SAMPLES]
+        x, _ = train.rows(np.sort(rows))
+    else:
+        head = train.head(CALIBRATION_SAMPLES)
+        x, _ = head.rows(np.arange(len(head)))
+    return x
+
+
 def _in_memory(val: Any) -> ArrayDataset:
     """The val split as arrays; of a split of batches that a source makes (a PyDataset, which
     is not read whole), its first `BATCH_SOURCE_SAMPLES` samples."""
@@ -517,7 +535,14 @@ def _interface_mismatch(written: Written) -> str | None:
                 f"{written.runtime} names the {side} {sorted(got)}; the Keras model's are "
                 f"{sorted(want)}"
             )
-        changed = [f"{n} as {got[n]}, not {want[n]}" for n in want if got[n] != want[n]]
+        # int8 inputs and outputs (TFLite's full-integer option) stand for float ones, with the
+        # scales the details record.
+        int8_io = written.details.get("io_dtype") == "int8"
+        changed = [
+            f"{n} as {got[n]}, not {want[n]}"
+            for n in want
+            if got[n] != want[n] and not (int8_io and got[n] == "int8")
+        ]
         if changed:
             return f"{written.runtime} takes or gives {side[:-1]} {'; '.join(changed)}"
     return None

@@ -8,6 +8,7 @@ import os
 import re
 import sys
 import tempfile
+import warnings
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -16,7 +17,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dualtrain.export import ExportFailure, Port, Signature, Written
+from dualtrain.export import ExportFailure, Port, Signature, Written, _latency_ms
 from dualtrain.settings import Settings
 
 
@@ -54,39 +55,51 @@ def write_saved_model(
 
 
 def write_tflite(
-    model: keras.Model, directory: Path, signature: Signature, settings: Settings, batch: Any
+    model: keras.Model,
+    directory: Path,
+    signature: Signature,
+    settings: Settings,
+    batch: Any,
+    calibration: Any = None,
 ) -> Written:
     """A LiteRT (TFLite) flatbuffer converted from a SavedModel, quantized as
-    `export.tflite_quantize` says: none, dynamic (int8 weights) or float16 (float16 weights);
-    its `serving_default` signature runner takes and returns the named inputs and outputs."""
+    `export.tflite_quantize` says: none, dynamic (int8 weights), float16 (float16 weights) or
+    int8 (full integer: weights and activations, their ranges calibrated on `calibration`, a
+    sample of the training features); its `serving_default` signature runner takes and returns
+    the named inputs and outputs. With `export.tflite_int8_io` the flatbuffer's float inputs and
+    outputs are int8 too: the check quantizes and dequantizes them with the scales it records."""
+    quantize = settings.export.tflite_quantize
+    int8_io = quantize == "int8" and settings.export.tflite_int8_io
+    if int8_io and any(np.dtype(p.dtype).kind != "f" for p in signature.inputs):
+        raise ExportFailure(
+            "export.tflite_int8_io=true makes float inputs int8, and this model also takes "
+            f"{', '.join(p.name for p in signature.inputs if np.dtype(p.dtype).kind != 'f')} "
+            "as integers; use export.tflite_int8_io=false (float32 inputs and outputs)"
+        )
     saved = directory / "saved_model.tmp"
     _write_saved_model(model, saved, signature)
-    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
-    quantize = settings.export.tflite_quantize
-    if quantize != "none":
-        converter.optimizations = [tf.lite.Optimize.DEFAULT]
-    if quantize == "float16":
-        converter.target_spec.supported_types = [tf.float16]
     try:
-        flatbuffer = converter.convert()
-    except Exception as err:  # the converter's errors name the op it cannot convert
-        raise ExportFailure(f"the TFLite converter failed: {_converter_error(err)}") from err
+        flatbuffer = _convert(saved, quantize, int8_io, signature, calibration)
+        # A quantized model is reported beside the float one it came from: size and latency.
+        plain = _convert(saved, "none", False, signature, None) if quantize != "none" else None
     finally:
         tf.io.gfile.rmtree(str(saved))
     path = directory / "model.tflite"
     path.write_bytes(flatbuffer)
-    interpreter_class, runtime = _interpreter()
-    with _without_native_info():
-        interpreter = interpreter_class(model_path=str(path))
-        runner = interpreter.get_signature_runner("serving_default")
-        runner(**signature.feed(batch))  # the first call makes the delegate, which says so
+    runner, interpreter, runtime = _runner(path, signature, batch, int8_io)
     input_details = runner.get_input_details()
     output_details = runner.get_output_details()
+    scales = {k: v["quantization_parameters"] for k, v in input_details.items()}
+    scales.update({k: v["quantization_parameters"] for k, v in output_details.items()})
 
     def run(named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
         # The flatbuffer keeps a dynamic batch (shape_signature -1); the signature runner sizes
         # its inputs to each call's arrays.
+        if int8_io:
+            named = {k: _to_int8(v, scales[k]) for k, v in named.items()}
         got = runner(**named)
+        if int8_io:
+            return {k: _from_int8(v, scales[k]) for k, v in got.items()}
         return {k: np.array(v) for k, v in got.items()}
 
     details: dict[str, Any] = {
@@ -96,6 +109,26 @@ def write_tflite(
     if signature.single_input:
         [only] = input_details.values()
         details["input_shape_signature"] = [int(d) for d in only["shape_signature"]]
+    if quantize == "int8":
+        details["calibration_samples"] = _count(calibration)
+        details["io_dtype"] = "int8" if int8_io else "float32"
+        if int8_io:  # what a client needs to feed and read the int8 tensors
+            details["io_quantization"] = {
+                k: {"scale": float(v["scales"][0]), "zero_point": int(v["zero_points"][0])}
+                for k, v in scales.items()
+            }
+    if plain is not None:
+        float_path = directory / "float.tmp.tflite"
+        float_path.write_bytes(plain)
+        try:
+            float_runner, _, _ = _runner(float_path, signature, batch, False)
+            fed = signature.feed(batch)
+            details["float_model"] = {
+                "size_bytes": len(plain),
+                "latency_ms_per_batch": _latency_ms(lambda n: float_runner(**n), fed),
+            }
+        finally:
+            float_path.unlink()
     return Written(
         path=path,
         run=run,
@@ -110,6 +143,75 @@ def write_tflite(
         details=details,
         quantized=quantize != "none",
     )
+
+
+# Samples of the training features the int8 converter runs to find each activation's range.
+CALIBRATION_SAMPLES = 256
+
+
+def _convert(
+    saved: Path, quantize: str, int8_io: bool, signature: Signature, calibration: Any
+) -> bytes:
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved))
+    if quantize != "none":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+    if quantize == "float16":
+        converter.target_spec.supported_types = [tf.float16]
+    if quantize == "int8":
+        if calibration is None:
+            raise ExportFailure("export.tflite_quantize=int8 needs training samples to calibrate")
+        fed = signature.feed(calibration)
+
+        def representative() -> Iterator[dict[str, np.ndarray]]:
+            for i in range(_count(calibration)):
+                yield {k: v[i : i + 1] for k, v in fed.items()}
+
+        converter.representative_dataset = representative
+        # Full integer: an op without an int8 kernel fails the conversion instead of staying
+        # float (which the TFLite default does silently).
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        if int8_io:
+            converter.inference_input_type = tf.int8
+            converter.inference_output_type = tf.int8
+    try:
+        # The int8 calibrator runs TensorFlow's deprecated interpreter (a warning the user can
+        # do nothing about) and prints its settings from C++.
+        with warnings.catch_warnings(), _without_native_info():
+            warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
+            flatbuffer: bytes = converter.convert()
+    except Exception as err:  # the converter's errors name the op it cannot convert
+        raise ExportFailure(f"the TFLite converter failed: {_converter_error(err)}") from err
+    return flatbuffer
+
+
+def _runner(path: Path, signature: Signature, batch: Any, int8_io: bool) -> tuple[Any, Any, str]:
+    """The flatbuffer's `serving_default` signature runner, its interpreter and their name."""
+    interpreter_class, runtime = _interpreter()
+    with _without_native_info():
+        interpreter = interpreter_class(model_path=str(path))
+        runner = interpreter.get_signature_runner("serving_default")
+        fed = signature.feed(batch)
+        if int8_io:
+            details = runner.get_input_details()
+            fed = {k: _to_int8(v, details[k]["quantization_parameters"]) for k, v in fed.items()}
+        runner(**fed)  # the first call makes the delegate, which says so
+    return runner, interpreter, runtime
+
+
+def _to_int8(values: np.ndarray, quantization: dict[str, Any]) -> np.ndarray:
+    scale, zero = float(quantization["scales"][0]), int(quantization["zero_points"][0])
+    return np.clip(np.round(values / scale) + zero, -128, 127).astype(np.int8)
+
+
+def _from_int8(values: np.ndarray, quantization: dict[str, Any]) -> np.ndarray:
+    scale, zero = float(quantization["scales"][0]), int(quantization["zero_points"][0])
+    return ((np.asarray(values, dtype=np.float32) - zero) * scale).astype(np.float32)
+
+
+def _count(calibration: Any) -> int:
+    from dualtrain.data import structure
+
+    return len(next(iter(structure.leaves(calibration)))) if calibration is not None else 0
 
 
 def _write_saved_model(model: keras.Model, directory: Path, signature: Signature) -> None:
@@ -157,8 +259,9 @@ def _ordered(ports: tuple[Port, ...], entries: list[dict[str, Any]]) -> list[dic
 @contextlib.contextmanager
 def _without_native_info() -> Iterator[None]:
     """LiteRT's C++ runtime prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on
-    file descriptor 2, out of Python logging's reach: the block's native stderr is collected, and
-    all but such INFO lines are passed on (errors and warnings still show)."""
+    file descriptor 2, out of Python logging's reach, and the int8 calibrator its settings
+    ("fully_quantize: 0, ..."): the block's native stderr is collected, and all but such lines
+    are passed on (errors and warnings still show)."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as collected:
@@ -170,7 +273,8 @@ def _without_native_info() -> Iterator[None]:
             os.close(saved)
             collected.seek(0)
             lines = collected.read().decode(errors="replace").splitlines(keepends=True)
-            kept = "".join(line for line in lines if not line.startswith("INFO: "))
+            chatter = ("INFO: ", "fully_quantize: ")
+            kept = "".join(line for line in lines if not line.startswith(chatter))
             if kept:
                 sys.stderr.write(kept)
                 sys.stderr.flush()
