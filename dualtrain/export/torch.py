@@ -155,20 +155,22 @@ def _to_named(signature: Signature, got: Any) -> dict[str, np.ndarray]:
     return {k: v.numpy() for k, v in got.items()}
 
 
-def _dynamic_batch(signature: Signature) -> dict[str, Any]:
-    batch = torch.export.Dim("batch", min=1, max=MAX_BATCH)
+def _dynamic_batch(signature: Signature, max_batch: int = MAX_BATCH) -> dict[str, Any]:
+    batch = torch.export.Dim("batch", min=1, max=max_batch)
     if signature.single_input:
         return {"x": {0: batch}}
     return {"x": {p.name: {0: batch} for p in signature.inputs}}
 
 
-def _export(model: keras.Model, signature: Signature, example: Any) -> Any:
+def _export(
+    model: keras.Model, signature: Signature, example: Any, max_batch: int = MAX_BATCH
+) -> Any:
     try:
         with _quiet():
             return torch.export.export(
                 _Inference(model, signature).eval(),
                 (example,),
-                dynamic_shapes=_dynamic_batch(signature),
+                dynamic_shapes=_dynamic_batch(signature, max_batch),
             )
     except Exception as err:
         raise ExportFailure(f"torch.export could not trace the model: {_first_line(err)}") from err

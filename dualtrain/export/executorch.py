@@ -1,0 +1,253 @@
+"""ExecuTorch: a `.pte` program lowered to the XNNPACK delegate, written in a PyTorch-backend
+process and run back in ExecuTorch's own runtime (its Python bindings wrap the C++ runtime that
+Android and iOS apps link)."""
+
+from __future__ import annotations
+
+import contextlib
+import io
+import logging
+import os
+import sys
+import tempfile
+import warnings
+from collections.abc import Iterator
+from importlib.metadata import version
+from pathlib import Path
+from typing import Any
+
+import keras
+import numpy as np
+import torch
+
+from dualtrain.export import ExportFailure, Signature, Written
+from dualtrain.export.torch import _example, _export, _fx_entry, _quiet
+from dualtrain.settings import Settings
+
+# ExecuTorch plans each tensor's memory for its largest shape, so the batch is bounded: up to 1024
+# samples a call (the checks run 1, 37 and 64). The `torch` format's 2^20 would plan gigabytes.
+MAX_BATCH = 1024
+DELEGATE = "XnnpackBackend"
+# ExecuTorch's ScalarType codes (as its method metadata reports dtypes) as NumPy names.
+_SCALAR_TYPES = {
+    0: "uint8",
+    1: "int8",
+    2: "int16",
+    3: "int32",
+    4: "int64",
+    5: "float16",
+    6: "float32",
+    7: "float64",
+    11: "bool",
+}
+
+
+def write_executorch(
+    model: keras.Model, directory: Path, signature: Signature, settings: Settings, batch: Any
+) -> Written:
+    """An ExecuTorch program `model.pte`: the torch.export graph with a batch of 1 to
+    `MAX_BATCH`, its weights folded into constants, lowered with the XNNPACK partitioner. Its
+    method `forward` takes the inputs as tensors in the order `details["inputs"]` gives and
+    returns the outputs in the order of `details["outputs"]`."""
+    with _quiet_import():
+        from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+        from executorch.devtools.backend_debug import get_delegation_info
+        from executorch.exir import to_edge_transform_and_lower
+        from executorch.exir.passes.constant_prop_pass import constant_prop_pass
+        from executorch.runtime import Runtime
+
+    program = _export(model, signature, _example(signature, batch), max_batch=MAX_BATCH)
+    _drop_layout_copies(program)
+    try:
+        with _quiet(), _quiet_import():
+            program = constant_prop_pass(program)
+            edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
+            lowered = edge.exported_program()
+            # Counted before to_executorch, whose passes add memory-planning nodes to the graph.
+            delegation = get_delegation_info(lowered.graph_module)
+            order = _flat_order(lowered, signature)
+            traced = _traced_shapes(lowered, order)
+            manager = edge.to_executorch()
+    except Exception as err:
+        raise ExportFailure(f"ExecuTorch could not lower the model: {_first_line(err)}") from err
+    path = directory / "model.pte"
+    with path.open("wb") as file:
+        manager.write_to_file(file)
+
+    runtime = Runtime.get()
+    if not runtime.backend_registry.is_available(DELEGATE):
+        raise ExportFailure(f"this executorch build's runtime has no {DELEGATE} to run the program")
+    try:
+        with _without_cpu_probe_lines():
+            method = runtime.load_program(path).load_method("forward")
+    except Exception as err:
+        raise ExportFailure(f"ExecuTorch's runtime could not load {path.name}: {err}") from err
+    assert method is not None  # load_method returns None for no method name it knows
+
+    def run(named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        flat = [torch.from_numpy(np.ascontiguousarray(named[n])) for n in order["inputs"]]
+        size = len(flat[0])
+        if not 1 <= size <= MAX_BATCH:
+            raise ExportFailure(f"model.pte takes batches of 1 to {MAX_BATCH}, not {size}")
+        try:
+            got = method.execute(flat)
+        except RuntimeError as err:
+            raise ExportFailure(f"ExecuTorch's runtime failed on a batch of {size}: {err}") from err
+        # Copies: the outputs live in the program's planned memory, which the next call reuses.
+        return {n: t.numpy().copy() for n, t in zip(order["outputs"], got, strict=True)}
+
+    plan = manager.executorch_program.execution_plan[0]
+    details: dict[str, Any] = {
+        "method": "forward",
+        "inputs": order["inputs"],
+        "outputs": order["outputs"],
+        "dynamic_batch": [1, MAX_BATCH],
+        "delegate": sorted({d.id for d in plan.delegates}),
+        "delegated_subgraphs": delegation.num_delegated_subgraphs,
+        "delegated_nodes": delegation.num_delegated_nodes,
+        # Outside the delegate: ExecuTorch's own kernels, which the app's runtime must link.
+        "not_delegated_nodes": _not_delegated(delegation),
+        "kernels": sorted({o.name for o in plan.operators}),
+        "planned_memory_bytes": sum(plan.non_const_buffer_sizes),
+    }
+    return Written(
+        path=path,
+        run=run,
+        signature=signature,
+        runtime=f"ExecuTorch runtime {version('executorch')}",
+        interface=_interface(method.metadata, order, traced),
+        details=details,
+    )
+
+
+def _drop_layout_copies(program: Any) -> None:
+    """Removes the copies that only change a tensor's memory layout (Keras's torch backend makes
+    convolution kernels channels-last): the values are the same, and a kernel that is not a
+    constant is one XNNPACK does not take (its convolution wants static weights)."""
+    layouts = (torch.channels_last, torch.channels_last_3d)
+    copies = (torch.ops.aten.contiguous.default, torch.ops.aten.clone.default)
+    graph = program.graph_module.graph
+    for node in list(graph.nodes):
+        if node.target in copies and node.kwargs.get("memory_format") in layouts:
+            node.replace_all_uses_with(node.args[0])
+            graph.erase_node(node)
+    program.graph_module.recompile()
+
+
+def _flat_order(program: Any, signature: Signature) -> dict[str, list[str]]:
+    """The names of the method's inputs and outputs in the order it takes and returns them: the
+    program's call takes one tensor or a dict by input name, flattened in its key order."""
+    from torch.utils import _pytree
+
+    in_spec, out_spec = program.call_spec.in_spec, program.call_spec.out_spec
+    (taken,), _ = _pytree.tree_unflatten(list(range(in_spec.num_leaves)), in_spec)
+    given = _pytree.tree_unflatten(list(range(out_spec.num_leaves)), out_spec)
+
+    def ordered(structure: Any, lone: str) -> list[str]:
+        if not isinstance(structure, dict):
+            return [lone]
+        return [str(name) for name, _ in sorted(structure.items(), key=lambda item: item[1])]
+
+    return {
+        "inputs": ordered(taken, signature.inputs[0].name),
+        "outputs": ordered(given, signature.outputs[0].name),
+    }
+
+
+def _traced_shapes(program: Any, order: dict[str, list[str]]) -> dict[str, list[list[Any]]]:
+    """The shapes the lowered program's graph records for its inputs and outputs, in the
+    method's order (None for a dynamic dimension)."""
+    placeholders = {n.name: n for n in program.graph.find_nodes(op="placeholder")}
+    inputs = [placeholders[n] for n in program.graph_signature.user_inputs]
+    [output_node] = program.graph.find_nodes(op="output")
+    outputs = list(output_node.args[0])[-len(program.graph_signature.user_outputs) :]
+    return {
+        "inputs": [
+            _fx_entry(n, node)["shape"] for n, node in zip(order["inputs"], inputs, strict=True)
+        ],
+        "outputs": [
+            _fx_entry(n, node)["shape"] for n, node in zip(order["outputs"], outputs, strict=True)
+        ],
+    }
+
+
+def _interface(
+    meta: Any, order: dict[str, list[str]], traced: dict[str, list[list[Any]]]
+) -> dict[str, list[dict[str, Any]]]:
+    """The method's inputs and outputs as the runtime reports them (sizes and dtypes; its sizes
+    are the planned, largest ones), with None for the dimensions the program leaves dynamic."""
+
+    def entry(name: str, info: Any, shape: list[Any]) -> dict[str, Any]:
+        sizes = [None if t is None else int(s) for s, t in zip(info.sizes(), shape, strict=True)]
+        code = int(info.dtype())
+        return {
+            "name": name,
+            "shape": sizes,
+            "dtype": _SCALAR_TYPES.get(code, f"ScalarType {code}"),
+        }
+
+    return {
+        "inputs": [
+            entry(name, meta.input_tensor_meta(i), traced["inputs"][i])
+            for i, name in enumerate(order["inputs"])
+        ],
+        "outputs": [
+            entry(name, meta.output_tensor_meta(i), traced["outputs"][i])
+            for i, name in enumerate(order["outputs"])
+        ],
+    }
+
+
+def _not_delegated(delegation: Any) -> dict[str, int]:
+    """Nodes left to ExecuTorch's own kernels, by op (getitem, which picks a delegate call's
+    results, left out)."""
+    return {
+        op: breakdown.non_delegated
+        for op, breakdown in sorted(delegation.delegation_by_operator.items())
+        if breakdown.non_delegated and op != "getitem"
+    }
+
+
+@contextlib.contextmanager
+def _quiet_import() -> Any:
+    """executorch's modules warn at import and while lowering (deprecations in torch's pytree,
+    torchao's optional kernels); a run shows its own lines only."""
+    loggers = [logging.getLogger(n) for n in ("executorch", "torchao", "torch.utils._pytree")]
+    levels = [lg.level for lg in loggers]
+    for lg in loggers:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            warnings.simplefilter("ignore", FutureWarning)
+            warnings.simplefilter("ignore", DeprecationWarning)
+            yield
+    finally:
+        for lg, level in zip(loggers, levels, strict=True):
+            lg.setLevel(level)
+
+
+@contextlib.contextmanager
+def _without_cpu_probe_lines() -> Iterator[None]:
+    """XNNPACK's CPU probe prints what it reads of /sys ("[cpuinfo_utils.cpp:71] Reading file
+    ...") on file descriptor 2 when a program is loaded, out of Python logging's reach: the block's
+    native stderr is collected and passed on without those lines (errors still show)."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as collected:
+        os.dup2(collected.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            collected.seek(0)
+            lines = collected.read().decode(errors="replace").splitlines(keepends=True)
+            kept = "".join(line for line in lines if not line.startswith("[cpuinfo_utils.cpp:"))
+            if kept:
+                sys.stderr.write(kept)
+                sys.stderr.flush()
+
+
+def _first_line(err: Exception) -> str:
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
