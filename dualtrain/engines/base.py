@@ -70,8 +70,6 @@ class Engine(ABC):
 
     name: ClassVar[str]
     # Set by each backend's `_make_steps`.
-    _train_fn: Callable[..., Any]
-    _eval_fn: Callable[..., Any]
     _read_train_fn: Callable[[], Any]
 
     def __init__(self, settings: Settings, recipe: Recipe, data: DataSplits) -> None:
@@ -151,7 +149,7 @@ class Engine(ABC):
 
     @abstractmethod
     def _make_steps(self) -> None:
-        """Sets `self._train_fn`, `self._eval_fn` (compiled as `self.jit_compile` says) and
+        """Prepares the train and eval steps (compiled as `self.jit_compile` says) and sets
         `self._read_train_fn`."""
 
     def train_batches(self, epoch: int) -> Iterable[Batch]:

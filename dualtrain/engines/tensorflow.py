@@ -12,6 +12,9 @@ import tensorflow as tf
 from dualtrain.data import ArrayDataset, ArraySpec, BatchSplit, DataInfo, Rows, structure
 from dualtrain.engines.base import EAGER_MODE, Batch, Engine, targets
 
+# The batch sizes one step is traced for, each a static batch dimension (TensorFlowEngine._trace).
+STATIC_BATCH_SIZES = 4
+
 Branch = Callable[..., None]  # a branch of `_cond`
 
 
@@ -48,17 +51,10 @@ class TensorFlowEngine(Engine):
         # Process-wide in TensorFlow: set either way, so that a later run in the process is not
         # left eager by an earlier one.
         tf.config.run_functions_eagerly(self.eager)
-        # A batch dimension of None: the last, smaller batch of an epoch reuses the one trace.
+        # The data's batch description with any batch size (files read by tf.data use it).
         self._batch_signature = _signature(self.data.info)
-        # One traced step per number of accumulated batches (grad_accum_steps, and the fewer that
-        # may end an epoch).
-        self._train_fns: dict[int, Callable[..., Any]] = {}
-        self._multi_step_fns: dict[tuple[int, ...], Callable[..., Any]] = {}
-        self._eval_fn = tf.function(
-            self._eval_step_impl,
-            input_signature=self._batch_signature,
-            jit_compile=self.jit_compile,
-        )
+        # The traced steps, by (what, how many batches in each step, each batch's size).
+        self._traced: dict[tuple[str, tuple[int, ...], tuple[int | None, ...]], Any] = {}
         # One graph call instead of several eager ops per log line; traced here, not in the loop.
         self._read_train_fn = tf.function(self.state.read_train_values)
         self._read_train_fn()
@@ -81,14 +77,10 @@ class TensorFlowEngine(Engine):
         return _from_numpy(batches)
 
     def train_step(self, batches: list[Batch]) -> None:
-        count = len(batches)
-        if count not in self._train_fns:
-            self._train_fns[count] = tf.function(
-                self._train_step,
-                input_signature=self._batch_signature * count,
-                jit_compile=self.jit_compile,
-            )
-        self._last_gradients = self._train_fns[count](*(t for batch in batches for t in batch))
+        # One traced step per number of accumulated batches (grad_accum_steps, and the fewer
+        # that may end an epoch) and their sizes.
+        step = self._trace("train", (len(batches),), batches, lambda: self._train_step)
+        self._last_gradients = step(*(t for batch in batches for t in batch))
 
     def train_steps(self, groups: list[list[Batch]]) -> None:
         if len(groups) == 1:
@@ -97,14 +89,36 @@ class TensorFlowEngine(Engine):
         # One graph for the whole run of steps (unrolled): one Python-to-graph call instead of
         # several. Traced once per shape of the run (the last of an epoch may be shorter).
         shape = tuple(len(batches) for batches in groups)
-        if shape not in self._multi_step_fns:
-            self._multi_step_fns[shape] = tf.function(
-                self._multi_step(shape),
-                input_signature=self._batch_signature * sum(shape),
+        flat = [batch for batches in groups for batch in batches]
+        steps = self._trace("steps", shape, flat, lambda: self._multi_step(shape))
+        self._last_gradients = steps(*(t for batch in flat for t in batch))
+
+    def _trace(
+        self,
+        what: str,
+        shape: tuple[int, ...],
+        batches: list[Batch],
+        make: Callable[[], Callable[..., Any]],
+    ) -> Any:
+        """The step that `make` returns, traced for these batches' sizes: each size is a static
+        batch dimension, which lets TensorFlow's shape inference size a recurrent layer's loop
+        state (a GRU's step took 1.6x the CPU time with a batch dimension of None:
+        docs/performance.md). An array data set has at most two sizes (the last batch of an
+        epoch may be smaller); past `STATIC_BATCH_SIZES` traces of one step (a batch source
+        whose sizes vary), one more, with a batch dimension of None, serves every other size."""
+        sizes: tuple[int | None, ...] = tuple(_batch_size(x) for x, _ in batches)
+        if (what, shape, sizes) not in self._traced:
+            static = sum(1 for w, s, _ in self._traced if (w, s) == (what, shape))
+            if static >= STATIC_BATCH_SIZES or None in sizes:
+                sizes = (None,) * len(batches)
+        key = (what, shape, sizes)
+        if key not in self._traced:
+            self._traced[key] = tf.function(
+                make(),
+                input_signature=[s for n in sizes for s in _signature(self.data.info, n)],
                 jit_compile=self.jit_compile,
             )
-        flat = (t for batches in groups for batch in batches for t in batch)
-        self._last_gradients = self._multi_step_fns[shape](*flat)
+        return self._traced[key]
 
     def _multi_step(self, shape: tuple[int, ...]) -> Callable[..., dict[str, tf.Tensor] | None]:
         def steps(*tensors: tf.Tensor) -> dict[str, tf.Tensor] | None:
@@ -117,7 +131,7 @@ class TensorFlowEngine(Engine):
         return steps
 
     def _eval_step(self, batch: Batch) -> None:
-        self._eval_fn(*batch)
+        self._trace("eval", (1,), [batch], lambda: self._eval_step_impl)(*batch)
 
     # -- the steps -------------------------------------------------------------------------------
 
@@ -265,15 +279,22 @@ def _as_tensors(split: ArrayDataset | BatchSplit, on_device: bool) -> tuple[Any,
     return x, y
 
 
-def _signature(info: DataInfo) -> list[Any]:
-    """The (features, targets) TensorSpecs of a batch, from the data's description: any batch
-    size, each input's and target's sample shape and dtype, in the data's structure."""
+def _signature(info: DataInfo, batch_size: int | None = None) -> list[Any]:
+    """The (features, targets) TensorSpecs of a batch, from the data's description: the batch
+    size (None: any), each input's and target's sample shape and dtype, in the data's
+    structure."""
 
     def specs(arrays: tuple[ArraySpec, ...], kind: str) -> Any:
-        named = {a.name: tf.TensorSpec((None, *a.shape), a.dtype) for a in arrays}
+        named = {a.name: tf.TensorSpec((batch_size, *a.shape), a.dtype) for a in arrays}
         return () if kind == structure.NONE else structure.rebuild(kind, named)
 
     return [specs(info.inputs, info.input_kind), specs(info.targets, info.target_kind)]
+
+
+def _batch_size(x: Any) -> int | None:
+    """A batch's size as its first feature's static shape gives it (None where unknown)."""
+    size = structure.first(x).shape[0]
+    return None if size is None else int(size)
 
 
 def _from_numpy(batches: Iterable[tuple[Any, Any]]) -> Iterator[Batch]:

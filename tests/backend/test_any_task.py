@@ -158,6 +158,31 @@ def test_a_pydataset_or_a_function_of_batches_trains(
     assert "12 train / 3 val batches" in caplog.text
 
 
+def test_batches_of_many_sizes_train_with_a_bounded_number_of_traces(tmp_path: Path) -> None:
+    settings = make_settings(
+        tmp_path, *STREAMED, "data.source=tests.backend.users.streamed:load_varied",
+        "trainer.max_epochs=2",
+    )  # fmt: skip
+    engine = engine_class(BACKEND)(settings, load_recipe(settings.recipe), load_data(
+        settings.data, settings.seed
+    ))  # fmt: skip
+    sizes = []
+    for epoch in range(2):
+        for batch in engine.train_batches(epoch):
+            sizes.append(len(batch[0]))
+            engine.train_step([batch])
+    assert sorted(set(sizes)) == list(range(20, 32)) and len(sizes) == 24
+    loss = engine.train_metrics()["loss"]
+    assert np.isfinite(loss) and loss < 1.2  # ln 3 = 1.10 is chance; learning has begun
+    if BACKEND == "tf":
+        from dualtrain.engines.tensorflow import STATIC_BATCH_SIZES
+
+        # The first sizes get a static batch dimension each, then one trace serves the rest.
+        traced = [sizes for what, _, sizes in engine._traced if what == "train"]
+        assert traced[:STATIC_BATCH_SIZES] == [(n,) for n in sizes[:STATIC_BATCH_SIZES]]
+        assert traced[STATIC_BATCH_SIZES:] == [(None,)]
+
+
 @pytest.mark.slow
 def test_a_pydataset_resumed_mid_epoch_serves_the_same_batches(tmp_path: Path) -> None:
     """The dataset reshuffles its batches from its own seed in on_epoch_end; a run stopped mid

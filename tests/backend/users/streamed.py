@@ -57,6 +57,20 @@ def load_generated() -> tuple[Callable[[int], Iterator[Any]], Callable[[], Itera
     return train, val
 
 
+def load_varied() -> tuple[Callable[[int], Iterator[Any]], Callable[[], Iterator[Any]]]:
+    """Batches of 12 different sizes (20 to 31 samples), as a source of variable-length
+    records might give them."""
+
+    def train(epoch: int) -> Iterator[Any]:
+        order = np.random.default_rng([0, epoch]).permutation(12)
+        return (blob_batch(0, int(i), size=20 + int(i)) for i in order)
+
+    def val() -> Iterator[Any]:
+        return (blob_batch(1, i, size=20 + i) for i in range(3))
+
+    return train, val
+
+
 def build_model(data: DataInfo) -> keras.Model:
     inputs = keras.Input(shape=data.input_shape)
     hidden = keras.layers.Dense(16, activation="relu")(inputs)
