@@ -231,6 +231,7 @@ def test_bad_requests_get_400_batches_split_right_and_sigterm_ends_it(
             ("a wrong shape", {"instances": [[0.5] * 29]}, None, "[null, 30]"),
             ("columns of a wrong shape", {"inputs": [[0.5] * 31]}, None, "[null, 30]"),
             ("non-numeric values", {"instances": [["a"] * 30]}, None, "not numbers"),
+            ("a value beyond float32", {"instances": [[1e300] * 30]}, None, "float32's range"),
             ("ragged rows", {"instances": [[0.5] * 30, [0.5] * 3]}, None, "ragged"),
             ("an unknown input name", {"instances": [{"feature": [0.5] * 30}]}, None, "'feature'"),
             ("neither instances nor inputs", {"rows": []}, None, "'rows'"),

@@ -402,7 +402,18 @@ def _array(tensor: Tensor, value: Any) -> np.ndarray:
                 f"input {name!r} holds values outside {tensor.dtype}'s range "
                 f"[{info.min}, {info.max}]"
             )
-    return np.ascontiguousarray(array, dtype=target)
+    with np.errstate(over="ignore"):  # a value beyond the dtype's range: refused below
+        converted = np.ascontiguousarray(array, dtype=target)
+    if (
+        target.kind == "f"
+        and array.dtype != target
+        and np.any(np.isinf(converted) & np.isfinite(array))
+    ):
+        raise BadRequest(
+            f"input {name!r} holds values beyond {tensor.dtype}'s range "
+            f"(±{float(np.finfo(target).max):.4g})"
+        )
+    return converted
 
 
 def _fits(got: tuple[int, ...], want: tuple[int | None, ...]) -> bool:

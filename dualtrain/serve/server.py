@@ -17,6 +17,7 @@ one request the runtime refuses does not fail the others.
 from __future__ import annotations
 
 import asyncio
+import json
 import signal
 import time
 import uuid
@@ -198,7 +199,10 @@ class ServingSpec(LitSpec):
             return _error("the inference worker failed on this request; see the server's log", 500)
         if isinstance(output, Failed):
             return _error(output.message, 400)
-        return JSONResponse(protocol.answer(self.model, parsed, output))
+        # NaN and infinities are written as TF Serving writes them (NaN, Infinity), where
+        # JSONResponse would refuse them.
+        body = json.dumps(protocol.answer(self.model, parsed, output), separators=(",", ":"))
+        return Response(body, media_type="application/json")
 
     async def _submit(self, inputs: Named) -> tuple[Any, str]:
         """Puts the inputs on LitServe's request queue and waits for the worker's answer."""
