@@ -19,19 +19,27 @@ from tests.conftest import run_cli
 # all (they share the trained and exported runs).
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("executorch")]
 
-TWO_TOWERS = "tests.backend.users.two_towers"
+
+def _user(name: str, epochs: int) -> list[str]:
+    module = f"tests.backend.users.{name}"
+    return [
+        f"recipe.name={name}", f"recipe.module={module}", "~recipe.model", "recipe.task=null",
+        "data=python", f"data.source={module}:load_data", f"trainer.max_epochs={epochs}",
+    ]  # fmt: skip
+
+
 # Small runs: the checks compare the program with the Keras model on the same weights, so
 # accuracy does not matter here.
 SMALL = {
     "cnn": ["recipe=cnn", "data=synthetic", "data.num_samples=300", "trainer.max_epochs=1"],
     "mlp": ["recipe=mlp", "trainer.max_epochs=1"],
-    "two_towers": [
-        "recipe.name=two_towers", f"recipe.module={TWO_TOWERS}", "~recipe.model",
-        "recipe.task=null", "data=python", f"data.source={TWO_TOWERS}:load_data",
-        "trainer.max_epochs=2",
-    ],
-}  # fmt: skip
-RUNS = [("cnn", "torch"), ("cnn", "tf"), ("mlp", "torch"), ("mlp", "tf"), ("two_towers", "tf")]
+    "two_towers": _user("two_towers", epochs=2),
+    "tokens": _user("tokens", epochs=1),  # int32 token ids, an Embedding and an LSTM
+}
+RUNS = [
+    ("cnn", "torch"), ("cnn", "tf"), ("mlp", "torch"), ("mlp", "tf"), ("two_towers", "tf"),
+    ("tokens", "torch"),
+]  # fmt: skip
 
 
 def _train_and_export(root: Path, recipe: str, backend: str) -> dict[str, Any]:
@@ -122,6 +130,21 @@ def test_two_inputs_and_two_outputs_keep_their_names_and_int32(
     assert kind["val_accuracy"] == kind["keras_val_accuracy"]
     # The Embedding's lookup has no XNNPACK kernel: it runs in ExecuTorch's own kernels.
     assert "aten::embedding" in entry["kernels"]
+
+
+def test_an_lstm_keeps_its_dynamic_batch(
+    exported: dict[tuple[str, str], dict[str, Any]],
+) -> None:
+    run = exported[("tokens", "torch")]
+    assert run["result"].returncode == 0, run["result"].stderr[-3000:]
+    entry = run["report"]["formats"]["executorch"]
+    assert entry["status"] == "ok", entry
+    # The LSTM cell splits its gates with chunk; taken as slices, the batch stays dynamic (a
+    # batch of 1 and of 37 both run) and the token ids stay int32.
+    assert entry["interface"]["inputs"] == [_port("input", [None, 12], "int32")]
+    assert entry["batch_sizes_checked"] == [1, 37] and entry["max_abs_diff"] <= 1e-4
+    assert entry["val_accuracy"] == entry["keras_val_accuracy"]
+    assert entry["dynamic_batch"] == [1, 1024] and entry["delegated_nodes"] > 0
 
 
 # The program alone, in ExecuTorch's runtime (no dualtrain): the batch goes from 1 to the bound

@@ -7,6 +7,7 @@ from __future__ import annotations
 import contextlib
 import io
 import logging
+import operator
 import os
 import sys
 import tempfile
@@ -21,7 +22,7 @@ import numpy as np
 import torch
 
 from dualtrain.export import ExportFailure, Signature, Written
-from dualtrain.export.torch import _example, _export, _fx_entry, _quiet
+from dualtrain.export.torch import _example, _export, _quiet
 from dualtrain.settings import Settings
 
 # ExecuTorch plans each tensor's memory for its largest shape, so the batch is bounded: up to 1024
@@ -57,9 +58,10 @@ def write_executorch(
         from executorch.runtime import Runtime
 
     program = _export(model, signature, _example(signature, batch), max_batch=MAX_BATCH)
-    _drop_layout_copies(program)
     try:
         with _quiet(), _quiet_import():
+            _drop_layout_copies(program)
+            _pieces_as_slices(program)
             program = constant_prop_pass(program)
             edge = to_edge_transform_and_lower(program, partitioner=[XnnpackPartitioner()])
             lowered = edge.exported_program()
@@ -70,6 +72,13 @@ def write_executorch(
             manager = edge.to_executorch()
     except Exception as err:
         raise ExportFailure(f"ExecuTorch could not lower the model: {_first_line(err)}") from err
+    fixed = [(n, s[0]) for n, s in zip(order["inputs"], traced["inputs"], strict=True) if s[0]]
+    if fixed:
+        name, size = fixed[0]
+        raise ExportFailure(
+            f"ExecuTorch's lowering fixed the batch of input {name!r} at {size} (the example's "
+            "size), so the program would take no other batch"
+        )
     path = directory / "model.pte"
     with path.open("wb") as file:
         manager.write_to_file(file)
@@ -77,11 +86,13 @@ def write_executorch(
     runtime = Runtime.get()
     if not runtime.backend_registry.is_available(DELEGATE):
         raise ExportFailure(f"this executorch build's runtime has no {DELEGATE} to run the program")
+    log: list[str] = []
     try:
-        with _without_cpu_probe_lines():
+        with _without_cpu_probe_lines(log):
             method = runtime.load_program(path).load_method("forward")
     except Exception as err:
-        raise ExportFailure(f"ExecuTorch's runtime could not load {path.name}: {err}") from err
+        why = f" ({log[-1].strip()})" if log else ""  # e.g. "Missing operator: ..."
+        raise ExportFailure(f"ExecuTorch's runtime could not load {path.name}: {err}{why}") from err
     assert method is not None  # load_method returns None for no method name it knows
 
     def run(named: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -92,7 +103,10 @@ def write_executorch(
         try:
             got = method.execute(flat)
         except RuntimeError as err:
-            raise ExportFailure(f"ExecuTorch's runtime failed on a batch of {size}: {err}") from err
+            raise ExportFailure(
+                f"ExecuTorch's runtime failed on a batch of {size} ({err}; its log lines above "
+                "say where)"
+            ) from err
         # Copies: the outputs live in the program's planned memory, which the next call reuses.
         return {n: t.numpy().copy() for n, t in zip(order["outputs"], got, strict=True)}
 
@@ -134,6 +148,67 @@ def _drop_layout_copies(program: Any) -> None:
     program.graph_module.recompile()
 
 
+def _pieces_as_slices(program: Any) -> None:
+    """Rewrites the ops that return a list of pieces (chunk, split, unbind: an LSTM cell's gates)
+    as one slice (or select) per piece taken, the same values. ExecuTorch's edge verifier reads
+    such a list's first piece where it means the list, and so fixes a dynamic batch at the
+    example's size when the pieces keep the batch."""
+    graph = program.graph_module.graph
+    for node in list(graph.nodes):
+        pieces = _pieces(node)
+        users = list(node.users)
+        if pieces is None or not all(u.target is operator.getitem for u in users):
+            continue
+        source, dim, bounds = pieces
+        for user in users:
+            start, end = bounds[user.args[1]]
+            with graph.inserting_before(user):
+                if end is None:  # unbind: the piece drops the dimension
+                    piece = graph.call_function(torch.ops.aten.select.int, (source, dim, start))
+                else:
+                    piece = graph.call_function(
+                        torch.ops.aten.slice.Tensor, (source, dim, start, end)
+                    )
+            piece.meta = dict(user.meta)
+            user.replace_all_uses_with(piece)
+            graph.erase_node(user)
+        graph.erase_node(node)
+    program.graph_module.recompile()
+
+
+def _pieces(node: Any) -> tuple[Any, int, list[tuple[int, int | None]]] | None:
+    """(the tensor, the dimension, each piece's start and end; end None: a select) of a chunk,
+    split or unbind along a dimension of known size; None for any other node."""
+    aten = torch.ops.aten
+    ops = (aten.chunk.default, aten.split.Tensor, aten.split_with_sizes.default, aten.unbind.int)
+    if node.op != "call_function" or node.target not in ops:
+        return None
+    source = node.args[0]
+    value = source.meta.get("val")
+    arguments = list(node.args[1:])
+    if node.target is aten.unbind.int:
+        dim = int(arguments[0] if arguments else node.kwargs.get("dim", 0))
+    else:
+        dim = int(arguments[1] if len(arguments) > 1 else node.kwargs.get("dim", 0))
+    if value is None or not isinstance(value.shape[dim], int):
+        return None
+    dim %= value.dim()
+    size = int(value.shape[dim])
+    if node.target is aten.unbind.int:
+        return source, dim, [(i, None) for i in range(size)]
+    if node.target is aten.split_with_sizes.default:
+        lengths = [int(n) for n in arguments[0]]
+    else:
+        step = (
+            -(-size // int(arguments[0]))
+            if node.target is aten.chunk.default
+            else int(arguments[0])
+        )
+        lengths = [min(step, size - start) for start in range(0, size, step)]
+    starts = [sum(lengths[:i]) for i in range(len(lengths))]
+    return source, dim, [(start, start + n) for start, n in zip(starts, lengths, strict=True)]
+
+
 def _flat_order(program: Any, signature: Signature) -> dict[str, list[str]]:
     """The names of the method's inputs and outputs in the order it takes and returns them: the
     program's call takes one tensor or a dict by input name, flattened in its key order."""
@@ -156,19 +231,19 @@ def _flat_order(program: Any, signature: Signature) -> dict[str, list[str]]:
 
 def _traced_shapes(program: Any, order: dict[str, list[str]]) -> dict[str, list[list[Any]]]:
     """The shapes the lowered program's graph records for its inputs and outputs, in the
-    method's order (None for a dynamic dimension)."""
+    method's order (None for a dynamic dimension; a dimension the lowering fixed is a number,
+    though torch may still hold it as a symbol)."""
+    from torch.fx.experimental.symbolic_shapes import is_concrete_int
+
     placeholders = {n.name: n for n in program.graph.find_nodes(op="placeholder")}
     inputs = [placeholders[n] for n in program.graph_signature.user_inputs]
     [output_node] = program.graph.find_nodes(op="output")
     outputs = list(output_node.args[0])[-len(program.graph_signature.user_outputs) :]
-    return {
-        "inputs": [
-            _fx_entry(n, node)["shape"] for n, node in zip(order["inputs"], inputs, strict=True)
-        ],
-        "outputs": [
-            _fx_entry(n, node)["shape"] for n, node in zip(order["outputs"], outputs, strict=True)
-        ],
-    }
+
+    def shape(node: Any) -> list[Any]:
+        return [int(d) if is_concrete_int(d) else None for d in node.meta["val"].shape]
+
+    return {"inputs": [shape(n) for n in inputs], "outputs": [shape(n) for n in outputs]}
 
 
 def _interface(
@@ -227,10 +302,11 @@ def _quiet_import() -> Any:
 
 
 @contextlib.contextmanager
-def _without_cpu_probe_lines() -> Iterator[None]:
+def _without_cpu_probe_lines(kept_lines: list[str]) -> Iterator[None]:
     """XNNPACK's CPU probe prints what it reads of /sys ("[cpuinfo_utils.cpp:71] Reading file
     ...") on file descriptor 2 when a program is loaded, out of Python logging's reach: the block's
-    native stderr is collected and passed on without those lines (errors still show)."""
+    native stderr is collected and passed on without those lines (errors still show), and the
+    lines passed on are added to `kept_lines`."""
     sys.stderr.flush()
     saved = os.dup(2)
     with tempfile.TemporaryFile() as collected:
@@ -242,9 +318,10 @@ def _without_cpu_probe_lines() -> Iterator[None]:
             os.close(saved)
             collected.seek(0)
             lines = collected.read().decode(errors="replace").splitlines(keepends=True)
-            kept = "".join(line for line in lines if not line.startswith("[cpuinfo_utils.cpp:"))
+            kept = [line for line in lines if not line.startswith("[cpuinfo_utils.cpp:")]
+            kept_lines.extend(kept)
             if kept:
-                sys.stderr.write(kept)
+                sys.stderr.write("".join(kept))
                 sys.stderr.flush()
 
 
