@@ -151,7 +151,10 @@ def test_full_integer_tflite_keeps_the_cnns_accuracy(
         f"hydra.run.dir={tmp_path}",
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
-    assert "fully_quantize" not in result.stderr and "deprecated" not in result.stderr
+    output = result.stdout + result.stderr
+    # The converter's chatter, its interpreter's deprecation, the engine's start line: not an
+    # export's business.
+    assert not any(n in output for n in ("fully_quantize", "deprecated", "steps run")), output
     entry = json.loads((tmp_path / "export" / "report.json").read_text())["formats"]["tflite"]
     assert entry["quantize"] == "int8" and entry["calibration_samples"] == 256
     assert entry["keras_val_accuracy"] > 0.9  # the float model is good enough to lose something

@@ -98,7 +98,9 @@ class Engine(ABC):
             self.phases: list[Phase] = list(self.state.phases)
             self._predict: Callable[[Any], Any] = lambda x: self.state.model(x, training=False)
             self._make_steps()
-        log.info("%s steps run %s", self.name, self.step_mode())
+        # An export runs no step: the line would only be noise beside the export's report.
+        say = log.debug if settings.mode == "export" else log.info
+        say("%s steps run %s", self.name, self.step_mode())
 
     @property
     def model(self) -> keras.Model:
