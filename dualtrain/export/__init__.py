@@ -13,12 +13,16 @@ the others are still written.
 
 from __future__ import annotations
 
+import contextlib
 import importlib
 import json
+import os
 import shutil
 import subprocess
+import sys
+import tempfile
 import time
-from collections.abc import Callable, Mapping
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -165,6 +169,21 @@ class Signature:
 
 
 @dataclass(frozen=True)
+class ExportJob:
+    """What a format's writer gets: the model with its trained weights, the directory to write
+    into (empty), the signature every format has, the run's settings, an odd-sized batch of val
+    features (an example for tracing, and the first check), and `calibration`, which draws a
+    sample of the training features for a writer that calibrates (TFLite's int8)."""
+
+    model: Any
+    directory: Path
+    signature: Signature
+    settings: Settings
+    batch: Any
+    calibration: Callable[[], Any]
+
+
+@dataclass(frozen=True)
 class Written:
     """What a format writer returns: where it wrote, the loaded model, and facts for the report.
 
@@ -272,10 +291,11 @@ def run_worker(settings: Settings) -> dict[str, Any]:
         directory.mkdir(parents=True)
         started = time.perf_counter()
         try:
-            extra = {}
-            if name == "tflite" and settings.export.tflite_quantize == "int8":
-                extra["calibration"] = _calibration(engine.data.train)
-            written = _writer(name)(model, directory, signature, settings, batch_x, **extra)
+            job = ExportJob(
+                model, directory, signature, settings, batch_x,
+                calibration=lambda: _calibration(engine.data.train),
+            )  # fmt: skip
+            written = _writer(name)(job)
             result = _check(written, fed, expected, val, tasks, keras_accuracy)
             result["export_seconds"] = round(time.perf_counter() - started, 3)
             result["path"] = str(written.path.relative_to(settings.run_dir))
@@ -602,7 +622,7 @@ def _latency_ms(run: Run, fed: dict[str, np.ndarray]) -> float:
 EXTRAS = {"onnx": "export", "tflite": "export", "executorch": "mobile"}
 
 
-def _writer(name: str) -> Callable[..., Written]:
+def _writer(name: str) -> Callable[[ExportJob], Written]:
     _, module, function = WRITERS[name]
     try:
         loaded = importlib.import_module(module)
@@ -612,7 +632,7 @@ def _writer(name: str) -> Callable[..., Written]:
             f"needs the {err.name or err} package: pip install -c constraints.txt "
             f"'dualtrain[{extra}]'"
         ) from err
-    writer: Callable[..., Written] = getattr(loaded, function)
+    writer: Callable[[ExportJob], Written] = getattr(loaded, function)
     return writer
 
 
@@ -657,3 +677,30 @@ def _write_report(path: Path, report: dict[str, Any]) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, report)
+
+
+@contextlib.contextmanager
+def native_stderr_without(
+    chatter: tuple[str, ...], passed: list[str] | None = None
+) -> Iterator[None]:
+    """Runtimes' C++ code prints progress on file descriptor 2, out of Python logging's reach
+    (LiteRT's "INFO: Created TensorFlow Lite XNNPACK delegate", XNNPACK's CPU probe): the
+    block's native stderr is collected and passed on without the lines that start with
+    `chatter` (errors and warnings still show); the lines passed on are also added to `passed`."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as collected:
+        os.dup2(collected.fileno(), 2)
+        try:
+            yield
+        finally:
+            os.dup2(saved, 2)
+            os.close(saved)
+            collected.seek(0)
+            lines = collected.read().decode(errors="replace").splitlines(keepends=True)
+            kept = [line for line in lines if not line.startswith(chatter)]
+            if passed is not None:
+                passed.extend(kept)
+            if kept:
+                sys.stderr.write("".join(kept))
+                sys.stderr.flush()

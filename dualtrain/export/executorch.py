@@ -8,22 +8,15 @@ import contextlib
 import io
 import logging
 import operator
-import os
-import sys
-import tempfile
 import warnings
-from collections.abc import Iterator
 from importlib.metadata import version
-from pathlib import Path
 from typing import Any
 
-import keras
 import numpy as np
 import torch
 
-from dualtrain.export import ExportFailure, Signature, Written
+from dualtrain.export import ExportFailure, ExportJob, Signature, Written, native_stderr_without
 from dualtrain.export.torch import _example, _export, _quiet
-from dualtrain.settings import Settings
 
 # ExecuTorch plans each tensor's memory for its largest shape, so the batch is bounded: up to 1024
 # samples a call (the checks run 1, 37 and 64). The `torch` format's 2^20 would plan gigabytes.
@@ -43,13 +36,13 @@ _SCALAR_TYPES = {
 }
 
 
-def write_executorch(
-    model: keras.Model, directory: Path, signature: Signature, settings: Settings, batch: Any
-) -> Written:
+def write_executorch(job: ExportJob) -> Written:
     """An ExecuTorch program `model.pte`: the torch.export graph with a batch of 1 to
     `MAX_BATCH`, its weights folded into constants, lowered with the XNNPACK partitioner. Its
     method `forward` takes the inputs as tensors in the order `details["inputs"]` gives and
     returns the outputs in the order of `details["outputs"]`."""
+    model, directory, signature = job.model, job.directory, job.signature
+    batch = job.batch
     with _quiet_import():
         from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
         from executorch.devtools.backend_debug import get_delegation_info
@@ -88,7 +81,7 @@ def write_executorch(
         raise ExportFailure(f"this executorch build's runtime has no {DELEGATE} to run the program")
     log: list[str] = []
     try:
-        with _without_cpu_probe_lines(log):
+        with native_stderr_without(("[cpuinfo_utils.cpp:",), log):
             method = runtime.load_program(path).load_method("forward")
     except Exception as err:
         why = f" ({log[-1].strip()})" if log else ""  # e.g. "Missing operator: ..."
@@ -299,30 +292,6 @@ def _quiet_import() -> Any:
     finally:
         for lg, level in zip(loggers, levels, strict=True):
             lg.setLevel(level)
-
-
-@contextlib.contextmanager
-def _without_cpu_probe_lines(kept_lines: list[str]) -> Iterator[None]:
-    """XNNPACK's CPU probe prints what it reads of /sys ("[cpuinfo_utils.cpp:71] Reading file
-    ...") on file descriptor 2 when a program is loaded, out of Python logging's reach: the block's
-    native stderr is collected and passed on without those lines (errors still show), and the
-    lines passed on are added to `kept_lines`."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as collected:
-        os.dup2(collected.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            collected.seek(0)
-            lines = collected.read().decode(errors="replace").splitlines(keepends=True)
-            kept = [line for line in lines if not line.startswith("[cpuinfo_utils.cpp:")]
-            kept_lines.extend(kept)
-            if kept:
-                sys.stderr.write("".join(kept))
-                sys.stderr.flush()
 
 
 def _first_line(err: Exception) -> str:

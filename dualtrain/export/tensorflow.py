@@ -2,12 +2,8 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import os
 import re
-import sys
-import tempfile
 import warnings
 from collections.abc import Iterator
 from pathlib import Path
@@ -17,16 +13,25 @@ import keras
 import numpy as np
 import tensorflow as tf
 
-from dualtrain.export import ExportFailure, Port, Signature, Written, _latency_ms
-from dualtrain.settings import Settings
+from dualtrain.export import (
+    ExportFailure,
+    ExportJob,
+    Port,
+    Signature,
+    Written,
+    _latency_ms,
+    native_stderr_without,
+)
+
+# What LiteRT's runtime and TFLite's int8 calibrator print from C++, hidden from the run's output.
+LITERT_CHATTER = ("INFO: ", "fully_quantize: ")
 
 
-def write_saved_model(
-    model: keras.Model, directory: Path, signature: Signature, settings: Settings, batch: Any
-) -> Written:
+def write_saved_model(job: ExportJob) -> Written:
     """A SavedModel whose `serving_default` signature takes each named input (in the dtype of
     the model's Input) with any batch size and returns a dict of the named outputs: what TF
     Serving loads."""
+    model, directory, signature = job.model, job.directory, job.signature
     _write_saved_model(model, directory, signature)
     serving = tf.saved_model.load(str(directory)).signatures["serving_default"]
 
@@ -54,20 +59,17 @@ def write_saved_model(
     )
 
 
-def write_tflite(
-    model: keras.Model,
-    directory: Path,
-    signature: Signature,
-    settings: Settings,
-    batch: Any,
-    calibration: Any = None,
-) -> Written:
+def write_tflite(job: ExportJob) -> Written:
     """A LiteRT (TFLite) flatbuffer converted from a SavedModel, quantized as
     `export.tflite_quantize` says: none, dynamic (int8 weights), float16 (float16 weights) or
-    int8 (full integer: weights and activations, their ranges calibrated on `calibration`, a
-    sample of the training features); its `serving_default` signature runner takes and returns
-    the named inputs and outputs. With `export.tflite_int8_io` the flatbuffer's float inputs and
-    outputs are int8 too: the check quantizes and dequantizes them with the scales it records."""
+    int8 (full integer: weights and activations, their ranges calibrated on a sample of the
+    training features, `job.calibration()`); its `serving_default` signature runner takes and
+    returns the named inputs and outputs. With `export.tflite_int8_io` the flatbuffer's float
+    inputs and outputs are int8 too: the check quantizes and dequantizes them with the scales it
+    records."""
+    model, directory, signature = job.model, job.directory, job.signature
+    settings = job.settings
+    batch = job.batch
     quantize = settings.export.tflite_quantize
     int8_io = quantize == "int8" and settings.export.tflite_int8_io
     if int8_io and any(np.dtype(p.dtype).kind != "f" for p in signature.inputs):
@@ -79,6 +81,7 @@ def write_tflite(
     saved = directory / "saved_model.tmp"
     _write_saved_model(model, saved, signature)
     try:
+        calibration = job.calibration() if quantize == "int8" else None
         flatbuffer = _convert(saved, quantize, int8_io, signature, calibration)
         # A quantized model is reported beside the float one it came from: size and latency.
         plain = _convert(saved, "none", False, signature, None) if quantize != "none" else None
@@ -176,7 +179,7 @@ def _convert(
     try:
         # The int8 calibrator runs TensorFlow's deprecated interpreter (a warning the user can
         # do nothing about) and prints its settings from C++.
-        with warnings.catch_warnings(), _without_native_info():
+        with warnings.catch_warnings(), native_stderr_without(LITERT_CHATTER):
             warnings.filterwarnings("ignore", message=".*tf.lite.Interpreter is deprecated")
             flatbuffer: bytes = converter.convert()
     except Exception as err:  # the converter's errors name the op it cannot convert
@@ -187,7 +190,7 @@ def _convert(
 def _runner(path: Path, signature: Signature, batch: Any, int8_io: bool) -> tuple[Any, Any, str]:
     """The flatbuffer's `serving_default` signature runner, its interpreter and their name."""
     interpreter_class, runtime = _interpreter()
-    with _without_native_info():
+    with native_stderr_without(LITERT_CHATTER):
         interpreter = interpreter_class(model_path=str(path))
         runner = interpreter.get_signature_runner("serving_default")
         fed = signature.feed(batch)
@@ -254,30 +257,6 @@ def _ordered(ports: tuple[Port, ...], entries: list[dict[str, Any]]) -> list[dic
     """A runtime's inputs or outputs in the signature's order (runtimes sort them by name)."""
     order = {p.name: i for i, p in enumerate(ports)}
     return sorted(entries, key=lambda e: order.get(e["name"], len(order)))
-
-
-@contextlib.contextmanager
-def _without_native_info() -> Iterator[None]:
-    """LiteRT's C++ runtime prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on
-    file descriptor 2, out of Python logging's reach, and the int8 calibrator its settings
-    ("fully_quantize: 0, ..."): the block's native stderr is collected, and all but such lines
-    are passed on (errors and warnings still show)."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as collected:
-        os.dup2(collected.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            collected.seek(0)
-            lines = collected.read().decode(errors="replace").splitlines(keepends=True)
-            chatter = ("INFO: ", "fully_quantize: ")
-            kept = "".join(line for line in lines if not line.startswith(chatter))
-            if kept:
-                sys.stderr.write(kept)
-                sys.stderr.flush()
 
 
 def _interpreter() -> tuple[Any, str]:

@@ -30,12 +30,10 @@ from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
-import keras
 import numpy as np
 
-from dualtrain.export import ExportFailure, Port, Signature, Written
+from dualtrain.export import ExportFailure, ExportJob, Port, Written
 from dualtrain.export.tensorflow import _write_saved_model
-from dualtrain.settings import Settings
 
 CONVERTER_VERSION = "4.22.0"  # tensorflowjs on PyPI, pinned in converter-requirements.txt
 FILES = Path(__file__).with_name("tfjs_env")
@@ -61,12 +59,12 @@ DTYPES = {
 }
 
 
-def write_tfjs(
-    model: keras.Model, directory: Path, signature: Signature, settings: Settings, batch: Any
-) -> Written:
+def write_tfjs(job: ExportJob) -> Written:
     """A TensorFlow.js graph model (`model.json`, `group1-shard*.bin`) converted from the
     SavedModel `saved_model` writes, with its `serving_default` signature: inputs and outputs
     keyed by the model's names, any batch size. Loaded back with `tf.loadGraphModel` in Node."""
+    model, directory, signature = job.model, job.directory, job.signature
+    batch = job.batch
     converter = ensure_converter()
     node_env = ensure_node_runtime()
     with tempfile.TemporaryDirectory(prefix=".tfjs-saved_model-", dir=directory.parent) as tmp:

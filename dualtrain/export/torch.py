@@ -7,15 +7,13 @@ import contextlib
 import io
 import logging
 import warnings
-from pathlib import Path
 from typing import Any
 
 import keras
 import numpy as np
 import torch
 
-from dualtrain.export import ExportFailure, Signature, Written
-from dualtrain.settings import Settings
+from dualtrain.export import ExportFailure, ExportJob, Signature, Written
 
 # Large enough for any serving batch; torch.export needs an upper bound to reason about shapes.
 MAX_BATCH = 1 << 20
@@ -42,12 +40,12 @@ class _Inference(torch.nn.Module):
         return {p.name: outputs[p.name] for p in self.signature.outputs}
 
 
-def write_exported_program(
-    model: keras.Model, directory: Path, signature: Signature, settings: Settings, batch: Any
-) -> Written:
+def write_exported_program(job: ExportJob) -> Written:
     """A torch.export ExportedProgram (.pt2) with a dynamic batch dimension, for TorchServe and
     ExecuTorch: `module()(x)` takes one tensor, or a dict of tensors by input name, and returns
     one tensor, or a dict by output name."""
+    model, directory, signature = job.model, job.directory, job.signature
+    batch = job.batch
     example = _example(signature, batch)
     program = _export(model, signature, example)
     path = directory / "model.pt2"
@@ -76,11 +74,11 @@ def write_exported_program(
     )
 
 
-def write_onnx(
-    model: keras.Model, directory: Path, signature: Signature, settings: Settings, batch: Any
-) -> Written:
+def write_onnx(job: ExportJob) -> Written:
     """ONNX from the torch.export graph (torch's dynamo exporter), with a dynamic batch axis and
     the named inputs and outputs."""
+    model, directory, signature = job.model, job.directory, job.signature
+    batch = job.batch
     try:
         import onnx
         import onnxruntime

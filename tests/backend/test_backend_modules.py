@@ -10,7 +10,7 @@ import keras
 import numpy as np
 import pytest
 
-from dualtrain.export import Signature
+from dualtrain.export import ExportJob, Signature
 from tests.backend.conftest import BACKEND, make_settings
 
 
@@ -57,7 +57,10 @@ def test_this_backends_first_export_format_predicts_what_the_model_does(tmp_path
     signature = Signature(input_name="features", input_shape=(4,), output_name="logits")
     out = tmp_path / "export"
     out.mkdir()
-    written = write(model, out, signature, make_settings(tmp_path / "run"), batch)
+    job = ExportJob(
+        model, out, signature, make_settings(tmp_path / "run"), batch, calibration=lambda: batch
+    )
+    written = write(job)
     np.testing.assert_allclose(
         written.predict(batch), keras.ops.convert_to_numpy(model(batch)), rtol=1e-5, atol=1e-6
     )
