@@ -189,6 +189,14 @@ def serving(run: Path, tmp_path: Path, *options: str) -> Iterator[Server]:
         process.wait(timeout=30)
 
 
+def _alive(pid: int) -> bool:
+    """Running: a zombie (ended, not yet reaped by whoever adopted it) is not."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):
+        return False
+
+
 def _close(got: Any, want: np.ndarray) -> None:
     got = np.asarray(got, dtype="float64")
     assert got.shape == want.shape
@@ -221,7 +229,7 @@ def test_bad_requests_get_400_batches_split_right_and_sigterm_ends_it(
 ) -> None:
     want = keras_outputs["mlp"]["logits"]
     options = ("--format", "onnx", "--max-batch-size", "4", "--batch-timeout", "0.05",
-               "--max-body-bytes", "20000")  # fmt: skip
+               "--max-body-bytes", "20000", "--max-answer-values", "10")  # fmt: skip
     with serving(runs["mlp"], tmp_path, *options) as server:
         predict = "/v1/models/mlp:predict"
         good = {"instances": MLP_X[:1].tolist()}
@@ -237,6 +245,8 @@ def test_bad_requests_get_400_batches_split_right_and_sigterm_ends_it(
             ("neither instances nor inputs", {"rows": []}, None, "'rows'"),
             ("a body that is too large", {"instances": [[0.5] * 30] * 200}, None, "20,000"),
             ("a JSON array body", [1, 2], None, "JSON object"),
+            ("a 5,000-digit number", None, b'{"instances": [[' + b"9" * 5000 + b"]]}", "4,300"),
+            ("an answer too large", {"instances": [[0.5] * 30] * 6}, None, "send at most 5"),
         ]
         for what, body, raw, said in bad:
             status, answer = server.post(predict, body, raw)
@@ -252,6 +262,7 @@ def test_bad_requests_get_400_batches_split_right_and_sigterm_ends_it(
             ("a wrong datatype", {"inputs": [{**entry, "datatype": "INT32"}]}, "FP32"),
             ("non-numeric data", {"inputs": [{**entry, "data": ["x"] * 30}]}, "not numbers"),
             ("an unknown output", {"inputs": [entry], "outputs": [{"name": "p"}]}, "'p'"),
+            ("an id not a string", {"inputs": [entry], "id": {"a": 1}}, '"id" must be a string'),
         ]
         for what, body, said in v2_bad:
             status, answer = server.post(v2, body)
@@ -263,6 +274,12 @@ def test_bad_requests_get_400_batches_split_right_and_sigterm_ends_it(
         assert server.post("/v1/models/mlp/versions/2:predict", good)[0] == 404
         assert server.post("/v1/models/mlp/versions/1:predict", good)[0] == 200
         assert server.get("/v2/models/cnn/ready")[0] == 404
+        # Paths and methods the server does not have: {"error"} too, not FastAPI's {"detail"}.
+        status, answer = server.get("/v1/model/mlp")
+        assert status == 404 and "/v1/models/mlp" in answer["error"], answer
+        assert server.get(predict) == (405, {"error": f"GET {predict}: predict takes POST"})
+        status, answer = server.call("DELETE", v2)
+        assert status == 405 and "does not take DELETE" in answer["error"], answer
         # Status and metadata, in each protocol's shape.
         assert server.get("/v1/models/mlp") == (200, {"model_version_status": [{
             "version": "1", "state": "AVAILABLE",
@@ -349,6 +366,17 @@ def test_two_inputs_and_two_outputs_by_name(
         bad_id = {"instances": [{"numbers": [0.0] * 4, "category": [1.5]}]}
         status, answer = server.post("/v1/models/two_towers:predict", bad_id)
         assert status == 400 and "int32" in answer["error"]
+        # A negative id: every runtime would take it from the end of the Embedding's table.
+        negative = {"instances": [{"numbers": [0.0] * 4, "category": [-1]}]}
+        status, answer = server.post("/v1/models/two_towers:predict", negative)
+        assert status == 400 and "negative id (-1)" in answer["error"], answer
+        # SIGKILL, which the command cannot handle: its processes end with it, none serves on.
+        children = server.children()
+        server.process.kill()
+        deadline = time.monotonic() + 15
+        while any(_alive(pid) for pid in children):
+            assert time.monotonic() < deadline, "processes left serving after SIGKILL"
+            time.sleep(0.1)
 
 
 def _serve_cli(*args: str) -> subprocess.CompletedProcess[str]:
@@ -367,6 +395,22 @@ def test_usage_errors_exit_2_with_one_line_saying_what_to_do(
     report = json.loads((runs["mlp"] / "export" / "report.json").read_text())
     report["formats"]["tflite"] = {"status": "failed", "error": "the converter failed"}
     (failed / "export" / "report.json").write_text(json.dumps(report))
+    # Crafted reports: data that is checked, never a traceback, never a file outside the run.
+    crafted = {
+        "shape": ("inputs", {"name": "features", "shape": "abc", "dtype": "float32"}),
+        "dtype": ("inputs", {"name": "features", "shape": [None, 30], "dtype": "object"}),
+        "formats": ("formats", ["onnx"]),
+        "path": ("formats", {"onnx": {"status": "ok", "path": "../../../etc/passwd"}}),
+    }
+    for what, (key, value) in crafted.items():
+        folder = tmp_path / f"crafted-{what}" / "export"
+        folder.mkdir(parents=True)
+        bad = {**report, key: [value] if key == "inputs" else value}
+        (folder / "report.json").write_text(json.dumps(bad))
+    crafted_said = {
+        "shape": "inputs[0] is not {name, shape, dtype}", "dtype": "a dtype of bool, uint8",
+        "formats": "formats is not an object", "path": "it must be a path inside",
+    }  # fmt: skip
     cases = [
         ((str(tmp_path),), "mode=export recipe=RECIPE checkpoint.path="),  # no export/
         ((str(runs["mlp"]), "--format", "tfjs"), "use one of onnx, torch, saved_model, tflite"),
@@ -376,6 +420,8 @@ def test_usage_errors_exit_2_with_one_line_saying_what_to_do(
         ((str(runs["mlp"]), "--port", "80"), "from 1024 to 65535"),
         ((str(runs["mlp"]), "--host", "example.com"), "use one of 127.0.0.1, 0.0.0.0, ::"),
         ((str(runs["mlp"]), "--max-batch-size", "x"), "invalid int value"),
+        *(((str(tmp_path / f"crafted-{k}"),), said) for k, said in crafted_said.items()),
+        ((str(runs["mlp"]), "--name", "a b"), "cannot be a model name in a URL"),
     ]
     for args, said in cases:
         result = _serve_cli(*args)
@@ -384,6 +430,25 @@ def test_usage_errors_exit_2_with_one_line_saying_what_to_do(
             args, result.stderr
         )  # fmt: skip
         assert result.stderr.startswith("dualtrain.serve: error: ")
+    # SIGTERM as soon as the command can take it, before anything is started: exit 0 too.
+    process = subprocess.Popen(
+        [sys.executable, "-m", "dualtrain.serve", str(runs["mlp"]), "--port", str(_free_port())],
+        cwd=REPO, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+    )  # fmt: skip
+    deadline = time.monotonic() + 30
+    while not _catches_sigterm(process.pid):
+        assert process.poll() is None and time.monotonic() < deadline
+        time.sleep(0.01)
+    process.send_signal(signal.SIGTERM)
+    out = process.communicate(timeout=60)[0]
+    assert process.returncode == 0 and out.strip() == "dualtrain.serve: stopped (SIGTERM)", out
+
+
+def _catches_sigterm(pid: int) -> bool:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith("SigCgt:"):
+            return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    return False
 
 
 def test_benchmark_smoke(runs: dict[str, Path], tmp_path: Path) -> None:

@@ -8,9 +8,11 @@ import json
 import math
 import os
 import shlex
+import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -18,6 +20,7 @@ from typing import Any
 
 import pytest
 
+from dualtrain.errors import ConfigError
 from tests.conftest import REPO, run_cli
 
 # Trains and exports in subprocesses, and starts a browser: the full suite only.
@@ -219,6 +222,9 @@ def serving(run: Path, env: dict[str, str] | None = None) -> Iterator[str]:
                     raise AssertionError("the server did not listen within 300 s") from None
                 time.sleep(0.1)
         yield f"http://127.0.0.1:{port}/"
+        # SIGTERM stops it as Ctrl-C does.
+        process.send_signal(signal.SIGTERM)
+        assert process.wait(10) == 0
     finally:
         process.kill()
         process.wait(10)
@@ -497,7 +503,15 @@ def test_a_failed_install_exits_1_with_one_line(
 
 
 def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
+    # A model file that is a link out of the run directory would be handed to any client.
+    linked = tmp_path / "linked"
+    (linked / "export" / "onnx").mkdir(parents=True)
+    port = {"name": "x", "shape": [None, 2], "dtype": "float32"}
+    report = {"formats": {"onnx": {"status": "ok"}}, "inputs": [port], "outputs": [port]}
+    (linked / "export" / "report.json").write_text(json.dumps(report))
+    (linked / "export" / "onnx" / "model.onnx").symlink_to("/proc/self/environ")
     for args, said in [
+        ([str(linked)], "is a link to /proc/"),
         ([], "the following arguments are required: RUN_DIR"),
         ([str(tmp_path / "missing")], "is not a directory"),
         ([str(tmp_path), "--port", "70000"], "is not a port"),
@@ -509,6 +523,40 @@ def test_usage_errors_exit_2_with_one_line(tmp_path: Path) -> None:
         )  # fmt: skip
         assert done.returncode == 2 and done.stderr.count("\n") == 1, (args, done.stderr)
         assert said in done.stderr, (args, done.stderr)
+
+
+def test_a_silent_client_is_dropped_and_does_not_hold_the_others(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import dualtrain.web as web
+
+    monkeypatch.setattr(web, "CLIENT_TIMEOUT_S", 0.5)
+    (tmp_path / "a.css").write_text("a")
+    server = web.make_server({"/a.css": tmp_path / "a.css"}, "127.0.0.1", 0)
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    url = f"http://127.0.0.1:{server.server_address[1]}/"
+    try:
+        with socket.create_connection(("127.0.0.1", server.server_address[1])) as slow:
+            slow.sendall(b"GET /a.c")  # and nothing more
+            assert raw_get(url, "/a.css")[0] == 200  # another client is answered meanwhile
+            slow.settimeout(5)
+            started = time.monotonic()
+            assert slow.recv(100) == b""  # closed by the server
+            assert time.monotonic() - started < 3
+    finally:
+        server.shutdown()
+        server.server_close()
+
+
+def test_a_crafted_report_is_data() -> None:
+    from dualtrain.web import page_config
+
+    port = {"name": "x", "shape": [None, 2], "dtype": "float32"}
+    report = {"formats": {"onnx": {"per_output": ["x"]}}, "inputs": [port], "outputs": [port]}
+    assert page_config(report, Path("run"), 1)["outputs"][0]["task"] is None
+    with pytest.raises(ConfigError, match="does not list"):
+        page_config({**report, "inputs": [{**port, "shape": [None, True]}]}, Path("run"), 1)
 
 
 def test_widgets_follow_the_input_shapes() -> None:

@@ -16,6 +16,7 @@ import json
 import logging
 import multiprocessing
 import os
+import re
 import signal
 import socket
 import sys
@@ -32,6 +33,8 @@ FORMATS = ("onnx", "torch", "saved_model", "tflite")
 HOSTS = ("127.0.0.1", "0.0.0.0", "::")  # what LitServe binds to
 DEFAULT_PORT = 8501  # TF Serving's REST port
 DEFAULT_MAX_BODY_BYTES = 4 * 1024 * 1024
+DEFAULT_MAX_ANSWER_VALUES = 1024 * 1024
+NAME = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]*")  # a model name, as it goes in the URLs
 PROG = "python -m dualtrain.serve"
 READY_WAIT_SECONDS = 600  # how long the start-up line waits for the server to answer
 
@@ -42,12 +45,18 @@ class _Parser(argparse.ArgumentParser):
 
 
 def main(argv: list[str] | None = None) -> None:
+    signal.signal(signal.SIGTERM, _stopped_early)  # before any process is started
     args = _parser().parse_args(argv)
     try:
         model, options = _configure(args)
     except ConfigError as err:
         _exit(str(err), err.exit_code)
     _serve(model, options)
+
+
+def _stopped_early(signum: int, frame: FrameType | None) -> NoReturn:
+    print("dualtrain.serve: stopped (SIGTERM)", flush=True)
+    sys.exit(0)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -96,6 +105,13 @@ def _parser() -> argparse.ArgumentParser:
         help=f"larger request bodies get 400 (default {DEFAULT_MAX_BODY_BYTES:,})",
     )
     parser.add_argument(
+        "--max-answer-values",
+        type=int,
+        default=DEFAULT_MAX_ANSWER_VALUES,
+        help="requests whose answer would hold more output values get 400 "
+        f"(default {DEFAULT_MAX_ANSWER_VALUES:,})",
+    )
+    parser.add_argument(
         "--timeout",
         type=float,
         default=30.0,
@@ -112,7 +128,7 @@ def _parser() -> argparse.ArgumentParser:
 
 def _configure(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
     """Checks everything that can be checked before a process starts; returns the model to serve."""
-    from dualtrain.serve.protocol import Model
+    from dualtrain.serve.protocol import Model, tensors
     from dualtrain.serve.runtimes import missing_runtime
 
     run_dir: Path = args.run_dir
@@ -131,12 +147,16 @@ def _configure(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
             f"hydra.run.dir={run_dir}-export, then serve {run_dir}-export"
         )
     try:
+        # A report is data: nothing in it is evaluated or imported, and every field used is
+        # checked here (a crafted one is refused in one line, not with a traceback).
         report = json.loads(report_path.read_text(encoding="utf-8"))
         formats: dict[str, Any] = report["formats"]
         recipe = str(report["recipe"])
-        if not (report["inputs"] and report["outputs"]):
-            raise ValueError("no inputs or outputs recorded")
-    except (OSError, ValueError, KeyError, TypeError) as err:
+        if not isinstance(formats, dict) or not all(isinstance(e, dict) for e in formats.values()):
+            raise ValueError("formats is not an object of objects by format")
+        tensors(report["inputs"], "inputs")
+        tensors(report["outputs"], "outputs")
+    except (OSError, ValueError, KeyError, TypeError, AttributeError) as err:
         raise ConfigError(
             f"{report_path} is not an export report ({type(err).__name__}: {err}); export again: "
             f"python -m dualtrain mode=export recipe=... checkpoint.path=... export.formats=[onnx]"
@@ -179,7 +199,14 @@ def _configure(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         missing = missing_runtime(fmt)
         if missing:
             raise ConfigError(missing)
-    path = run_dir / formats[fmt]["path"]
+    given = formats[fmt].get("path")
+    inside = isinstance(given, str) and given and not Path(given).is_absolute()
+    if not inside or ".." in Path(given).parts:
+        raise ConfigError(
+            f"{report_path} gives the {fmt} export's path as {given!r}; it must be a path inside "
+            f"{run_dir} (export/{fmt}/...); export again: {export_again.format(fmt=fmt)}"
+        )
+    path = run_dir / given
     if not path.exists():
         raise ConfigError(
             f"{path} is missing (report.json lists it); export again: "
@@ -208,8 +235,10 @@ def _configure(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         raise ConfigError(f"--max-body-bytes {args.max_body_bytes} must be 1 or more")
     if args.timeout <= 0:
         raise ConfigError(f"--timeout {args.timeout} must be more than 0 seconds")
+    if args.max_answer_values < 1:
+        raise ConfigError(f"--max-answer-values {args.max_answer_values} must be 1 or more")
     name = args.name or recipe
-    if not name or "/" in name or ":" in name:
+    if not NAME.fullmatch(name):
         raise ConfigError(
             f"--name {name!r} cannot be a model name in a URL; use letters, digits, '-', '_' or '.'"
         )
@@ -221,6 +250,7 @@ def _configure(args: argparse.Namespace) -> tuple[Any, dict[str, Any]]:
         "max_batch_size": args.max_batch_size,
         "batch_timeout": args.batch_timeout,
         "max_body_bytes": args.max_body_bytes,
+        "max_answer_values": args.max_answer_values,
         "timeout": args.timeout,
         "log_level": args.log_level,
     }
@@ -252,13 +282,20 @@ class _Stopped(KeyboardInterrupt):
 
 def _serve(model: Any, options: dict[str, Any]) -> None:
     import litserve as ls
+    from starlette.exceptions import HTTPException
 
-    from dualtrain.serve.server import ServedModel
+    from dualtrain.serve.server import ServedModel, forks_die_with, http_errors
 
     api = ServedModel(
-        model, options["max_batch_size"], options["batch_timeout"], options["max_body_bytes"]
+        model,
+        options["max_batch_size"],
+        options["batch_timeout"],
+        options["max_body_bytes"],
+        options["max_answer_values"],
     )
     server = ls.LitServer(api, accelerator="cpu", workers_per_device=1, timeout=options["timeout"])
+    server.app.add_exception_handler(HTTPException, http_errors(model))
+    server.app.add_exception_handler(Exception, http_errors(model))
     stopped_by: list[str] = []
     main_pid = os.getpid()
 
@@ -273,6 +310,9 @@ def _serve(model: Any, options: dict[str, Any]) -> None:
             raise _Stopped
 
     signal.signal(signal.SIGTERM, on_signal)
+    # LitServe's HTTP server and manager are forked from this process, its worker spawned (set
+    # in its setup): each ends with this process, also when it is killed with SIGKILL.
+    forks_die_with(main_pid)
     if signal.getsignal(signal.SIGINT) is signal.default_int_handler:  # not where it is ignored
         signal.signal(signal.SIGINT, on_signal)
     host, port = options["host"], options["port"]

@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -111,29 +111,53 @@ class Model:
 
     @classmethod
     def from_report(cls, report: Mapping[str, Any], name: str, fmt: str, path: Path) -> Model:
-        def tensors(entries: Sequence[Mapping[str, Any]]) -> tuple[Tensor, ...]:
-            return tuple(
-                Tensor(
-                    str(e["name"]),
-                    tuple(None if d is None else int(d) for d in list(e["shape"])[1:]),
-                    str(e["dtype"]),
-                )
-                for e in entries
-            )
-
+        """Raises:
+        ValueError: report.json's inputs or outputs are not a list of {name, shape, dtype}
+            with a known dtype and a shape of positive sizes (or null) after the batch."""
         entry = report["formats"][fmt]
+        runtime = entry.get("runtime", fmt)
         return cls(
             name=name,
             format=fmt,
             path=path,
-            runtime=str(entry.get("runtime", fmt)),
-            inputs=tensors(report["inputs"]),
-            outputs=tensors(report["outputs"]),
+            runtime=" ".join(runtime.split()) if isinstance(runtime, str) else fmt,
+            inputs=tensors(report["inputs"], "inputs"),
+            outputs=tensors(report["outputs"], "outputs"),
         )
 
     @property
     def input_names(self) -> str:
         return ", ".join(f"{t.name} {t.shown} {t.dtype}" for t in self.inputs)
+
+
+def tensors(entries: Any, where: str) -> tuple[Tensor, ...]:
+    """report.json's inputs or outputs, checked: they are data, and every request is checked
+    against them."""
+    if not isinstance(entries, list) or not entries:
+        raise ValueError(f"{where} is not a non-empty list")
+    found = []
+    for i, e in enumerate(entries):
+        shape = e.get("shape") if isinstance(e, dict) else None
+        if not (
+            isinstance(e, dict)
+            and isinstance(e.get("name"), str)
+            and e["name"]
+            and e.get("dtype") in V2_DATATYPES
+            and isinstance(shape, list)
+            and shape
+            and all(
+                d is None or (isinstance(d, int) and not isinstance(d, bool) and d > 0)
+                for d in shape[1:]
+            )
+        ):
+            raise ValueError(
+                f"{where}[{i}] is not {{name, shape, dtype}} with a shape of positive sizes or "
+                f"null and a dtype of {', '.join(V2_DATATYPES)}"
+            )
+        found.append(Tensor(e["name"], tuple(shape[1:]), e["dtype"]))
+    if len({t.name for t in found}) < len(found):
+        raise ValueError(f"{where} names a tensor twice")
+    return tuple(found)
 
 
 Named = dict[str, np.ndarray]
@@ -171,6 +195,11 @@ def parse_json(body: bytes) -> Any:
     except json.JSONDecodeError as err:
         raise BadRequest(
             f"the body is not valid JSON ({err.msg} at line {err.lineno} column {err.colno})"
+        ) from err
+    except ValueError as err:  # an integer of more digits than Python converts (4,300)
+        raise BadRequest(
+            "the body's JSON holds a number of more than 4,300 digits; send numbers the "
+            "model's dtype can hold"
         ) from err
 
 
@@ -362,9 +391,27 @@ def parse_v2(model: Model, body: Any) -> Parsed:
             raise BadRequest(
                 f"unknown output {unknown[0]!r}; the model's outputs are {', '.join(outputs)}"
             )
-        outputs = tuple(o["name"] for o in asked)
+        outputs = tuple(dict.fromkeys(o["name"] for o in asked))  # each output once
     request_id = body.get("id")
-    return Parsed(named, "v2", outputs, None if request_id is None else str(request_id))
+    if request_id is not None and not isinstance(request_id, str):
+        raise BadRequest(f'"id" must be a string (it is echoed in the answer); got {request_id!r}')
+    return Parsed(named, "v2", outputs, request_id)
+
+
+def check_answer_size(model: Model, parsed: Parsed, limit: int) -> None:
+    """Refuses a request whose answer would hold more than `limit` values: a few bytes of input
+    can ask for far more output (a language model's scores over its vocabulary at every position),
+    which the worker would compute and the server write out as JSON. Sizes not fixed in
+    report.json count as 1."""
+    by_name = {t.name: t for t in model.outputs}
+    per_sample = sum(math.prod(d or 1 for d in by_name[n].shape) for n in parsed.outputs)
+    values = parsed.size * per_sample
+    if values > limit:
+        raise BadRequest(
+            f"the answer would hold {values:,} values ({parsed.size:,} samples of {per_sample:,}), "
+            f"more than the server answers ({limit:,}, --max-answer-values); send at most "
+            f"{max(1, limit // per_sample):,} samples per request"
+        )
 
 
 def _array(tensor: Tensor, value: Any) -> np.ndarray:
@@ -401,6 +448,12 @@ def _array(tensor: Tensor, value: Any) -> np.ndarray:
             raise BadRequest(
                 f"input {name!r} holds values outside {tensor.dtype}'s range "
                 f"[{info.min}, {info.max}]"
+            )
+        # Integer inputs are ids (tokens, categories). The runtimes take a negative id as
+        # counted from the end of an Embedding's table, and answer where Keras would fail.
+        if array.size and array.min() < 0:
+            raise BadRequest(
+                f"input {name!r} holds a negative id ({int(array.min())}); ids are 0 or more"
             )
     with np.errstate(over="ignore"):  # a value beyond the dtype's range: refused below
         converted = np.ascontiguousarray(array, dtype=target)

@@ -17,8 +17,11 @@ one request the runtime refuses does not fail the others.
 from __future__ import annotations
 
 import asyncio
+import ctypes
 import json
+import os
 import signal
+import sys
 import time
 import uuid
 from typing import Any
@@ -49,20 +52,27 @@ class ServedModel(ls.LitAPI):
     """Runs the exported model in the inference worker: inputs by name in, outputs by name out."""
 
     def __init__(
-        self, model: Model, max_batch_size: int, batch_timeout: float, max_body_bytes: int
+        self,
+        model: Model,
+        max_batch_size: int,
+        batch_timeout: float,
+        max_body_bytes: int,
+        max_answer_values: int,
     ):
         super().__init__(
             max_batch_size=max_batch_size,
             batch_timeout=batch_timeout,
-            spec=ServingSpec(model, max_body_bytes),
+            spec=ServingSpec(model, max_body_bytes, max_answer_values),
         )
         self.model = model
         self.run: runtimes.Run | None = None
+        self.command_pid = os.getpid()
 
     def setup(self, device: str) -> None:
         # Ctrl-C reaches every process of the terminal's group; the command's process ends this
         # worker (SIGTERM) once the HTTP server has stopped, so the worker itself lets it pass.
         signal.signal(signal.SIGINT, signal.SIG_IGN)
+        die_with(self.command_pid)
         self.run = runtimes.load(self.model)
 
     def decode_request(self, request: Named, **kwargs: Any) -> Named:
@@ -118,11 +128,12 @@ class ServedModel(ls.LitAPI):
 class ServingSpec(LitSpec):
     """TF Serving's REST API and KServe's v2 (Open Inference Protocol) over one model."""
 
-    def __init__(self, model: Model, max_body_bytes: int) -> None:
+    def __init__(self, model: Model, max_body_bytes: int, max_answer_values: int) -> None:
         super().__init__()
         self.api_path = QUEUE_PATH
         self.model = model
         self.max_body_bytes = max_body_bytes
+        self.max_answer_values = max_answer_values
         self._routes_added = False
 
     def pre_setup(self, lit_api: ls.LitAPI) -> None:
@@ -188,6 +199,7 @@ class ServingSpec(LitSpec):
             parsed: protocol.Parsed = parse(
                 self.model, protocol.parse_json(await self._body(request))
             )
+            protocol.check_answer_size(self.model, parsed, self.max_answer_values)
         except BadRequest as err:
             return _error(str(err), err.status)
         output, status = await self._submit(parsed.inputs)
@@ -233,6 +245,8 @@ class ServingSpec(LitSpec):
         where the path names this one."""
         name = request.path_params.get("name")
         version = request.path_params.get("version", protocol.VERSION)
+        if isinstance(name, str) and name.endswith(":predict") and request.method != "POST":
+            return _error(f"{request.method} {request.url.path}: predict takes POST", 405)
         if name != self.model.name:
             return _error(
                 f"model {name!r} is not served here; this server serves {self.model.name!r}", 404
@@ -244,6 +258,59 @@ class ServingSpec(LitSpec):
                 404,
             )
         return None
+
+
+def die_with(command_pid: int) -> None:
+    """Linux: this process (LitServe's HTTP server, inference worker or manager) gets SIGTERM
+    when the command's process ends, even by SIGKILL, instead of serving on as an orphan."""
+    if sys.platform != "linux":
+        return
+    pr_set_pdeathsig = 1
+    ctypes.CDLL(None).prctl(pr_set_pdeathsig, signal.SIGTERM, 0, 0, 0)
+    if os.getppid() != command_pid:  # it ended before the line above
+        os._exit(1)
+
+
+def forks_die_with(command_pid: int) -> None:
+    """`die_with` in every process the command's process forks from here on (LitServe's HTTP
+    server and manager); not in those its children fork in turn."""
+    forking = [0]
+
+    def before() -> None:
+        forking[0] = os.getpid()
+
+    def in_child() -> None:
+        if forking[0] == command_pid:
+            die_with(command_pid)
+
+    os.register_at_fork(before=before, after_in_child=in_child)
+
+
+def http_errors(model: Model) -> Any:
+    """Starlette's own answers (no such path, a method the path does not take), and an error no
+    endpoint expected, as `{"error": ...}` like every other answer."""
+
+    async def handler(request: Request, error: Exception) -> Response:
+        return _http_error(model, request, error)
+
+    return handler
+
+
+def _http_error(model: Model, request: Request, error: Exception) -> Response:
+    status = getattr(error, "status_code", 500)
+    if status == 404:
+        message = (
+            f"no such path: {request.url.path}; this server serves {model.name!r} under "
+            f"/v1/models/{model.name} (TF Serving) and /v2/models/{model.name} (KServe v2)"
+        )
+    elif status == 405:
+        message = f"{request.url.path} does not take {request.method}"
+    elif isinstance(status, int) and status < 500:
+        message = str(getattr(error, "detail", "")) or "bad request"
+    else:
+        status, message = 500, f"the server failed on this request: {runtimes.describe(error)}"
+    headers = getattr(error, "headers", None) if status < 500 else None  # 405's Allow
+    return JSONResponse({"error": message}, status_code=status, headers=headers)
 
 
 def _error(message: str, status: int) -> JSONResponse:

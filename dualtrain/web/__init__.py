@@ -32,6 +32,7 @@ import math
 import os
 import shlex
 import shutil
+import signal
 import subprocess
 import sys
 import tempfile
@@ -40,6 +41,7 @@ from dataclasses import dataclass
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from types import FrameType
 from typing import Any, NoReturn, TypeGuard
 
 from dualtrain.errors import ConfigError, DualtrainError, RunError
@@ -55,6 +57,7 @@ ORT_DIST = Path("node_modules") / "onnxruntime-web" / "dist"
 LIB_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
 NPM_TIMEOUT_S = 900
 DEFAULT_PORT = 8000
+CLIENT_TIMEOUT_S = 30  # seconds a connection may take to send its request
 # The page's own files, by URL path.
 STATIC_FILES = {"/": "index.html", "/index.html": "index.html", "/app.js": "app.js",
                 "/style.css": "style.css"}  # fmt: skip
@@ -99,15 +102,25 @@ def find_export(run_dir: Path) -> Export:
     model = run_dir / "export" / "onnx" / "model.onnx"
     report_path = run_dir / "export" / "report.json"
     report = _read_json(report_path)
-    entry = (report.get("formats") or {}).get("onnx") if isinstance(report, dict) else None
+    formats = report.get("formats") if isinstance(report, dict) else None
+    entry = formats.get("onnx") if isinstance(formats, dict) else None
     if not model.is_file() or not isinstance(entry, dict):
         raise ConfigError(_no_export(run_dir, model))
+    # The file served is the one found now, and it must lie inside the run directory: a symbolic
+    # link out of it (to ~/.ssh/..., /proc/self/environ) would hand that file to any client.
+    served = model.resolve()
+    if not served.is_relative_to(run_dir.resolve()):
+        raise ConfigError(
+            f"{model} is a link to {served}, outside {run_dir}; the server hands out only files "
+            "inside the run directory: replace the link with a copy of the model it points to, "
+            "if that is the model to serve"
+        )
     if entry.get("status") != "ok":
         raise ConfigError(
             f"the onnx export in {run_dir} failed ({entry.get('error', 'no cause recorded')}); "
             f"{_export_command(run_dir)}"
         )
-    return Export(run_dir, model, page_config(report, run_dir, model.stat().st_size))
+    return Export(run_dir, served, page_config(report, run_dir, served.stat().st_size))
 
 
 def _no_export(run_dir: Path, model: Path) -> str:
@@ -148,7 +161,8 @@ def page_config(report: Mapping[str, Any], run_dir: Path, model_bytes: int) -> d
             f"{run_dir / 'export' / 'report.json'} does not list the model's inputs and outputs "
             f"(name, shape, dtype); {_export_command(run_dir)}"
         )
-    per_output = onnx.get("per_output") or {}
+    per_output = onnx.get("per_output")
+    per_output = per_output if isinstance(per_output, dict) else {}
     classes = _class_names(report, run_dir)
     page_inputs = []
     for port in inputs:
@@ -160,7 +174,8 @@ def page_config(report: Mapping[str, Any], run_dir: Path, model_bytes: int) -> d
         page_inputs.append({**port, "widget": widget(port["shape"][1:], port["dtype"])})
     page_outputs = []
     for port in outputs:
-        task = (per_output.get(port["name"]) or {}).get("task")
+        about = per_output.get(port["name"])
+        task = about.get("task") if isinstance(about, dict) else None
         shape = port["shape"][1:]
         scores = len(shape) == 1 and shape[0] > 1
         activation = None
@@ -204,7 +219,7 @@ def _ports(ports: Any) -> TypeGuard[list[dict[str, Any]]]:
             and isinstance(p.get("dtype"), str)
             and isinstance(p.get("shape"), list)
             and len(p["shape"]) >= 1
-            and all(isinstance(d, int) and d > 0 for d in p["shape"][1:])
+            and all(type(d) is int and d > 0 for d in p["shape"][1:])
             and math.prod(p["shape"][1:]) <= 1 << 24
             for p in ports
         )
@@ -388,6 +403,9 @@ def make_server(table: Mapping[str, Path | bytes], host: str, port: int) -> Thre
     class Handler(BaseHTTPRequestHandler):
         server_version = "dualtrain.web"
         sys_version = ""
+        # A client that sends its request slowly, or not at all, is dropped after this long,
+        # rather than holding its thread for ever.
+        timeout = CLIENT_TIMEOUT_S
 
         def do_GET(self) -> None:
             self._answer(body=True)
@@ -468,8 +486,13 @@ def main(argv: Sequence[str] | None = None) -> None:
         f"dualtrain.web: serving {export.model} at http://{shown}:{port}/ (Ctrl-C stops)",
         flush=True,
     )
+    signal.signal(signal.SIGTERM, _interrupt)  # SIGTERM stops it as Ctrl-C does: exit 0
     with contextlib.suppress(KeyboardInterrupt), server:
         server.serve_forever()
+
+
+def _interrupt(signum: int, frame: FrameType | None) -> NoReturn:
+    raise KeyboardInterrupt
 
 
 def _exit(message: str, code: int) -> NoReturn:
