@@ -8,13 +8,12 @@ from __future__ import annotations
 
 import contextlib
 import importlib.util
-import os
 import sys
-import tempfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 
 import numpy as np
 
+from dualtrain.export import native_stderr_without
 from dualtrain.serve.protocol import Model, Named
 
 Run = Callable[[Named], Named]
@@ -102,7 +101,7 @@ def _tflite(model: Model) -> Run:
         import tensorflow as tf
 
         Interpreter = tf.lite.Interpreter
-    with _without_native_info():
+    with native_stderr_without(("INFO: ",)):
         interpreter = Interpreter(model_path=str(model.path))
         runner = interpreter.get_signature_runner("serving_default")
         # The first call makes the XNNPACK delegate, which prints a line on file descriptor 2.
@@ -113,27 +112,6 @@ def _tflite(model: Model) -> Run:
         return {k: np.array(v) for k, v in runner(**named).items()}
 
     return run
-
-
-@contextlib.contextmanager
-def _without_native_info() -> Iterator[None]:
-    """LiteRT's C++ runtime prints "INFO: Created TensorFlow Lite XNNPACK delegate for CPU." on
-    file descriptor 2; the block's native stderr is collected and all but such lines passed on."""
-    sys.stderr.flush()
-    saved = os.dup(2)
-    with tempfile.TemporaryFile() as collected:
-        os.dup2(collected.fileno(), 2)
-        try:
-            yield
-        finally:
-            os.dup2(saved, 2)
-            os.close(saved)
-            collected.seek(0)
-            lines = collected.read().decode(errors="replace").splitlines(keepends=True)
-            kept = "".join(line for line in lines if not line.startswith("INFO: "))
-            if kept:
-                sys.stderr.write(kept)
-                sys.stderr.flush()
 
 
 def describe(error: BaseException) -> str:
