@@ -16,8 +16,6 @@ from __future__ import annotations
 import atexit
 import base64
 import contextlib
-import fcntl
-import hashlib
 import json
 import os
 import re
@@ -26,12 +24,12 @@ import shutil
 import subprocess
 import sys
 import tempfile
-from collections.abc import Iterator
 from pathlib import Path
 from typing import IO, Any
 
 import numpy as np
 
+from dualtrain import installs
 from dualtrain.export import ExportFailure, ExportJob, Port, Written
 from dualtrain.export.tensorflow import _write_saved_model
 
@@ -44,7 +42,6 @@ RUNNER = FILES / "runner.js"
 # A first export downloads 849 MB of wheels (2.8 GB installed) and @tensorflow/tfjs (294 MB
 # installed); generous for slow links.
 PIP_TIMEOUT_S = 1800
-NPM_TIMEOUT_S = 600
 CONVERT_TIMEOUT_S = 900
 # Node's answer to one call: loading a model or running a batch (a hung process fails the format).
 NODE_TIMEOUT_S = 300
@@ -158,21 +155,17 @@ def _dtype(entry: dict[str, Any]) -> str:
 # --- the converter, in its own environment -----------------------------------------------------
 
 
-def cache_root() -> Path:
-    """`$DUALTRAIN_CACHE`, else `~/.cache/dualtrain`."""
-    given = os.environ.get("DUALTRAIN_CACHE")
-    return Path(given).expanduser() if given else Path.home() / ".cache" / "dualtrain"
-
-
 def converter_dir(root: Path | None = None) -> Path:
     """Where the converter's environment lives: named by its version and its pins' hash, so a
     changed pin list gets a new environment beside the old one."""
-    return (root or cache_root()) / f"tfjs-converter-{CONVERTER_VERSION}-{_hash(REQUIREMENTS)}"
+    name = f"tfjs-converter-{CONVERTER_VERSION}-{installs.file_hash(REQUIREMENTS)}"
+    return (root or installs.cache_root()) / name
 
 
 def node_runtime_dir(root: Path | None = None) -> Path:
     """Where `npm ci` put @tensorflow/tfjs: named by its version and the lockfile's hash."""
-    return (root or cache_root()) / f"tfjs-node-{_tfjs_version()}-{_hash(LOCKFILE)}"
+    name = f"tfjs-node-{_tfjs_version()}-{installs.file_hash(LOCKFILE)}"
+    return (root or installs.cache_root()) / name
 
 
 def ensure_converter(root: Path | None = None) -> Path:
@@ -183,7 +176,7 @@ def ensure_converter(root: Path | None = None) -> Path:
     """
     target = converter_dir(root)
     python = target / "bin" / "python"
-    if _complete(target):
+    if installs.complete(target):
         return python
     if sys.version_info < (3, 11):  # jax 0.10, pandas 3 and scipy 1.17 have no wheels for it
         raise ExportFailure(
@@ -191,7 +184,7 @@ def ensure_converter(root: Path | None = None) -> Path:
             f"this is Python {sys.version_info[0]}.{sys.version_info[1]}; run the export with "
             "Python 3.11 or 3.12"
         )
-    with _locked(target) as work:
+    with installs.building(target, ExportFailure) as work:
         if work is not None:
             print(
                 f"export: tfjs: installing the TensorFlow.js converter (tensorflowjs "
@@ -239,7 +232,6 @@ def _make_converter_env(work: Path, target: Path) -> None:
                     f"{said} (log: {log}); check that PyPI is reachable, or set DUALTRAIN_CACHE "
                     "to a writable disk with 3 GB free, and export again"
                 )
-    (work / ".dualtrain-complete").write_text(_hash(REQUIREMENTS) + "\n", encoding="utf-8")
 
 
 def _convert(python: Path, saved: Path, directory: Path) -> None:
@@ -287,41 +279,22 @@ def ensure_node_runtime(root: Path | None = None) -> Path:
         ExportFailure: npm is missing or the install failed.
     """
     target = node_runtime_dir(root)
-    if _complete(target):
+    if installs.complete(target):
         return target
-    npm = shutil.which("npm")
-    if npm is None or shutil.which("node") is None:
+    if shutil.which("node") is None:
         raise ExportFailure(
-            "tfjs is checked with @tensorflow/tfjs in Node.js, and node or npm is not on PATH; "
-            "install Node.js with npm (20 is tested; e.g. apt-get install nodejs npm) and export "
-            "again"
+            "tfjs is checked with @tensorflow/tfjs in Node.js, and node is not on PATH; install "
+            "Node.js with npm (20 is tested; e.g. apt-get install nodejs npm) and export again"
         )
-    with _locked(target) as work:
+    with installs.building(target, ExportFailure) as work:
         if work is not None:
             version = _tfjs_version()
             print(
                 f"export: tfjs: installing @tensorflow/tfjs {version} (npm ci, once) into {target}",
                 flush=True,
             )
-            shutil.copy2(PACKAGE_JSON, work / "package.json")
-            shutil.copy2(LOCKFILE, work / "package-lock.json")
-            command = [npm, "ci", "--ignore-scripts", "--no-audit", "--no-fund", "--loglevel=error"]
-            try:
-                done = subprocess.run(
-                    command, cwd=work, capture_output=True, text=True, timeout=NPM_TIMEOUT_S
-                )
-            except subprocess.TimeoutExpired as err:
-                raise ExportFailure(
-                    f"npm ci did not finish in {NPM_TIMEOUT_S} s installing @tensorflow/tfjs "
-                    f"{version}; check that the npm registry is reachable and export again"
-                ) from err
-            if done.returncode != 0:
-                raise ExportFailure(
-                    f"npm ci failed installing @tensorflow/tfjs {version} (exit code "
-                    f"{done.returncode}: {_error_line(done.stderr or done.stdout)}); check that "
-                    "the npm registry is reachable and export again"
-                )
-            (work / ".dualtrain-complete").write_text(_hash(LOCKFILE) + "\n", encoding="utf-8")
+            what = f"@tensorflow/tfjs {version}"
+            installs.npm_ci(work, PACKAGE_JSON, LOCKFILE, what, ExportFailure)
     return target
 
 
@@ -441,43 +414,6 @@ def _decode(entry: dict[str, Any]) -> np.ndarray:
 
 
 # --- shared ------------------------------------------------------------------------------------
-
-
-@contextlib.contextmanager
-def _locked(target: Path) -> Iterator[Path | None]:
-    """Holds `<target>.lock`; yields a fresh temporary directory to build in, renamed to `target`
-    when the block ends without an error, or None where another process built it meanwhile."""
-    root = target.parent
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        lock = open(target.with_name(target.name + ".lock"), "a+", encoding="utf-8")  # noqa: SIM115
-    except OSError as err:
-        raise ExportFailure(
-            f"cannot write the cache directory {root}: {err.strerror}; set DUALTRAIN_CACHE to a "
-            "writable directory"
-        ) from err
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process ends
-        if _complete(target):
-            yield None
-            return
-        if target.exists():  # an incomplete copy (removed in part by hand): made afresh
-            shutil.rmtree(target)
-        work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-        work.chmod(0o755)  # mkdtemp's 0700: a shared cache stays readable by others
-        try:
-            yield work
-            work.rename(target)
-        finally:
-            shutil.rmtree(work, ignore_errors=True)
-
-
-def _complete(target: Path) -> bool:
-    return (target / ".dualtrain-complete").is_file()
-
-
-def _hash(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()[:12]
 
 
 def _tfjs_version() -> str:

@@ -25,17 +25,12 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import fcntl
-import hashlib
 import json
 import math
-import os
 import shlex
 import shutil
 import signal
-import subprocess
 import sys
-import tempfile
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from http import HTTPStatus
@@ -44,6 +39,7 @@ from pathlib import Path
 from types import FrameType
 from typing import Any, NoReturn, TypeGuard
 
+from dualtrain import installs
 from dualtrain.errors import ConfigError, DualtrainError, RunError
 
 PACKAGE_DIR = Path(__file__).resolve().parent
@@ -55,7 +51,6 @@ PACKAGE_JSON = PACKAGE_DIR / "package.json"
 # SharedArrayBuffer, so no cross-origin isolation). Kept from the npm install, the rest dropped.
 ORT_DIST = Path("node_modules") / "onnxruntime-web" / "dist"
 LIB_FILES = ("ort.wasm.min.mjs", "ort-wasm-simd-threaded.mjs", "ort-wasm-simd-threaded.wasm")
-NPM_TIMEOUT_S = 900
 DEFAULT_PORT = 8000
 CLIENT_TIMEOUT_S = 30  # seconds a connection may take to send its request
 # The page's own files, by URL path.
@@ -262,121 +257,45 @@ def _read_json(path: Path) -> Any:
 # --- onnxruntime-web, installed once from the lockfile ----------------------------------------
 
 
-def cache_root() -> Path:
-    """`$DUALTRAIN_CACHE`, else `~/.cache/dualtrain`."""
-    given = os.environ.get("DUALTRAIN_CACHE")
-    return Path(given).expanduser() if given else Path.home() / ".cache" / "dualtrain"
-
-
-def lock_hash() -> str:
-    """The first 16 hex digits of the lockfile's SHA-256: a new lockfile gets a new install."""
-    return hashlib.sha256(LOCKFILE.read_bytes()).hexdigest()[:16]
-
-
 def ensure_libs(root: Path | None = None) -> Path:
-    """The directory that holds `LIB_FILES`, installed with `npm ci` on first use.
-
-    Concurrent callers are safe: one installs under a lock file, into a temporary directory that
-    is renamed into place when complete; the others wait for it and use its result.
+    """The directory that holds `LIB_FILES`, installed with `npm ci` on first use, once for all
+    processes (dualtrain/installs.py).
 
     Raises:
         RunError: npm is missing or the install failed (one line: what npm said).
     """
-    root = root or cache_root()
-    target = root / f"web-{lock_hash()}"
-    if _complete(target):
-        return target / "lib"
-    try:
-        root.mkdir(parents=True, exist_ok=True)
-        lock = open(root / f"web-{lock_hash()}.lock", "a+", encoding="utf-8")  # noqa: SIM115
-    except OSError as err:
-        raise RunError(
-            f"cannot write the cache directory {root}: {err.strerror}; set DUALTRAIN_CACHE to a "
-            "writable directory"
-        ) from err
-    with lock:
-        fcntl.flock(lock, fcntl.LOCK_EX)  # released when the file closes, or the process ends
-        if _complete(target):  # another process installed it while this one waited
-            return target / "lib"
-        if target.exists():  # an incomplete copy (files removed by hand): install afresh
-            shutil.rmtree(target)
-        _install(root, target)
+    target = (root or installs.cache_root()) / f"web-{installs.file_hash(LOCKFILE)}"
+    with installs.building(target, RunError) as work:
+        if work is not None:
+            _install(work, target)
     return target / "lib"
 
 
-def _complete(target: Path) -> bool:
-    return all((target / "lib" / name).is_file() for name in LIB_FILES)
-
-
-def _install(root: Path, target: Path) -> None:
-    npm = shutil.which("npm")
-    if npm is None:
-        raise RunError(
-            "the page needs onnxruntime-web, installed once with npm, and npm is not on PATH; "
-            "install Node.js and npm (e.g. apt-get install npm) and run this again"
-        )
+def _install(work: Path, target: Path) -> None:
     version = _locked_version()
     print(
         f"dualtrain.web: installing onnxruntime-web {version} (npm ci, once) into {target}",
         flush=True,
     )
-    work = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=root))
-    try:
-        shutil.copy2(PACKAGE_JSON, work / "package.json")
-        shutil.copy2(LOCKFILE, work / "package-lock.json")
-        # The lockfile pins every version and its integrity hash: npm's cache is used without
-        # asking the registry again where it has them (a reinstall then works offline).
-        command = [npm, "ci", "--ignore-scripts", "--prefer-offline", "--no-audit", "--no-fund",
-                   "--loglevel=error"]  # fmt: skip
-        try:
-            done = subprocess.run(
-                command, cwd=work, capture_output=True, text=True, timeout=NPM_TIMEOUT_S
-            )
-        except subprocess.TimeoutExpired as err:
+    installs.npm_ci(work, PACKAGE_JSON, LOCKFILE, f"onnxruntime-web {version}", RunError)
+    lib = work / "lib"
+    lib.mkdir()
+    for name in LIB_FILES:
+        source = work / ORT_DIST / name
+        if not source.is_file():
             raise RunError(
-                f"npm ci did not finish in {NPM_TIMEOUT_S} s installing onnxruntime-web "
-                f"{version}; check that the npm registry is reachable and run this again"
-            ) from err
-        if done.returncode != 0:
-            raise RunError(
-                f"npm ci failed installing onnxruntime-web {version} (exit code "
-                f"{done.returncode}: {_npm_reason(done.stderr or done.stdout)}); check that the "
-                "npm registry is reachable and run this again"
+                f"npm ci installed onnxruntime-web {version} without dist/{name}; the "
+                "lockfile in dualtrain/web names a release the page does not fit"
             )
-        lib = work / "lib"
-        lib.mkdir()
-        for name in LIB_FILES:
-            source = work / ORT_DIST / name
-            if not source.is_file():
-                raise RunError(
-                    f"npm ci installed onnxruntime-web {version} without dist/{name}; the "
-                    "lockfile in dualtrain/web names a release the page does not fit"
-                )
-            shutil.copy2(source, lib / name)
-        shutil.copy2(work / "node_modules" / "onnxruntime-web" / "package.json", lib / "ort.json")
-        shutil.rmtree(work / "node_modules")
-        work.chmod(0o755)  # mkdtemp made it private; the install is for every user of the cache
-        os.rename(work, target)
-    finally:
-        shutil.rmtree(work, ignore_errors=True)
+        shutil.copy2(source, lib / name)
+    shutil.copy2(work / "node_modules" / "onnxruntime-web" / "package.json", lib / "ort.json")
+    shutil.rmtree(work / "node_modules")
 
 
 def _locked_version() -> str:
     lock = _read_json(LOCKFILE)
     entry = (lock.get("packages") or {}).get("node_modules/onnxruntime-web") or {}
     return str(entry.get("version", "?"))
-
-
-def _npm_reason(text: str) -> str:
-    """What npm said went wrong, in one line: its error code and first message, without the
-    stack, the proxy hint and the "complete log" pointer."""
-    said = [line.removeprefix("npm error").strip() for line in text.splitlines()]
-    said = [line for line in said if line]
-    code = next((line.split()[1] for line in said if line.startswith("code ")), None)
-    skip = ("code ", "syscall ", "errno ", "at ", "A complete log", "If you are behind", "{", "}")
-    message = next((line for line in said if not line.startswith(skip)), None)
-    found = ": ".join(part for part in (code, message) if part)
-    return found or (said[-1] if said else "no output")
 
 
 # --- the server ---------------------------------------------------------------------------------
