@@ -43,7 +43,7 @@ RUN = [
 ]
 STEPS_PER_EPOCH = 4  # 204 train samples (80% of 256), batch 64
 CHAINS = 2  # run directories killed side by side
-KILLS_PER_CHAIN = 5  # 10 per backend, 20 in all
+KILLS_PER_CHAIN = 4  # 8 per backend, 16 in all
 MAX_DELAY_S = 1.0  # the kill comes 0 to 1 s after the process's first checkpoint...
 SAVE_DELAY_S = 0.005  # ...and every other one then waits for a save to start, and 0 to 5 ms more
 WAIT_S = 180  # for a process's first checkpoint

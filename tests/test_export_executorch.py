@@ -36,10 +36,9 @@ SMALL = {
     "two_towers": _user("two_towers", epochs=2),
     "tokens": _user("tokens", epochs=1),  # int32 token ids, an Embedding and an LSTM
 }
-RUNS = [
-    ("cnn", "torch"), ("cnn", "tf"), ("mlp", "torch"), ("mlp", "tf"), ("two_towers", "tf"),
-    ("tokens", "torch"),
-]  # fmt: skip
+# The cnn from each backend (convolutions, pooling and dense layers through XNNPACK); the MLP's
+# dense layers are a subset of it, so CI's time goes to several inputs and to an LSTM instead.
+RUNS = [("cnn", "torch"), ("cnn", "tf"), ("two_towers", "tf"), ("tokens", "torch")]
 
 
 def _train_and_export(root: Path, recipe: str, backend: str) -> dict[str, Any]:
@@ -77,10 +76,10 @@ def _port(name: str, shape: list[Any], dtype: str) -> dict[str, Any]:
 
 
 @pytest.mark.parametrize("trained_on", ["torch", "tf"])
-@pytest.mark.parametrize("recipe", ["cnn", "mlp"])
 def test_a_checkpoint_of_either_backend_runs_in_executorch_as_in_keras(
-    recipe: str, trained_on: str, exported: dict[tuple[str, str], dict[str, Any]]
+    trained_on: str, exported: dict[tuple[str, str], dict[str, Any]]
 ) -> None:
+    recipe = "cnn"
     run = exported[(recipe, trained_on)]
     assert run["result"].returncode == 0, run["result"].stderr[-3000:]
     report = run["report"]
@@ -96,7 +95,7 @@ def test_a_checkpoint_of_either_backend_runs_in_executorch_as_in_keras(
     pte = run["out"] / entry["path"]
     assert pte.name == "model.pte" and pte.is_file()
     assert pte.read_bytes()[4:8] == b"ET12"  # ExecuTorch's flatbuffer file identifier
-    name, shape = {"cnn": ("image", [8, 8, 1]), "mlp": ("features", [30])}[recipe]
+    name, shape = "image", [8, 8, 1]
     assert entry["interface"] == {
         "inputs": [_port(name, [None, *shape], "float32")],
         "outputs": [_port("logits", [None, report["outputs"][0]["shape"][1]], "float32")],
