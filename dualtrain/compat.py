@@ -832,3 +832,37 @@ def tensorboard_without_tensorflow() -> bool:
         )
         return False
     return True
+
+
+# -- TensorFlow's op determinism (trainer.deterministic) -----------------------------------------
+
+
+def _tf_determinism_config() -> Any:
+    from tensorflow.python.framework import config
+
+    return config
+
+
+def disable_tf_op_determinism() -> None:
+    """`trainer.deterministic=false` on tf: turns op determinism off for the process.
+
+    TensorFlow's public API only turns it on (`tf.config.experimental.enable_op_determinism`);
+    the switch back is `tensorflow.python.framework.config.disable_op_determinism`, which
+    TensorFlow's own tests use. Missing: one line, and the process keeps the setting it has
+    (off unless something in it turned determinism on).
+    """
+    disable = getattr(_tf_determinism_config(), "disable_op_determinism", None)
+    if disable is None:
+        _fall_back(
+            "disable_tf_op_determinism",
+            "tensorflow",
+            "tensorflow.python.framework.config.disable_op_determinism is missing",
+            "op determinism stays as this process has it",
+        )
+        return
+    disable()
+
+
+def tf_op_determinism_enabled() -> bool:
+    """Whether TensorFlow's op determinism is on (TensorFlow has no public query)."""
+    return bool(_tf_determinism_config().is_op_determinism_enabled())

@@ -376,6 +376,9 @@ class TrainerSettings:
     overfit_batches: int = field(default=0, metadata=key(integer(0)))
     # write nothing: no checkpoints, logs or summary (debug=fast_dev_run)
     fast_dev_run: bool = field(default=False, metadata=key(boolean))
+    # true: the frameworks' deterministic kernels (torch.use_deterministic_algorithms, TensorFlow's
+    # op determinism); false: turned off; null: left as the process has them
+    deterministic: bool | None = field(default=None, metadata=key(optional(boolean)))
 
 
 @dataclass(frozen=True)

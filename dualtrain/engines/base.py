@@ -92,6 +92,8 @@ class Engine(ABC):
             random.seed(settings.seed)
             np.random.seed(settings.seed)
             self._seed_framework(settings.seed)
+            if settings.trainer.deterministic is not None:
+                self._set_determinism(settings.trainer.deterministic)
             self.state = TrainingState(settings, recipe, data)
             # What the steps run: the state's phases and the model's inference pass, which a
             # backend may replace by faster forms of the same (the torch engine captures them).
@@ -140,6 +142,11 @@ class Engine(ABC):
     @abstractmethod
     def _seed_framework(self, seed: int) -> None:
         """Seeds the framework's own RNG."""
+
+    @abstractmethod
+    def _set_determinism(self, on: bool) -> None:
+        """`trainer.deterministic`: the framework's deterministic kernels on or off, for the
+        whole process (both frameworks hold the switch globally)."""
 
     @abstractmethod
     def framework_rng_state(self) -> list[int] | None:

@@ -9,6 +9,7 @@ from typing import Any
 import numpy as np
 import tensorflow as tf
 
+from dualtrain import compat
 from dualtrain.data import ArrayDataset, ArraySpec, BatchSplit, DataInfo, Rows, structure
 from dualtrain.engines.base import EAGER_MODE, Batch, Engine, targets
 
@@ -30,6 +31,13 @@ class TensorFlowEngine(Engine):
 
     def _seed_framework(self, seed: int) -> None:
         tf.random.set_seed(seed)
+
+    def _set_determinism(self, on: bool) -> None:
+        # TensorFlow has no public switch back off (compat.py).
+        if on:
+            tf.config.experimental.enable_op_determinism()
+        else:
+            compat.disable_tf_op_determinism()
 
     # Keras's Dropout on tf draws from its seed-generator variable, which the checkpoint holds;
     # the steps use no global TF RNG.

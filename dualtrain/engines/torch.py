@@ -35,6 +35,16 @@ class TorchEngine(Engine):
     def _seed_framework(self, seed: int) -> None:
         torch.manual_seed(seed)
 
+    def _set_determinism(self, on: bool) -> None:
+        # As Lightning's Trainer(deterministic=True). cuBLAS is deterministic only with a fixed
+        # workspace, which it reads when CUDA starts (after this, in _make_steps).
+        if on:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(on)
+        torch.backends.cudnn.deterministic = on
+        if on:
+            torch.backends.cudnn.benchmark = False  # autotuning picks kernels by timing
+
     # Keras's Dropout without a seed draws its masks from torch's global RNG on this backend (on tf
     # it uses the layer's seed-generator variable, which the checkpoint holds), so exact resume
     # needs this state too.
