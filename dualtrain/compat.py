@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import inspect
 import logging
 import sys
@@ -695,14 +696,15 @@ def cross_device_ops_name(strategy: Any) -> str:
 
 @functools.cache
 def _xplane_module() -> Any:
+    name = "tensorflow.tsl.profiler.protobuf.xplane_pb2"
     try:
-        from tensorflow.tsl.profiler.protobuf import xplane_pb2
+        xplane_pb2 = importlib.import_module(name)
     except ImportError as err:
-        return f"tensorflow.tsl.profiler.protobuf.xplane_pb2 cannot be imported ({err})"
+        return f"{name} cannot be imported ({err})"
     space = getattr(xplane_pb2, "XSpace", None)
     fields = getattr(getattr(space, "DESCRIPTOR", None), "fields_by_name", {})
     if "planes" not in fields:
-        return "tensorflow.tsl.profiler.protobuf.xplane_pb2 has no XSpace with planes"
+        return f"{name} has no XSpace with planes"
     return xplane_pb2
 
 
