@@ -91,13 +91,12 @@ def summarize(events: list[Event]) -> tuple[list[StepTime], list[OpTime]]:
     thread = marks[0].thread  # the loop's
     own = [e for e in events if e.thread == thread]
     inputs = [e for e in own if e.name == INPUT]
-    framework = [e for e in own if not e.name.startswith(("dualtrain.step", "dualtrain.input"))]
+    framework = [e for e in own if not e.name.startswith((STEP, INPUT))]
     steps, spans, after = [], [], float("-inf")
     for mark in marks:
         # The step's input: getting its batches, between the previous step's end and its mark
         # (an input that found the epoch's end, with no step after it, is left out).
-        taken = [(e.start, e.end) for e in inputs if e.start >= after and e.end <= mark.start]
-        taken = taken[-1:]
+        taken = [(e.start, e.end) for e in inputs if e.start >= after and e.end <= mark.start][-1:]
         span = (min([mark.start, *(s for s, _ in taken)]), mark.end)
         busy = _union(_clip([(e.start, e.end) for e in framework], span))
         steps.append(
@@ -264,13 +263,16 @@ class StepProfiler:
             self._recorder.start()
         return self._recorder.mark(INPUT, None)
 
-    @contextlib.contextmanager
-    def steps(self, done: int, count: int) -> Iterator[None]:
+    def steps(self, done: int, count: int) -> contextlib.AbstractContextManager[None]:
         """Around the rest of the engine call for steps done+1 .. done+count (the step itself,
         its logging and callbacks); after the last chosen step, the recorder stops."""
-        if self._recorder is None or self.chosen is None or not self._wanted(done, count):
-            yield
-            return
+        if self._recorder is None or not self._wanted(done, count):
+            return contextlib.nullcontext()  # every step of a run without profile.steps
+        return self._recording(done, count)
+
+    @contextlib.contextmanager
+    def _recording(self, done: int, count: int) -> Iterator[None]:
+        assert self._recorder is not None and self.chosen is not None
         if self._first is None:
             self._first = done + 1
         label = str(done + 1) if count == 1 else f"{done + 1}-{done + count}"
