@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import inspect
 import logging
 import sys
@@ -688,6 +689,39 @@ def cross_device_ops_name(strategy: Any) -> str:
         )
         return "unknown"
     return type(extended._cross_device_ops or object()).__name__
+
+
+# -- TensorFlow: reading the profiler's trace (engines/tf_profile.py) ----------------------------
+
+
+@functools.cache
+def _xplane_module() -> Any:
+    name = "tensorflow.tsl.profiler.protobuf.xplane_pb2"
+    try:
+        xplane_pb2 = importlib.import_module(name)
+    except ImportError as err:
+        return f"{name} cannot be imported ({err})"
+    space = getattr(xplane_pb2, "XSpace", None)
+    fields = getattr(getattr(space, "DESCRIPTOR", None), "fields_by_name", {})
+    if "planes" not in fields:
+        return f"{name} has no XSpace with planes"
+    return xplane_pb2
+
+
+def xplane_module() -> ModuleType | None:
+    """The protobuf module of the profiler's `.xplane.pb` files (`XSpace`), or None.
+
+    `tf.profiler.experimental` writes traces but has no public API to read them; TensorFlow
+    ships the generated protobuf module under its private `tsl` tree (TensorBoard's profile
+    plugin reads the same files with its own copy, which dualtrain does not require). Checked
+    once: the module imports and its XSpace has planes. Otherwise None with one info line: the
+    trace is still written for TensorBoard, and profile.md is not.
+    """
+    module = _xplane_module()
+    if isinstance(module, str):
+        _fall_back("xplane_module", "tensorflow", module, "the trace is written, profile.md is not")
+        return None
+    return module
 
 
 # -- Hydra (cli.py, config_errors.py) ------------------------------------------------------------

@@ -473,6 +473,30 @@ class ExportSettings:
     worker: bool = field(default=False, metadata=key(boolean))
 
 
+def _profile_steps(value: Any, label: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    steps = tuple(value) if isinstance(value, (list, tuple)) else ()
+    if (
+        len(steps) != 2
+        or any(isinstance(s, bool) or not isinstance(s, int) for s in steps)
+        or not 1 <= steps[0] <= steps[1]
+    ):
+        raise ConfigError(
+            f"{label} must be [first, last], two optimizer step numbers counted from 1 (as "
+            f"metrics.jsonl counts them) with first <= last, e.g. {label}=[10,15]; got {value!r}"
+        )
+    return steps[0], steps[1]
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """Profiler traces of some training steps and <run_dir>/profile.md (docs/profiling.md)."""
+
+    # [first, last]: the optimizer steps to record, both included, counted from 1 (None: off)
+    steps: tuple[int, int] | None = field(default=None, metadata=key(_profile_steps))
+
+
 _T = TypeVar("_T")
 
 
@@ -495,6 +519,7 @@ class Settings:
     # name -> {"_target_": "package.module.Class", **keyword arguments}
     callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)
     export: ExportSettings = field(default_factory=ExportSettings)
+    profile: ProfileSettings = field(default_factory=ProfileSettings)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], run_dir: Path, config_yaml: str = "") -> Settings:
@@ -513,6 +538,7 @@ class Settings:
         logger = _section(cfg, "logger")
         for name in ("backend", "recipe", "trainer", "logger", "checkpoint", "parity", "export"):
             check_keys(name, _section(cfg, name))
+        check_keys("profile", _section(cfg, "profile"))
         # Each option of the logger group sets `<name>: true`; several can be chosen at once.
         loggers = tuple(name for name in LOGGERS if logger.get(name) is True)
         checkpoint = {**_section(cfg, "checkpoint"), "init_from": cfg.get("init_from")}
@@ -531,6 +557,7 @@ class Settings:
             config_yaml=config_yaml,
             parity=_build(ParitySettings, _section(cfg, "parity"), "parity"),
             export=_build(ExportSettings, _section(cfg, "export"), "export"),
+            profile=_build(ProfileSettings, _section(cfg, "profile"), "profile"),
         )
         _check_rules(settings)
         return settings
@@ -734,6 +761,7 @@ _SECTIONS: dict[str, tuple[type, tuple[str, ...], tuple[str, ...]]] = {
     "checkpoint": (CheckpointSettings, ("init_from",), ()),
     "parity": (ParitySettings, (), ()),
     "export": (ExportSettings, (), ()),
+    "profile": (ProfileSettings, (), ()),
 }
 
 
@@ -769,6 +797,7 @@ def config_defaults() -> dict[str, Any]:
     config["init_from"] = _defaults_of(CheckpointSettings)["init_from"]
     config["parity"] = _defaults_of(ParitySettings)
     config["export"] = _defaults_of(ExportSettings)
+    config["profile"] = _defaults_of(ProfileSettings)
     return config
 
 

@@ -17,6 +17,7 @@ import random
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import keras
@@ -26,6 +27,7 @@ from dualtrain.data import ArrayDataset, BatchSplit, DataSplits, structure
 from dualtrain.engines.state import TrainingState, number
 from dualtrain.engines.state import targets_or_none as targets
 from dualtrain.engines.targets import update_metrics
+from dualtrain.profiling import Recorder
 from dualtrain.recipe import Phase, Recipe
 from dualtrain.settings import Settings
 
@@ -221,6 +223,11 @@ class Engine(ABC):
     @abstractmethod
     def _eval_step(self, batch: Batch) -> None:
         """Updates `val_loss` and the recipe's metrics with one batch."""
+
+    @abstractmethod
+    def profiler(self, directory: Path) -> Recorder:
+        """The framework's profiler, writing its trace under `directory` (profile.steps:
+        dualtrain/profiling.py)."""
 
     # -- shared ----------------------------------------------------------------------------------
 

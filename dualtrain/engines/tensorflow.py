@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -12,6 +13,7 @@ import tensorflow as tf
 from dualtrain import compat
 from dualtrain.data import ArrayDataset, ArraySpec, BatchSplit, DataInfo, Rows, structure
 from dualtrain.engines.base import EAGER_MODE, Batch, Engine, targets
+from dualtrain.profiling import Recorder
 
 # The batch sizes one step is traced for, each a static batch dimension (TensorFlowEngine._trace).
 STATIC_BATCH_SIZES = 4
@@ -140,6 +142,11 @@ class TensorFlowEngine(Engine):
 
     def _eval_step(self, batch: Batch) -> None:
         self._trace("eval", (1,), [batch], lambda: self._eval_step_impl)(*batch)
+
+    def profiler(self, directory: Path) -> Recorder:
+        from dualtrain.engines.tf_profile import TensorFlowRecorder
+
+        return TensorFlowRecorder(directory)
 
     # -- the steps -------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import logging
 import os
 import platform
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from dualtrain import compat
 from dualtrain.data import ArrayDataset, BatchSplit, structure
 from dualtrain.engines.base import EAGER_MODE, Batch, Engine, rows, targets
 from dualtrain.engines.torch_adam import FusedAdam, fuse_adam
+from dualtrain.profiling import Recorder
 from dualtrain.recipe import Phase
 
 log = logging.getLogger("dualtrain")
@@ -147,6 +149,11 @@ class TorchEngine(Engine):
         with compat.counter_random():
             self._eval_fn(*batch)
         self._apply_updates()
+
+    def profiler(self, directory: Path) -> Recorder:
+        from dualtrain.engines.torch_profile import TorchRecorder
+
+        return TorchRecorder(directory, self.device)
 
     def step_mode(self) -> str:
         if self.eager:
