@@ -138,9 +138,11 @@ class DataInfo:
         )
 
     def input(self, name: str) -> ArraySpec:
+        """The input named `name` (a key of x, where x is a dict)."""
         return _by_name(self.inputs, name, "input")
 
     def target(self, name: str) -> ArraySpec:
+        """The target named `name` (a key of y, where y is a dict)."""
         return _by_name(self.targets, name, "target")
 
     @property
