@@ -503,7 +503,7 @@ class Settings:
         """Validates a composed config and returns the settings.
 
         Args:
-            cfg: the composed config as a plain dict (`OmegaConf.to_container(cfg)`).
+            cfg: the composed config as a plain dict (`OmegaConf.to_container(cfg, resolve=True)`).
             run_dir: where the run writes its files.
             config_yaml: the composed config as YAML, kept for checkpoints and logs.
 
