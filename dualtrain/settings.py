@@ -502,6 +502,11 @@ _T = TypeVar("_T")
 
 @dataclass(frozen=True)
 class Settings:
+    """A run's whole config, validated: one frozen dataclass per section of the composed config.
+
+    Made by `from_config` from the config Hydra composed; the command line does that for you.
+    """
+
     backend: BackendSettings
     recipe: RecipeSettings
     data: DataSettings
@@ -523,7 +528,15 @@ class Settings:
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], run_dir: Path, config_yaml: str = "") -> Settings:
-        """Validates a composed config (as a plain dict) and returns the settings.
+        """Validates a composed config and returns the settings.
+
+        Args:
+            cfg: the composed config as a plain dict (`OmegaConf.to_container(cfg, resolve=True)`).
+            run_dir: where the run writes its files.
+            config_yaml: the composed config as YAML, kept for checkpoints and logs.
+
+        Returns:
+            The settings.
 
         Raises:
             ConfigError: naming the first bad key, its value and what would be right.
