@@ -90,7 +90,10 @@ def test_python_data_requires_a_source() -> None:
     "override,message",
     [
         ("optimizer.lr=-1", "optimizer.lr must be a positive number such as 0.001; got -1"),
-        ("optimizer.lr=abc", "optimizer.lr must be a positive number such as 0.001; got 'abc'"),
+        (
+            "optimizer.lr=abc",
+            "optimizer.lr must be a positive number such as 0.001, or auto; got 'abc'",
+        ),
         ("optimizer.lr=0", "optimizer.lr must be a positive number"),
         ("optimizer.lr=nan", "optimizer.lr must be a positive number"),
         ("data.batch_size=0", "data.batch_size must be a positive integer; got 0"),
