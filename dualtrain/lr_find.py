@@ -232,7 +232,8 @@ def plot(result: dict[str, Any], path: Path) -> None:
     if finite.size:
         # From below the lowest loss to above the first plateau: a diverging end would flatten
         # everything else.
-        low, high = float(finite.min()), float(finite[: int(finite.argmin()) + 1].max())
+        low = float(np.nanmin([finite.min(), *forward]))
+        high = float(finite[: int(finite.argmin()) + 1].max())
         axis.set_ylim(low - 0.1 * (high - low), high + 0.3 * (high - low) + 1e-12)
     title = f"lr_find: {result['recipe']} on {result['backend']}"
     if result["suggestion"] is not None:

@@ -58,8 +58,15 @@ def test_lr_auto_trains_as_a_fresh_run_at_the_suggestion(
     """optimizer.lr=auto (with a schedule) finds the rate, then trains exactly as a run given
     that rate: same losses step by step, the finder's weights and optimizer state left behind."""
     caplog.set_level("INFO", logger="dualtrain")
-    small = ["recipe=mlp", "scheduler=cosine", "trainer.max_steps=4", "trainer.log_every_n_steps=1"]
-    auto = train(make_settings(tmp_path / "auto", *small, "optimizer.lr=auto", "lr_find.steps=40"))
+    small = [
+        "recipe=mlp",
+        "scheduler=cosine",
+        "trainer.max_steps=4",
+        "trainer.log_every_n_steps=1",
+        "trainer.limit_val_batches=1",
+        "logger=[jsonl]",
+    ]
+    auto = train(make_settings(tmp_path / "auto", *small, "optimizer.lr=auto", "lr_find.steps=20"))
     suggestion = auto["lr_find"]["suggestion"]
     assert suggestion == json.loads((tmp_path / "auto" / "lr_find.json").read_text())["suggestion"]
     assert f"suggested learning rate {suggestion:.3g}" in caplog.text
