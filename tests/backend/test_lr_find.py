@@ -40,7 +40,9 @@ def test_suggestion_lies_near_the_recipes_tuned_rate(
     assert not (tmp_path / "checkpoints").exists() and not (tmp_path / "summary.json").exists()
 
     lrs = result["lrs"]
-    assert len(lrs) > 200  # neither diverges before lr 0.05 (step 253 of 300)
+    # measured: cnn ran all 300 steps, mlp stopped at steps 268-276 (lr 0.18-0.27); step 200 is
+    # lr 0.0048, far past the suggestion
+    assert len(lrs) > 200
     # Read back from the float32 variable: 1e-7 relative (float32's unit roundoff is 6e-8).
     np.testing.assert_allclose(lrs, lr_find.rates(1e-7, 1.0, 300)[: len(lrs)], rtol=1e-7)
     (engine,) = engines
