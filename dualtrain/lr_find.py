@@ -7,10 +7,11 @@ train batches in their usual seeded order. Each step's loss is read and smoothed
 exponential moving average (bias-corrected, as Adam's moments are); the sweep stops once the
 smoothed loss exceeds `lr_find.stop_factor` times its lowest value, or turns NaN. The suggestion
 is the rate where the smoothed loss falls fastest per ratio of rates (the steepest descent
-against log lr), past the first tenth of the sweep (an average of few noisy steps) and before
-its lowest point. It reads the same average run forwards and then backwards, which has no lag:
-the forward one trails the losses by about beta / (1 - beta) steps, which moved its steepest
-point up by several times (docs/training.md, "Finding a learning rate").
+against log lr), past the first tenth of the sweep (where the loss barely moves and its noise
+could pass for a descent) and before its lowest point. It reads the same average run forwards
+and then backwards, which has no lag: the forward one trails the losses by about
+beta / (1 - beta) steps, which moved its steepest point up by several times (docs/training.md,
+"Finding a learning rate").
 
 The sweep runs on an engine of its own, built with a constant rate (Keras keeps it in a
 variable, which the tf graph and the torch captured step read at every call: setting it changes
@@ -45,8 +46,9 @@ if TYPE_CHECKING:
 
 log = logging.getLogger("dualtrain")
 
-# The share of the sweep's first steps the suggestion skips: their moving average holds few
-# losses (fastai skips the first tenth too; Lightning the first 10 of 100 steps).
+# The share of the sweep's first steps the suggestion skips: the loss barely moves there, and
+# the forward average, over few steps yet, is noisy (fastai skips the first tenth too; Lightning
+# the first 10 of 100 steps).
 SKIPPED_SHARE = 0.1
 
 

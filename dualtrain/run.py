@@ -25,13 +25,13 @@ from dualtrain.checkpoint import (
     read_checkpoint,
     restore_python_rng,
 )
-from dualtrain.data import load_data
+from dualtrain.data import DataSplits, load_data
 from dualtrain.engines import engine_class, select_backend
 from dualtrain.errors import ConfigError, Interrupted, RunError
 from dualtrain.loading import load_model, model_spec
 from dualtrain.logging import LoggerGroup, create_loggers
 from dualtrain.loop import LoopState, StopRequest, fit
-from dualtrain.recipe import load_recipe
+from dualtrain.recipe import Recipe, load_recipe
 from dualtrain.settings import Settings
 
 if TYPE_CHECKING:
@@ -187,7 +187,7 @@ def _train(
 
 
 def _find_lr(
-    settings: Settings, recipe: Any, data: Any, sources: list[Path], run_dir: Path | None
+    settings: Settings, recipe: Recipe, data: DataSplits, sources: list[Path], run_dir: Path | None
 ) -> tuple[Settings, dict[str, Any]]:
     """optimizer.lr=auto: the settings with the finder's suggestion as optimizer.lr, and what
     summary.json records of it; lr_find.json and lr_find.png go to `run_dir` (None: nowhere)."""
