@@ -156,6 +156,10 @@ def run(settings: Settings, command_for: CommandFor | None = None) -> dict[str, 
 
     if settings.mode == "eval":
         return jobs.evaluate(settings)
+    if settings.mode == "lr_find":
+        from dualtrain import lr_find
+
+        return lr_find.run(settings)
     if settings.mode == "export" and settings.export.worker:
         return export.run_worker(settings)
     if settings.mode == "parity" and settings.parity.worker:

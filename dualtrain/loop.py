@@ -141,7 +141,7 @@ def _fit(
         # debug=overfit: the same batches (epoch 0's first ones) every epoch.
         order = 0 if trainer.overfit_batches else epoch
         batches = itertools.islice(engine.train_batches(order), num_batches)
-        groups = itertools.islice(_groups(batches, trainer.grad_accum_steps), skip, None)
+        groups = itertools.islice(step_groups(batches, trainer.grad_accum_steps), skip, None)
         # backend.steps_per_execution: several steps per engine call, ending at its multiples, so
         # logging and saving (at multiples of it too) see the state after the step they name.
         per_call = engine.settings.backend.steps_per_execution
@@ -229,7 +229,7 @@ def _chunk_size(state: LoopState, trainer: TrainerSettings, per_call: int) -> in
     return max(size, 0)
 
 
-def _groups(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
+def step_groups(batches: Iterable[Batch], size: int) -> Iterator[list[Batch]]:
     """Consecutive batches in lists of `size` (the last may be shorter): one optimizer step each."""
     iterator = iter(batches)
     while group := list(itertools.islice(iterator, size)):

@@ -25,13 +25,13 @@ from dualtrain.checkpoint import (
     read_checkpoint,
     restore_python_rng,
 )
-from dualtrain.data import load_data
+from dualtrain.data import DataSplits, load_data
 from dualtrain.engines import engine_class, select_backend
 from dualtrain.errors import ConfigError, Interrupted, RunError
 from dualtrain.loading import load_model, model_spec
 from dualtrain.logging import LoggerGroup, create_loggers
 from dualtrain.loop import LoopState, StopRequest, fit
-from dualtrain.recipe import load_recipe
+from dualtrain.recipe import Recipe, load_recipe
 from dualtrain.settings import Settings
 
 if TYPE_CHECKING:
@@ -100,6 +100,7 @@ def _train(
     stop.step = lambda: state.step
     status = "failed"
     engine = None
+    found = None  # optimizer.lr=auto: what the finder found
     try:
         # In the try: a signal while they start (TensorBoard's import) still ends in a summary.
         if rank0:
@@ -110,6 +111,8 @@ def _train(
         data = load_data(settings.data, settings.seed, task=settings.recipe.task)
         select_backend(settings.backend.name)
         recipe = load_recipe(settings.recipe)
+        if settings.optimizer.lr == "auto":
+            settings, found = _find_lr(settings, recipe, data, sources, run_dir if writes else None)
         engine = engine_class(settings.backend.name, _strategy(settings))(settings, recipe, data)
         log.info(
             "training %s on %s (jit_compile=%s): %s, run dir %s",
@@ -182,6 +185,7 @@ def _train(
             "distributed": engine.distributed_info() if engine is not None else None,
             "seed": settings.seed,
             "versions": _versions(settings.backend.name),
+            "lr_find": found,
         }
         try:
             if writes:
@@ -192,6 +196,33 @@ def _train(
             if status == "completed":
                 raise
     return summary
+
+
+def _find_lr(
+    settings: Settings, recipe: Recipe, data: DataSplits, sources: list[Path], run_dir: Path | None
+) -> tuple[Settings, dict[str, Any]]:
+    """optimizer.lr=auto: the settings with the finder's suggestion as optimizer.lr, and what
+    summary.json records of it; lr_find.json and lr_find.png go to `run_dir` (None: nowhere)."""
+    from dualtrain import lr_find
+
+    result = lr_find.find(settings, recipe, data, _weights_from(sources))
+    if run_dir is not None:
+        lr_find.write(run_dir, result)
+    lr = lr_find.suggested(result)
+    log.info("optimizer.lr=auto: training with the finder's suggested learning rate %.3g", lr)
+    found = {k: result[k] for k in ("suggestion", "suggestion_step", "stopped_early", "settings")}
+    return dataclasses.replace(
+        settings, optimizer=dataclasses.replace(settings.optimizer, lr=lr)
+    ), found
+
+
+def init_weights(settings: Settings) -> Callable[[Engine], None]:
+    """What readies a fresh engine for a run that trains from scratch: init_from's weights."""
+    return _weights_from(_checkpoint_sources(settings))
+
+
+def _weights_from(sources: list[Path]) -> Callable[[Engine], None]:
+    return lambda engine: _load_checkpoint(engine, LoopState(), sources, weights_only=True)
 
 
 def evaluate(settings: Settings) -> dict[str, Any]:

@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from dualtrain.errors import ConfigError
 
 BACKENDS = ("torch", "tf")
-MODES = ("train", "eval", "export", "parity")
+MODES = ("train", "eval", "export", "parity", "lr_find")
 JIT_CHOICES = ("auto", "true", "false")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "step", "cosine", "warmup_cosine")
@@ -307,10 +307,21 @@ class DataSettings:
     )
 
 
+def _lr(value: Any, label: str) -> float | str:
+    if value == "auto":
+        return "auto"
+    if _number(value) is None:  # not a number at all: say that auto is one of the choices
+        raise ConfigError(
+            f"{label} must be a positive number such as 0.001, or auto; got {value!r}"
+        )
+    return float(positive(value, label))
+
+
 @dataclass(frozen=True)
 class OptimizerSettings:
     name: str = field(metadata=key(choice(OPTIMIZERS), "optimizer"))
-    lr: float = field(metadata=key(positive))
+    # or auto: the learning-rate finder's suggestion (lr_find.*), found before training
+    lr: float | str = field(metadata=key(_lr))
     params: dict[str, Any] = field(default_factory=dict)  # other keyword arguments of the optimizer
 
 
@@ -497,6 +508,25 @@ class ProfileSettings:
     steps: tuple[int, int] | None = field(default=None, metadata=key(_profile_steps))
 
 
+@dataclass(frozen=True)
+class LrFindSettings:
+    """mode=lr_find and optimizer.lr=auto: a learning-rate range test, one optimizer step per
+    rate, from min_lr to max_lr in equal ratios (docs/training.md, "Finding a learning rate")."""
+
+    min_lr: float = field(default=1e-7, metadata=key(positive))
+    max_lr: float = field(default=1.0, metadata=key(positive))
+    # optimizer steps (rates) in the sweep; the suggestion skips the first tenth
+    steps: int = field(default=300, metadata=key(integer(20)))
+    # the loss is smoothed by an exponential moving average with this factor
+    smoothing: float = field(
+        default=0.98, metadata=key(number(lambda v: 0 <= v < 1, "a number in [0, 1)"))
+    )
+    # stop once the smoothed loss exceeds this many times its lowest value (null: never)
+    stop_factor: float | None = field(
+        default=4.0, metadata=key(optional(number(lambda v: v > 1, "a number > 1 such as 4")))
+    )
+
+
 _T = TypeVar("_T")
 
 
@@ -515,7 +545,7 @@ class Settings:
     logger: LoggerSettings
     checkpoint: CheckpointSettings
     run_dir: Path
-    # train | eval | export | parity
+    # train | eval | export | parity | lr_find
     mode: str = field(default="train", metadata=key(choice(MODES)))
     seed: int = field(default=0, metadata=key(integer(0)))
     config_yaml: str = ""  # the composed config, kept for checkpoints and logs
@@ -525,6 +555,7 @@ class Settings:
     callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)
     export: ExportSettings = field(default_factory=ExportSettings)
     profile: ProfileSettings = field(default_factory=ProfileSettings)
+    lr_find: LrFindSettings = field(default_factory=LrFindSettings)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], run_dir: Path, config_yaml: str = "") -> Settings:
@@ -549,7 +580,9 @@ class Settings:
         optimizer = _section(cfg, "optimizer")
         trainer = _section(cfg, "trainer")
         logger = _section(cfg, "logger")
-        for name in ("backend", "recipe", "trainer", "logger", "checkpoint", "parity", "export"):
+        for name in (
+            "backend", "recipe", "trainer", "logger", "checkpoint", "parity", "export", "lr_find"
+        ):  # fmt: skip
             check_keys(name, _section(cfg, name))
         check_keys("profile", _section(cfg, "profile"))
         # Each option of the logger group sets `<name>: true`; several can be chosen at once.
@@ -571,6 +604,7 @@ class Settings:
             parity=_build(ParitySettings, _section(cfg, "parity"), "parity"),
             export=_build(ExportSettings, _section(cfg, "export"), "export"),
             profile=_build(ProfileSettings, _section(cfg, "profile"), "profile"),
+            lr_find=_build(LrFindSettings, _section(cfg, "lr_find"), "lr_find"),
         )
         _check_rules(settings)
         return settings
@@ -668,6 +702,7 @@ def _check_rules(s: Settings) -> None:
             "mode=parity builds its own initial weights and gives them to both backends; "
             "drop checkpoint.path and init_from"
         )
+    _check_lr_find_rules(s)
     if s.checkpoint.path and s.checkpoint.init_from:
         raise ConfigError(
             "checkpoint.path (resume everything) and init_from (weights only) exclude each other"
@@ -710,6 +745,30 @@ def _check_rules(s: Settings) -> None:
         raise ConfigError(
             "logger.histograms_every needs the tensorboard logger; choose it too, e.g. "
             "logger=[jsonl,console,tensorboard]"
+        )
+
+
+def _check_lr_find_rules(s: Settings) -> None:
+    finds = s.mode == "lr_find" or (s.optimizer.lr == "auto" and s.mode == "train")
+    if s.lr_find.min_lr >= s.lr_find.max_lr:
+        raise ConfigError(
+            f"lr_find.min_lr={s.lr_find.min_lr:g} must be below lr_find.max_lr={s.lr_find.max_lr:g}"
+        )
+    if s.mode == "parity" and s.optimizer.lr == "auto":
+        raise ConfigError(
+            "mode=parity compares both backends at one learning rate, and optimizer.lr=auto would "
+            "find one per backend; find it with mode=lr_find and set optimizer.lr=<suggestion>"
+        )
+    if finds and (s.checkpoint.path or s.checkpoint.resume):
+        what = "mode=lr_find" if s.mode == "lr_find" else "optimizer.lr=auto"
+        raise ConfigError(
+            f"{what} starts from fresh (or init_from) weights, not from checkpoint.path or "
+            "checkpoint.resume; to continue a run, set optimizer.lr to the rate it trained with"
+        )
+    if finds and s.backend.strategy != "none":
+        raise ConfigError(
+            "the learning-rate finder runs in one process; drop backend.strategy, or find the "
+            "rate with mode=lr_find first and set optimizer.lr=<suggestion>"
         )
 
 
@@ -775,6 +834,7 @@ _SECTIONS: dict[str, tuple[type, tuple[str, ...], tuple[str, ...]]] = {
     "parity": (ParitySettings, (), ()),
     "export": (ExportSettings, (), ()),
     "profile": (ProfileSettings, (), ()),
+    "lr_find": (LrFindSettings, (), ()),
 }
 
 
@@ -811,6 +871,7 @@ def config_defaults() -> dict[str, Any]:
     config["parity"] = _defaults_of(ParitySettings)
     config["export"] = _defaults_of(ExportSettings)
     config["profile"] = _defaults_of(ProfileSettings)
+    config["lr_find"] = _defaults_of(LrFindSettings)
     return config
 
 

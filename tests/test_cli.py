@@ -82,11 +82,14 @@ def test_help_copies_the_config_repository_once() -> None:
     "override,message",
     [
         ("optimizer.lr=-0.1", "optimizer.lr must be a positive number such as 0.001; got -0.1"),
-        ("optimizer.lr=fast", "optimizer.lr must be a positive number such as 0.001; got 'fast'"),
+        (
+            "optimizer.lr=fast",
+            "optimizer.lr must be a positive number such as 0.001, or auto; got 'fast'",
+        ),
         ("data.batch_size=0", "data.batch_size must be a positive integer; got 0"),
         ("trainer.max_epochs=-2", "trainer.max_epochs must be a positive integer; got -2"),
         ("backend.jit_compile=sometimes", "backend.jit_compile must be one of auto, true, false"),
-        ("mode=predict", "mode must be one of train, eval, export, parity; got 'predict'"),
+        ("mode=predict", "mode must be one of train, eval, export, parity, lr_find; got 'predict'"),
         (
             "mode=export",
             "mode=export needs checkpoint.path=<run directory or checkpoint directory>",

@@ -90,7 +90,10 @@ def test_python_data_requires_a_source() -> None:
     "override,message",
     [
         ("optimizer.lr=-1", "optimizer.lr must be a positive number such as 0.001; got -1"),
-        ("optimizer.lr=abc", "optimizer.lr must be a positive number such as 0.001; got 'abc'"),
+        (
+            "optimizer.lr=abc",
+            "optimizer.lr must be a positive number such as 0.001, or auto; got 'abc'",
+        ),
         ("optimizer.lr=0", "optimizer.lr must be a positive number"),
         ("optimizer.lr=nan", "optimizer.lr must be a positive number"),
         ("data.batch_size=0", "data.batch_size must be a positive integer; got 0"),
@@ -102,10 +105,29 @@ def test_python_data_requires_a_source() -> None:
             "backend.jit_compile=maybe",
             "backend.jit_compile must be one of auto, true, false; got 'maybe'",
         ),
-        ("mode=bogus", "mode must be one of train, eval, export, parity; got 'bogus'"),
         ("profile.steps=[0,3]", "profile.steps must be [first, last], two optimizer step numbers"),
         ("profile.steps=[5,2]", "counted from 1 (as metrics.jsonl counts them) with first <= last"),
         ("profile.steps=7", "e.g. profile.steps=[10,15]; got 7"),
+        ("mode=bogus", "mode must be one of train, eval, export, parity, lr_find; got 'bogus'"),
+        (
+            "mode=parity optimizer.lr=auto",
+            "mode=parity compares both backends at one learning rate, and optimizer.lr=auto",
+        ),
+        (
+            "optimizer.lr=auto checkpoint.resume=auto",
+            "optimizer.lr=auto starts from fresh (or init_from) weights, not from checkpoint.path",
+        ),
+        (
+            "mode=lr_find backend=tf backend.strategy=mirrored",
+            "the learning-rate finder runs in one process; drop backend.strategy",
+        ),
+        (
+            "lr_find.min_lr=0.1 lr_find.max_lr=0.01",
+            "lr_find.min_lr=0.1 must be below lr_find.max_lr=0.01",
+        ),
+        ("lr_find.steps=5", "lr_find.steps must be an integer >= 20; got 5"),
+        ("lr_find.smoothing=1", "lr_find.smoothing must be a number in [0, 1); got 1"),
+        ("lr_find.stop_factor=1", "lr_find.stop_factor must be a number > 1 such as 4; got 1"),
         (
             "mode=export",
             "mode=export needs checkpoint.path=<run directory or checkpoint directory>",
@@ -230,3 +252,12 @@ def test_distribution_defaults_and_choices() -> None:
     assert settings("backend=tf", "backend.strategy=multi_worker").backend.strategy == (
         "multi_worker"
     )
+
+
+def test_lr_auto_and_the_finders_defaults() -> None:
+    s = settings("optimizer.lr=auto", "scheduler=cosine")
+    assert s.optimizer.lr == "auto"
+    # fastai's first rate, Lightning's last, their smoothing and stop; 300 steps, not their 100
+    # (docs/training.md, "Finding a learning rate")
+    assert (s.lr_find.min_lr, s.lr_find.max_lr, s.lr_find.steps) == (1e-7, 1.0, 300)
+    assert (s.lr_find.smoothing, s.lr_find.stop_factor) == (0.98, 4.0)

@@ -165,6 +165,12 @@ class TrainingState:
 
     # -- between steps ---------------------------------------------------------------------------
 
+    def set_learning_rate(self, lr: float) -> None:
+        """Every optimizer's rate, for optimizers built with a constant one: Keras keeps it in a
+        variable, which the steps read at every call (lr_find changes it between steps)."""
+        for optimizer in self.optimizers:
+            optimizer.learning_rate = lr
+
     def start_at(self, step: int) -> None:
         """Sets the step counter the non-finite record names steps by (after a resume)."""
         self.steps_run.assign(step)
@@ -376,7 +382,12 @@ def _first_line(err: Exception) -> str:
 def _phase_optimizer(settings: OptimizerSettings, options: dict[str, Any]) -> OptimizerSettings:
     """The `optimizer` config with a phase's own options over it."""
     options = dict(options)
-    lr = float(options.pop("lr", settings.lr))
+    lr = options.pop("lr", settings.lr)
+    if lr == "auto":
+        # run.train puts the finder's suggestion here before it builds an engine; a job that
+        # trains nothing (eval, an export worker) never steps the optimizer: Keras's default.
+        lr = 0.001
+    lr = float(lr)
     return dataclasses.replace(settings, lr=lr, params={**settings.params, **options})
 
 
@@ -398,7 +409,7 @@ def make_optimizer(
     naming = {"name": name} if name else {}
     try:
         return cls(
-            learning_rate=learning_rate(settings.lr, scheduler, total_steps),
+            learning_rate=learning_rate(float(settings.lr), scheduler, total_steps),
             **clipping,
             **naming,
             **settings.params,
