@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pytest
 
-from tests.conftest import REPO, TINY, probe_cli, read_jsonl, run_cli
+from tests.conftest import REPO, TINY, probe_cli, read_jsonl, readme_recipe_example, run_cli
 
 
 def test_import_dualtrain_imports_no_framework() -> None:
@@ -227,16 +227,6 @@ def test_failure_at_run_time_is_one_line_exit_1_and_summary_records_it(tmp_path:
     assert "expected class indices 0..num_classes-1" in result.stderr
     assert "Traceback" not in result.stderr
     assert json.loads((run_dir / "summary.json").read_text())["status"] == "failed"
-
-
-def readme_recipe_example() -> tuple[str, str]:
-    """The YAML and the Python of README's "Your own recipe": the test runs what users read."""
-    section = (
-        (REPO / "README.md").read_text().split("## Your own recipe", 1)[1].split("\n## ", 1)[0]
-    )
-    (yaml,) = re.findall(r"```yaml\n(.+?)```", section, flags=re.S)
-    (python,) = re.findall(r"```python\n(.+?)```", section, flags=re.S)
-    return yaml, python
 
 
 @pytest.mark.slow
