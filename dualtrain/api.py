@@ -238,7 +238,7 @@ _ERROR = "dualtrain: error: "
 def _run_in_new_process(command: list[str]) -> None:
     """Runs `python -m dualtrain ...`, its output (stdout and stderr, in order) shown on this
     process's stdout as it comes; its `dualtrain: error:` line becomes the exception's message
-    (ConfigError for exit code 2, RunError otherwise)."""
+    (ConfigError for exit code 2, RunError otherwise: an interrupted run's included)."""
     child = subprocess.Popen(
         command,
         stdout=subprocess.PIPE,
@@ -250,14 +250,14 @@ def _run_in_new_process(command: list[str]) -> None:
         # process only, which passes one SIGINT on: the run stops after its step and saves.
         start_new_session=True,
     )
-    error = None
+    error, interrupted = None, False
     try:
         try:
             error = _show_output(child)
         except KeyboardInterrupt:
+            interrupted = True
             child.send_signal(signal.SIGINT)
-            _show_output(child)
-            raise
+            error = _show_output(child)
     finally:
         if child.poll() is None:  # a second interrupt, or an error here
             child.kill()
@@ -267,6 +267,8 @@ def _run_in_new_process(command: list[str]) -> None:
     if child.returncode != 0:
         message = error or f"{shlex.join(command)} exited with code {child.returncode}"
         raise (ConfigError if child.returncode == 2 else RunError)(message)
+    if interrupted:  # the run had ended before the signal
+        raise KeyboardInterrupt
 
 
 def _show_output(child: subprocess.Popen[str]) -> str | None:

@@ -102,15 +102,27 @@ def compose_job(
     Raises:
         ConfigError: with the command line's one line, for what Hydra refuses too.
     """
-    from hydra import compose, initialize_config_module
-    from hydra.core.global_hydra import GlobalHydra
-
-    overrides = list(overrides)
     if config_dir is not None and not Path(config_dir).is_dir():
         raise ConfigError(
             f"config_dir={config_dir} is not a directory; give the directory that holds your "
             "recipe/ folder, as for --config-dir"
         )
+    try:
+        return _composed(list(overrides), config_dir)
+    except ConfigError:
+        raise
+    except Exception as err:
+        message, code = config_errors.describe(err)
+        if code != 2:
+            raise  # not a config mistake: the caller gets the traceback
+        raise ConfigError(message) from err
+
+
+def _composed(overrides: list[str], config_dir: str | Path | None) -> tuple[DictConfig, DictConfig]:
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    # What the command line checks before Hydra parses it (config_errors.hydra_errors_raised).
     config_errors.check_overrides(overrides)
     config_errors.check_optional_group_options(
         overrides, _PACKAGE_CONFIGS, None if config_dir is None else str(config_dir)
@@ -126,19 +138,12 @@ def compose_job(
     try:
         with initialize_config_module("dualtrain.configs", version_base="1.3"):
             cfg = compose("train", overrides=overrides, return_hydra_config=True)
-        hydra_cfg = cfg.hydra
-        hydra_cfg.runtime.output_dir = str(Path(str(hydra_cfg.run.dir)).absolute())
-    except ConfigError:
-        raise
-    except Exception as err:
-        message, code = config_errors.describe(err)
-        if code != 2:
-            raise  # not a config mistake: the caller gets the traceback
-        raise ConfigError(message) from err
     finally:  # (initialize_config_module has put back an instance of its own by now)
         if outer is not None:
             GlobalHydra.instance().clear()
             GlobalHydra.instance().initialize(outer)
+    hydra_cfg = cfg.hydra
+    hydra_cfg.runtime.output_dir = str(Path(str(hydra_cfg.run.dir)).absolute())
     job = copy.deepcopy(cfg)
     with open_dict(job):
         del job["hydra"]
