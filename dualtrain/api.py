@@ -107,7 +107,9 @@ def evaluate(
     either backend) on `backend`: `python -m dualtrain mode=eval checkpoint.path=CHECKPOINT`.
     Returns eval.json's content (`metrics`, `checkpoint_step`, ...); other arguments as `fit`'s.
     """
-    given = [f"checkpoint.path={_quoted(str(checkpoint))}", *overrides]
+    from dualtrain.cli import quoted
+
+    given = [f"checkpoint.path={quoted(str(checkpoint))}", *overrides]
     _, result = _run_job(
         ["mode=eval", *_choices(None, backend, given)], "eval", run_dir, config_dir, in_process
     )
@@ -189,12 +191,6 @@ def _fresh_run_dir(hydra_cfg: DictConfig) -> Path:
 
 def _set_run_dir(hydra_cfg: DictConfig, path: Path) -> None:
     hydra_cfg.run.dir = hydra_cfg.runtime.output_dir = str(path.absolute())
-
-
-def _quoted(value: str) -> str:
-    from dualtrain.cli import quoted
-
-    return quoted(value)
 
 
 @contextlib.contextmanager
