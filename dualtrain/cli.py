@@ -1,16 +1,19 @@
 """The command line: Hydra composes the config; dualtrain validates it, picks the backend, runs.
 
-This is the only module that sees Hydra. Nothing here imports torch, tensorflow or Keras, so
-`python -m dualtrain --help` and config errors stay fast and framework-free.
+This is the only module that sees Hydra (dualtrain.api, the Python API, composes through it).
+Nothing here imports torch, tensorflow or Keras, so `python -m dualtrain --help` and config
+errors stay fast and framework-free.
 """
 
 from __future__ import annotations
 
+import copy
 import json
 import os
 import subprocess
 import sys
 import traceback
+from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, NoReturn
 
@@ -64,26 +67,9 @@ def _hydra_main(cfg: DictConfig) -> float | None:
     if hydra_cfg.mode == RunMode.MULTIRUN:
         # A process holds one Keras backend, so every job of a sweep runs in a process of its own.
         return _run_job_in_new_process(hydra_cfg, cfg)
-    _add_user_config_dirs_to_path(hydra_cfg)
     try:
-        # As typed: an override may hold ${...}, which is not to be resolved here.
-        typed: Any = OmegaConf.to_container(hydra_cfg.overrides.task)
-        overrides = [str(o) for o in typed]
-        cfg = _model_from_checkpoint(cfg, overrides)
-        settings = settings_from_config(cfg, Path(hydra_cfg.runtime.output_dir))
-        # Nothing is written before the run directory is this run's (hydra.output_subdir=null:
-        # .hydra/ is written here, not by Hydra before the config is even checked).
-        if rundir.claims(settings):
-            rundir.claim(settings)
-            rundir.write_hydra_files(
-                settings.run_dir,
-                cfg,
-                OmegaConf.create({"hydra": hydra_cfg}),
-                overrides,
-            )
-        result = run(settings, command_for=lambda overrides, run_dir: _job_command(
-            hydra_cfg, overrides, run_dir
-        ))  # fmt: skip
+        settings = prepare_job(cfg, hydra_cfg)
+        result = run(settings, command_for=commands_for(hydra_cfg))
     except DualtrainError as err:
         if os.environ.get("HYDRA_FULL_ERROR") == "1":  # asked for: the chain, then the line
             traceback.print_exception(err)
@@ -104,6 +90,97 @@ def _hydra_main(cfg: DictConfig) -> float | None:
             raise
         _exit_with(f"{type(err).__name__}: {err} (set HYDRA_FULL_ERROR=1 for the traceback)", 1)
     return monitored_value(result, settings.checkpoint.monitor)
+
+
+def compose_job(
+    overrides: Sequence[str], config_dir: str | Path | None = None
+) -> tuple[DictConfig, DictConfig]:
+    """The config that `python -m dualtrain [--config-dir DIR] OVERRIDES` runs, composed with
+    Hydra's compose API (for `dualtrain.fit` in a notebook), and its `hydra` node, as the command
+    line's job sees it: `runtime.output_dir` is the run directory, absolute.
+
+    Raises:
+        ConfigError: with the command line's one line, for what Hydra refuses too.
+    """
+    if config_dir is not None and not Path(config_dir).is_dir():
+        raise ConfigError(
+            f"config_dir={config_dir} is not a directory; give the directory that holds your "
+            "recipe/ folder, as for --config-dir"
+        )
+    try:
+        return _composed(list(overrides), config_dir)
+    except ConfigError:
+        raise
+    except Exception as err:
+        message, code = config_errors.describe(err)
+        if code != 2:
+            raise  # not a config mistake: the caller gets the traceback
+        raise ConfigError(message) from err
+
+
+def _composed(overrides: list[str], config_dir: str | Path | None) -> tuple[DictConfig, DictConfig]:
+    from hydra import compose, initialize_config_module
+    from hydra.core.global_hydra import GlobalHydra
+
+    # What the command line checks before Hydra parses it (config_errors.hydra_errors_raised).
+    config_errors.check_overrides(overrides)
+    config_errors.check_optional_group_options(
+        overrides, _PACKAGE_CONFIGS, None if config_dir is None else str(config_dir)
+    )
+    if config_dir is not None:  # what --config-dir does, in the compose API's terms
+        overrides.append(f"hydra.searchpath=[{quoted(f'file://{Path(config_dir).resolve()}')}]")
+    # Each call names its run directory by its own time, not by the first call's.
+    distributed.register_shared_now()
+    # Hydra allows one initialization per process: one the caller made is set aside, and back after.
+    global_hydra = GlobalHydra.instance()
+    outer = global_hydra.hydra if global_hydra.is_initialized() else None
+    global_hydra.clear()
+    try:
+        with initialize_config_module("dualtrain.configs", version_base="1.3"):
+            cfg = compose("train", overrides=overrides, return_hydra_config=True)
+    finally:  # (initialize_config_module has put back an instance of its own by now)
+        if outer is not None:
+            GlobalHydra.instance().clear()
+            GlobalHydra.instance().initialize(outer)
+    hydra_cfg = cfg.hydra
+    hydra_cfg.runtime.output_dir = str(Path(str(hydra_cfg.run.dir)).absolute())
+    job = copy.deepcopy(cfg)
+    with open_dict(job):
+        del job["hydra"]
+    return job, hydra_cfg
+
+
+def prepare_job(cfg: DictConfig, hydra_cfg: Any, claim: bool = True) -> Settings:
+    """The validated settings of a composed job, which runs in `hydra_cfg.runtime.output_dir`.
+
+    Puts the user's config directories on Python's import path (their recipes' modules). With
+    `claim`, claims the run directory for this process (unless another process of the job holds
+    it) and writes `.hydra/` there; nothing is written before the directory is this run's
+    (hydra.output_subdir=null: Hydra does not write .hydra/ before the config is even checked).
+    """
+    _add_user_config_dirs_to_path(hydra_cfg)
+    # As typed: an override may hold ${...}, which is not to be resolved here.
+    typed: Any = OmegaConf.to_container(hydra_cfg.overrides.task)
+    overrides = [str(o) for o in typed]
+    cfg = _model_from_checkpoint(cfg, overrides)
+    settings = settings_from_config(cfg, Path(hydra_cfg.runtime.output_dir))
+    if claim and rundir.claims(settings):
+        rundir.claim(settings)
+        rundir.write_hydra_files(
+            settings.run_dir, cfg, OmegaConf.create({"hydra": hydra_cfg}), overrides
+        )
+    return settings
+
+
+def commands_for(hydra_cfg: Any) -> CommandFor:
+    """How parity and export start their jobs: this job's command line, with their overrides."""
+    return lambda overrides, run_dir: _job_command(hydra_cfg, overrides, run_dir)
+
+
+def job_command(hydra_cfg: Any) -> list[str]:
+    """`python -m dualtrain` with this job's overrides and run directory: the job in a new
+    process, as a multirun starts each of its jobs."""
+    return _job_command(hydra_cfg, [], Path(hydra_cfg.runtime.output_dir))
 
 
 def _model_from_checkpoint(cfg: DictConfig, overrides: list[str]) -> DictConfig:
@@ -221,9 +298,14 @@ def _job_command(hydra_cfg: Any, overrides: list[str], run_dir: Path) -> list[st
         command += ["--config-dir", directory]
     command += [*task, *overrides]
     command += [o for o in hydra_cfg.overrides.hydra if o.startswith("hydra.searchpath")]
-    escaped = str(run_dir).replace("\\", "\\\\").replace("'", "\\'")
-    command.append(f"hydra.run.dir='{escaped}'")
+    command.append(f"hydra.run.dir={quoted(str(run_dir))}")
     return command
+
+
+def quoted(value: str) -> str:
+    """A value quoted for Hydra's override grammar (a path may hold spaces, commas, quotes)."""
+    escaped = value.replace("\\", "\\\\").replace("'", "\\'")
+    return f"'{escaped}'"
 
 
 def _override_key(override: str) -> str:
@@ -232,7 +314,7 @@ def _override_key(override: str) -> str:
 
 def _run_job_in_new_process(hydra_cfg: Any, cfg: DictConfig) -> float | None:
     output_dir = Path(hydra_cfg.runtime.output_dir)
-    code = subprocess.call(_job_command(hydra_cfg, [], output_dir))
+    code = subprocess.call(job_command(hydra_cfg))
     if code != 0:
         sys.exit(code)  # the job already printed its error; stop the sweep as Hydra would
     try:

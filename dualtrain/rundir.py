@@ -78,7 +78,7 @@ def claim(settings: Settings) -> None:
     run_dir = settings.run_dir.resolve()
     if run_dir in _held:
         return  # claimed already by this process (a job that runs a second job in-process)
-    earlier = [name for name in RUN_FILES if _present(run_dir / name)]
+    earlier = earlier_run(run_dir)
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
         handle = open(run_dir / LOCK, "a+", encoding="utf-8")  # noqa: SIM115 (held for life)
@@ -106,6 +106,11 @@ def claim(settings: Settings) -> None:
     handle.write(f"process {os.getpid()}\n")
     handle.flush()
     _held[run_dir] = handle
+
+
+def earlier_run(run_dir: Path) -> list[str]:
+    """What of an earlier run `run_dir` holds (of RUN_FILES); empty for a fresh directory."""
+    return [name for name in RUN_FILES if _present(run_dir / name)]
 
 
 def holds(run_dir: Path) -> bool:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -69,6 +70,16 @@ def probe_cli(
         timeout=timeout,
     )
     return result, json.loads(out.read_text()) if out.is_file() else {}
+
+
+def readme_recipe_example() -> tuple[str, str]:
+    """The YAML and the Python of README's "Your own recipe": the tests run what users read."""
+    section = (
+        (REPO / "README.md").read_text().split("## Your own recipe", 1)[1].split("\n## ", 1)[0]
+    )
+    (yaml,) = re.findall(r"```yaml\n(.+?)```", section, flags=re.S)
+    (python,) = re.findall(r"```python\n(.+?)```", section, flags=re.S)
+    return yaml, python
 
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:

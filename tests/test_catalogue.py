@@ -375,6 +375,7 @@ CHECKS: list[Callable[[Case, Outcome], None]] = [
 def test_case_ids_are_unique() -> None:
     ids = [case.id for case in CASES]
     assert len(ids) == len(set(ids))
+    assert set(PYTHON_CASES) <= set(ids)  # the cases run from Python, below
 
 
 @pytest.mark.parametrize(
@@ -443,3 +444,38 @@ def test_a_bad_input_leaves_an_earlier_run_as_it_was(
 
 def test_the_catalogue_is_large_enough() -> None:
     assert len(CASES) >= 80
+
+
+# -- the same mistakes from Python ----------------------------------------------------------------
+
+
+# One case of each way a config mistake is found before a run starts (Hydra's parser, its
+# options and keys, dualtrain's checks of the override, of the values, of the rules between keys).
+# Those found once the run has started (a data source's) are the command line's own code.
+PYTHON_CASES = (
+    "override-unparsable", "override-without-value", "override-without-key",
+    "group-option-near-miss", "optional-group-option", "key-near-miss-added",
+    "passed-on-key-without-plus-data", "optimizer-key-set-by-dualtrain", "interpolation-missing",
+    "hydra-value", "lr-negative", "mode-unknown", "checkpoint-path-missing",
+)  # fmt: skip
+
+
+@pytest.mark.parametrize("case", [pytest.param(c, id=c.id) for c in CASES if c.id in PYTHON_CASES])
+def test_a_config_mistake_raises_the_command_lines_line_from_python(
+    case: Case, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """dualtrain.fit raises the command line's line as a ConfigError (docs/notebook.md)."""
+    import dualtrain
+    from dualtrain import api, cli
+
+    def reached(*args: Any, **kwargs: Any) -> None:
+        raise AssertionError("the mistake was not found before the run")
+
+    monkeypatch.setattr(cli, "run", reached)  # nothing trains, here or in a new process
+    monkeypatch.setattr(api, "_run_in_new_process", reached)
+    files = tmp_path / "files"
+    overrides = [arg.format(files=files) for arg in case.overrides]
+    with pytest.raises(dualtrain.ConfigError) as raised:
+        dualtrain.fit(overrides=overrides, run_dir=tmp_path / "run")
+    for message in (case.message,) if isinstance(case.message, str) else case.message:
+        assert message.format(files=files) in str(raised.value)

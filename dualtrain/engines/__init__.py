@@ -33,6 +33,14 @@ def running_backend() -> str | None:
     return next((name for name, entry in _ENGINES.items() if entry[0] == current), current)
 
 
+def process_backend() -> str | None:
+    """The backend of this process's Keras: the one it runs, else the one KERAS_BACKEND names
+    (what Keras takes when imported); None when that is none of dualtrain's."""
+    keras = sys.modules.get("keras")
+    keras_name = keras.backend.backend() if keras is not None else os.environ.get("KERAS_BACKEND")
+    return next((name for name, entry in _ENGINES.items() if entry[0] == keras_name), None)
+
+
 def select_backend(name: str, import_framework: bool = True) -> None:
     """Fixes Keras's backend for this process; fails if Keras already runs another one.
 
@@ -113,4 +121,4 @@ def engine_class(name: str, strategy: str = "none") -> type[Engine]:
     return getattr(importlib.import_module(module), cls)
 
 
-__all__ = ["engine_class", "running_backend", "select_backend"]
+__all__ = ["engine_class", "process_backend", "running_backend", "select_backend"]
