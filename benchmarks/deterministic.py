@@ -3,9 +3,11 @@
 Trains each recipe with the frameworks' deterministic kernels on (`trainer.deterministic=true`:
 torch.use_deterministic_algorithms, TensorFlow's op determinism) and off (`false`), each run in its
 own process with one thread (OMP_NUM_THREADS=1), rounds interleaved (on, off, off, on, ...), and
-reads summary.json's steady-state `train_samples_per_sec` (first epoch excluded). Prints a Markdown
-table of the median samples/s and the on / off ratio per round and their median, and writes
-everything to benchmarks/results/deterministic.json (`--out`).
+reads summary.json's steady-state `train_samples_per_sec` (first epoch excluded) and the process's
+CPU seconds (user + system, from the kernel's accounting of the child). On a shared machine the
+CPU time is the steadier figure: other processes lengthen a run's wall time but hardly its CPU
+time. Prints a Markdown table of the medians and the on / off ratios, per round and their median,
+and writes everything to benchmarks/results/deterministic.json (`--out`).
 
     python benchmarks/deterministic.py                       # cnn and char_lm, 3 rounds
     python benchmarks/deterministic.py --recipes cnn --rounds 5 --epochs 4
@@ -16,6 +18,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import resource
 import statistics
 import subprocess
 import sys
@@ -28,8 +31,9 @@ DEFAULT_OUT = REPO_ROOT / "benchmarks" / "results" / "deterministic.json"
 BACKENDS = ("torch", "tf")
 
 
-def run(recipe: str, backend: str, deterministic: bool, epochs: int) -> float:
-    """One training run in its own process; returns its steady-state samples/s."""
+def run(recipe: str, backend: str, deterministic: bool, epochs: int) -> tuple[float, float]:
+    """One training run in its own process; returns its steady-state samples/s and the CPU
+    seconds the process used."""
     with tempfile.TemporaryDirectory() as run_dir:
         command = [
             sys.executable, "-m", "dualtrain", f"recipe={recipe}", f"backend={backend}",
@@ -38,9 +42,12 @@ def run(recipe: str, backend: str, deterministic: bool, epochs: int) -> float:
             "logger=[jsonl]", f"hydra.run.dir={run_dir}",
         ]  # fmt: skip
         env = {**os.environ, "OMP_NUM_THREADS": "1"}
+        before = resource.getrusage(resource.RUSAGE_CHILDREN)
         subprocess.run(command, cwd=REPO_ROOT, check=True, capture_output=True, env=env)
+        after = resource.getrusage(resource.RUSAGE_CHILDREN)
         summary = json.loads((Path(run_dir) / "summary.json").read_text())
-    return float(summary["train_samples_per_sec"])
+    cpu = (after.ru_utime - before.ru_utime) + (after.ru_stime - before.ru_stime)
+    return float(summary["train_samples_per_sec"]), cpu
 
 
 def main() -> None:
@@ -57,31 +64,39 @@ def main() -> None:
             for backend in BACKENDS:
                 # Alternate which goes first, so a drift in the machine's load hits both.
                 for on in (True, False) if round_ % 2 == 0 else (False, True):
-                    rate = run(recipe, backend, on, args.epochs)
+                    rate, cpu = run(recipe, backend, on, args.epochs)
                     runs.append({"round": round_, "recipe": recipe, "backend": backend,
-                                 "deterministic": on, "samples_per_sec": rate})  # fmt: skip
+                                 "deterministic": on, "samples_per_sec": rate,
+                                 "cpu_seconds": cpu})  # fmt: skip
                     print(json.dumps(runs[-1]), file=sys.stderr)
 
     rows = []
-    print("| recipe | backend | samples/s, off | samples/s, on | on / off (median of rounds) |")
-    print("|---|---|---:|---:|---:|")
+    print("| recipe | backend | samples/s, off | samples/s, on | samples/s, on / off | "
+          "CPU seconds, on / off |")  # fmt: skip
+    print("|---|---|---:|---:|---:|---:|")
     for recipe in args.recipes.split(","):
         for backend in BACKENDS:
 
-            def rates(on: bool, recipe: str = recipe, backend: str = backend) -> list[float]:
-                return [r["samples_per_sec"] for r in runs if (r["recipe"], r["backend"],
+            def of(key: str, on: bool, recipe: str = recipe, backend: str = backend) -> list[float]:
+                return [r[key] for r in runs if (r["recipe"], r["backend"],
                         r["deterministic"]) == (recipe, backend, on)]  # fmt: skip
 
-            ratios = [a / b for a, b in zip(rates(True), rates(False), strict=True)]
+            def ratios(key: str) -> list[float]:
+                return [a / b for a, b in zip(of(key, True), of(key, False), strict=True)]
+
+            rate, cpu = ratios("samples_per_sec"), ratios("cpu_seconds")
             row = {
                 "recipe": recipe, "backend": backend,
-                "off": statistics.median(rates(False)), "on": statistics.median(rates(True)),
-                "ratio": statistics.median(ratios), "ratios": ratios,
+                "off": statistics.median(of("samples_per_sec", False)),
+                "on": statistics.median(of("samples_per_sec", True)),
+                "rate_ratio": statistics.median(rate), "rate_ratios": rate,
+                "cpu_ratio": statistics.median(cpu), "cpu_ratios": cpu,
             }  # fmt: skip
             rows.append(row)
             print(
                 f"| {recipe} | {backend} | {row['off']:,.0f} | {row['on']:,.0f} | "
-                f"{row['ratio']:.2f} ({', '.join(f'{r:.2f}' for r in ratios)}) |"
+                f"{row['rate_ratio']:.2f} ({', '.join(f'{r:.2f}' for r in rate)}) | "
+                f"{row['cpu_ratio']:.2f} ({', '.join(f'{r:.2f}' for r in cpu)}) |"
             )
     args.out.parent.mkdir(parents=True, exist_ok=True)
     args.out.write_text(json.dumps({"rows": rows, "runs": runs}, indent=2) + "\n")
