@@ -131,6 +131,24 @@ class TrainingState:
         self.steps_run = keras.Variable(0, name="steps_run", **counter)
         self.nonfinite = keras.Variable(0, name="nonfinite", **counter)
         self.first_nonfinite = keras.Variable(-1, name="first_nonfinite", **counter)
+        # trainer.ema: a moving average of the trainable weights, updated after each step
+        # (update_average). Keras's optimizer EMA (`use_ema`) does the same arithmetic inside
+        # `optimizer.apply`, but per optimizer and counted by its iterations; this one is the
+        # state's, so that it stays one average per step whatever updates the weights (torch's
+        # fused Adam, a captured step, several phases' optimizers, a skipped non-finite step).
+        self.ema_momentum = settings.trainer.ema
+        self.averages = [
+            keras.Variable(
+                # A copy (NumPy): the average must not share the weight's memory.
+                keras.ops.convert_to_numpy(v.value),
+                name=f"average_{i}",
+                trainable=False,
+                aggregation="only_first_replica",
+            )
+            for i, v in enumerate(self.trainable_variables if self.ema_momentum else [])
+        ]
+        # Weight values averaged so far; at 0 the next update takes the weights as they are.
+        self.averaged_steps = keras.Variable(0, name="averaged_steps", **counter)
 
     # -- in the steps ----------------------------------------------------------------------------
 
@@ -163,7 +181,34 @@ class TrainingState:
             metric.reset_state()
         return keras.ops.stack([keras.ops.cast(v, "float64") for v in values])
 
+    def update_average(self, finite: Any) -> None:
+        """After a step's phases: average = m * average + (1 - m) * weight, Keras's arithmetic
+        (`Optimizer._update_model_variables_moving_average`), with m = 0 at the first update as
+        there. `finite` (a boolean tensor, decided on the device) false: the step changed
+        nothing, and neither does this (m = 1 keeps the average: 1 * a + 0 * w is a)."""
+        if not self.averages:
+            return
+        started = keras.ops.cast(self.averaged_steps.value > 0, "float32")
+        momentum = keras.ops.where(finite, started * self.ema_momentum, 1.0)
+        for average, variable in zip(self.averages, self.trainable_variables, strict=True):
+            m = keras.ops.cast(momentum, variable.dtype)
+            average.assign(m * average.value + (1 - m) * variable.value)
+        self.averaged_steps.assign(self.averaged_steps.value + keras.ops.cast(finite, "int64"))
+
     # -- between steps ---------------------------------------------------------------------------
+
+    @contextlib.contextmanager
+    def averaged_weights(self) -> Iterator[None]:
+        """The averaged weights in the model's trainable variables for the block, the raw ones
+        back after it, bit for bit (copies on the device)."""
+        raw = [keras.ops.copy(v.value) for v in self.trainable_variables]
+        try:
+            for variable, average in zip(self.trainable_variables, self.averages, strict=True):
+                variable.assign(average.value)
+            yield
+        finally:
+            for variable, value in zip(self.trainable_variables, raw, strict=True):
+                variable.assign(value)
 
     def start_at(self, step: int) -> None:
         """Sets the step counter the non-finite record names steps by (after a resume)."""
@@ -182,10 +227,26 @@ class TrainingState:
         """Model and optimizer variables as NumPy arrays by Keras variable path."""
         return _arrays(self.model.variables), _arrays(self.optimizer_variables())
 
+    def average_arrays(self) -> tuple[dict[str, np.ndarray], int] | None:
+        """The averaged weights by the path of the weight each averages, and how many values
+        they average; None without trainer.ema."""
+        if not self.averages:
+            return None
+        arrays = {
+            v.path: keras.ops.convert_to_numpy(a.value)
+            for v, a in zip(self.trainable_variables, self.averages, strict=True)
+        }
+        return arrays, int(keras.ops.convert_to_numpy(self.averaged_steps.value))
+
     def restore(
-        self, model: dict[str, np.ndarray], optimizer: dict[str, np.ndarray] | None
+        self,
+        model: dict[str, np.ndarray],
+        optimizer: dict[str, np.ndarray] | None,
+        average: tuple[dict[str, np.ndarray], int] | None = None,
     ) -> None:
         """Assigns saved arrays by variable path; `optimizer=None` restores the weights only.
+        With trainer.ema, `average` (as `average_arrays` returns it) restores the average; None
+        starts it from the restored weights.
 
         Raises:
             RunError: naming the variables that the checkpoint and this model do not share.
@@ -193,6 +254,19 @@ class TrainingState:
         assign_variables(self.model.variables, model, "model")
         if optimizer is not None:
             assign_variables(self.optimizer_variables(), optimizer, "optimizer")
+        if not self.averages:
+            return
+        by_path = {v.path: a for v, a in zip(self.trainable_variables, self.averages, strict=True)}
+        if average is None:
+            for variable, averaged in zip(self.trainable_variables, self.averages, strict=True):
+                averaged.assign(variable.value)
+            # A resume: the restored weights are the average's first value. A warm start
+            # (weights only) counts from zero, as a fresh run does.
+            self.averaged_steps.assign(1 if optimizer is not None else 0)
+            return
+        arrays, steps = average
+        assign_variables(list(by_path.values()), _by_average(arrays, by_path), "average")
+        self.averaged_steps.assign(steps)
 
 
 def _make_augmentation(settings: Settings, data: DataSplits) -> Any:
@@ -476,6 +550,11 @@ def fresh_layer_names() -> Iterator[None]:
     """
     with compat.fresh_object_names():
         yield
+
+
+def _by_average(arrays: dict[str, np.ndarray], by_path: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Saved averages (by their weight's path) renamed to the average variables' paths."""
+    return {by_path[p].path if p in by_path else p: a for p, a in arrays.items()}
 
 
 def _arrays(variables: list[Any]) -> dict[str, np.ndarray]:
