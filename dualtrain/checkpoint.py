@@ -7,7 +7,7 @@ A checkpoint is a directory:
     trainer.json    format, counters, position in the data order, RNG states, metrics so far,
                     backend, recipe, composed config, versions
     average.npz     with trainer.ema only: the moving average of each trainable weight, by the
-                    weight's path (trainer.json's `ema`: its momentum and how many steps it holds)
+                    weight's path (trainer.json's `ema`: its momentum)
 
 It is written into a temporary sibling directory and renamed into place, so a reader sees either
 the whole checkpoint or none. Arrays are read with `allow_pickle=False`: a file that needs pickle
@@ -59,12 +59,6 @@ class Checkpoint:
         """The model's arrays; `averaged`: the trainable weights replaced by their moving
         average where the run kept one (trainer.ema)."""
         return {**self.model, **(self.average or {})} if averaged else self.model
-
-    def average_state(self) -> tuple[dict[str, np.ndarray], int] | None:
-        """The average and how many steps it holds, as `TrainingState.restore` takes them."""
-        if self.average is None:
-            return None
-        return self.average, int(self.trainer["ema"]["steps"])
 
 
 def write_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
@@ -298,7 +292,7 @@ class Checkpointer(Callback):
 
     def _save(self, engine: Engine, state: LoopState) -> Path:
         model, optimizer = engine.state.checkpoint_arrays()
-        average, averaged_steps = engine.state.average_arrays() or (None, 0)
+        average = engine.state.average_arrays()
         trainer = {
             **self.record,
             "step": state.step,
@@ -312,11 +306,7 @@ class Checkpointer(Callback):
             "train_loss_state": engine.train_loss_state(),
             "python_rng": python_rng_state(),
             "framework_rng": engine.framework_rng_state(),
-            "ema": (
-                None
-                if average is None
-                else {"momentum": engine.state.ema_momentum, "steps": averaged_steps}
-            ),
+            "ema": None if average is None else {"momentum": engine.state.ema_momentum},
         }
         directory = write_checkpoint(
             self.dir / f"step-{state.step:09d}", Checkpoint(model, optimizer, trainer, average)

@@ -232,7 +232,7 @@ def weights_words(checkpoint: Checkpoint, averaged: bool) -> str:
     ema = checkpoint.trainer.get("ema")
     if ema is None:
         return "raw (the run had no trainer.ema)"
-    said = f"trainer.ema={ema['momentum']}, {ema['steps']} steps"
+    said = f"trainer.ema={ema['momentum']}"
     return f"averaged ({said})" if averaged else f"raw (the average, {said}, not used)"
 
 
@@ -321,7 +321,7 @@ def _load_checkpoint(
             engine.state.restore(checkpoint.model, None)
             log.info("initialized the weights from %s", source)
             return
-        engine.state.restore(checkpoint.model, checkpoint.optimizer, checkpoint.average_state())
+        engine.state.restore(checkpoint.model, checkpoint.optimizer, checkpoint.average)
         record = checkpoint.trainer
         if engine.state.averages and checkpoint.average is None:
             log.info("%s has no weight average: trainer.ema starts it from its weights", source)

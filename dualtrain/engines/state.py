@@ -133,9 +133,8 @@ class TrainingState:
         self.first_nonfinite = keras.Variable(-1, name="first_nonfinite", **counter)
         # trainer.ema: a moving average of the trainable weights, updated after each step
         # (update_average). Keras's optimizer EMA (`use_ema`) does the same arithmetic inside
-        # `optimizer.apply`, but per optimizer and counted by its iterations; this one is the
-        # state's, so that it stays one average per step whatever updates the weights (torch's
-        # fused Adam, a captured step, several phases' optimizers, a skipped non-finite step).
+        # `optimizer.apply`; this one is the state's, so that the engines may update the weights
+        # as they do (torch's fused Adam, a captured step, a skipped non-finite step).
         self.ema_momentum = settings.trainer.ema
         self.averages = [
             keras.Variable(
@@ -147,8 +146,17 @@ class TrainingState:
             )
             for i, v in enumerate(self.trainable_variables if self.ema_momentum else [])
         ]
-        # Weight values averaged so far; at 0 the next update takes the weights as they are.
-        self.averaged_steps = keras.Variable(0, name="averaged_steps", **counter)
+        # (strict=False: without trainer.ema there are no averages)
+        average_of = {
+            id(v): a for v, a in zip(self.trainable_variables, self.averages, strict=False)
+        }
+        # Per phase: its (weight, average) pairs, and its optimizer's `iterations` when the
+        # average last moved (a step that did not move them was skipped).
+        self._averaged = [
+            [(v, average_of[id(v)]) for v in variables if id(v) in average_of]
+            for variables in self.phase_variables
+        ]
+        self._averaged_at = [keras.Variable(0, name="averaged_at", **counter) for _ in self.phases]
 
     # -- in the steps ----------------------------------------------------------------------------
 
@@ -181,19 +189,25 @@ class TrainingState:
             metric.reset_state()
         return keras.ops.stack([keras.ops.cast(v, "float64") for v in values])
 
-    def update_average(self, finite: Any) -> None:
-        """After a step's phases: average = m * average + (1 - m) * weight, Keras's arithmetic
-        (`Optimizer._update_model_variables_moving_average`), with m = 0 at the first update as
-        there. `finite` (a boolean tensor, decided on the device) false: the step changed
-        nothing, and neither does this (m = 1 keeps the average: 1 * a + 0 * w is a)."""
+    def update_average(self) -> None:
+        """After a step's phases, for each phase whose optimizer stepped: average = m * average
+        + (1 - m) * weight, with m = 0 at the optimizer's first step: the arithmetic of Keras's
+        `Optimizer._update_model_variables_moving_average`, which runs after each `apply`. A
+        step skipped for a NaN or Inf loss, or by loss scaling (mixed_float16) for an overflow,
+        did not move the optimizer's `iterations`: its m = 1 keeps the average (1 * a + 0 * w)."""
         if not self.averages:
             return
-        started = keras.ops.cast(self.averaged_steps.value > 0, "float32")
-        momentum = keras.ops.where(finite, started * self.ema_momentum, 1.0)
-        for average, variable in zip(self.averages, self.trainable_variables, strict=True):
-            m = keras.ops.cast(momentum, variable.dtype)
-            average.assign(m * average.value + (1 - m) * variable.value)
-        self.averaged_steps.assign(self.averaged_steps.value + keras.ops.cast(finite, "int64"))
+        for optimizer, pairs, at in zip(
+            self.optimizers, self._averaged, self._averaged_at, strict=True
+        ):
+            iterations = optimizer.iterations.value
+            stepped = keras.ops.not_equal(iterations, at.value)
+            started = keras.ops.cast(keras.ops.not_equal(at.value, 0), "float32")
+            momentum = keras.ops.where(stepped, started * self.ema_momentum, 1.0)
+            for variable, average in pairs:
+                m = keras.ops.cast(momentum, variable.dtype)
+                average.assign(m * average.value + (1 - m) * variable.value)
+            at.assign(iterations)
 
     # -- between steps ---------------------------------------------------------------------------
 
@@ -227,22 +241,21 @@ class TrainingState:
         """Model and optimizer variables as NumPy arrays by Keras variable path."""
         return _arrays(self.model.variables), _arrays(self.optimizer_variables())
 
-    def average_arrays(self) -> tuple[dict[str, np.ndarray], int] | None:
-        """The averaged weights by the path of the weight each averages, and how many values
-        they average; None without trainer.ema."""
+    def average_arrays(self) -> dict[str, np.ndarray] | None:
+        """The averaged weights by the path of the weight each averages; None without
+        trainer.ema."""
         if not self.averages:
             return None
-        arrays = {
+        return {
             v.path: keras.ops.convert_to_numpy(a.value)
             for v, a in zip(self.trainable_variables, self.averages, strict=True)
         }
-        return arrays, int(keras.ops.convert_to_numpy(self.averaged_steps.value))
 
     def restore(
         self,
         model: dict[str, np.ndarray],
         optimizer: dict[str, np.ndarray] | None,
-        average: tuple[dict[str, np.ndarray], int] | None = None,
+        average: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Assigns saved arrays by variable path; `optimizer=None` restores the weights only.
         With trainer.ema, `average` (as `average_arrays` returns it) restores the average; None
@@ -256,17 +269,15 @@ class TrainingState:
             assign_variables(self.optimizer_variables(), optimizer, "optimizer")
         if not self.averages:
             return
-        by_path = {v.path: a for v, a in zip(self.trainable_variables, self.averages, strict=True)}
         if average is None:
-            for variable, averaged in zip(self.trainable_variables, self.averages, strict=True):
-                averaged.assign(variable.value)
-            # A resume: the restored weights are the average's first value. A warm start
-            # (weights only) counts from zero, as a fresh run does.
-            self.averaged_steps.assign(1 if optimizer is not None else 0)
-            return
-        arrays, steps = average
-        assign_variables(list(by_path.values()), _by_average(arrays, by_path), "average")
-        self.averaged_steps.assign(steps)
+            average = {
+                v.path: keras.ops.convert_to_numpy(v.value) for v in self.trainable_variables
+            }
+        by_path = {v.path: a for v, a in zip(self.trainable_variables, self.averages, strict=True)}
+        assign_variables(list(by_path.values()), _by_average(average, by_path), "average")
+        # The optimizers' steps so far (none for a warm start): the average goes on from there.
+        for phase_optimizer, at in zip(self.optimizers, self._averaged_at, strict=True):
+            at.assign(phase_optimizer.iterations.value)
 
 
 def _make_augmentation(settings: Settings, data: DataSplits) -> Any:

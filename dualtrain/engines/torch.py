@@ -253,7 +253,7 @@ class TorchEngine(Engine):
             ]:
                 metric.update_state(torch.where(finite, loss, 0.0), sample_weight=weight)
             self.state.record_nonfinite(~finite)
-            self.state.update_average(finite)
+            self.state.update_average()
             self.state.steps_run.assign(self.state.steps_run.value + 1)
         return self._gradients_by_path(all_grads)
 
