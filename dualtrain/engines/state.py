@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
@@ -189,12 +189,13 @@ class TrainingState:
             metric.reset_state()
         return keras.ops.stack([keras.ops.cast(v, "float64") for v in values])
 
-    def update_average(self) -> None:
+    def update_average(self, blend: Blend | None = None) -> None:
         """After a step's phases, for each phase whose optimizer stepped: average = m * average
         + (1 - m) * weight, with m = 0 at the optimizer's first step: the arithmetic of Keras's
         `Optimizer._update_model_variables_moving_average`, which runs after each `apply`. A
         step skipped for a NaN or Inf loss, or by loss scaling (mixed_float16) for an overflow,
-        did not move the optimizer's `iterations`: its m = 1 keeps the average (1 * a + 0 * w)."""
+        did not move the optimizer's `iterations`: its m = 1 keeps the average (1 * a + 0 * w).
+        `blend` does the arithmetic on the variables (an engine's faster form of `blend`)."""
         if not self.averages:
             return
         for optimizer, pairs, at in zip(
@@ -204,9 +205,7 @@ class TrainingState:
             stepped = keras.ops.not_equal(iterations, at.value)
             started = keras.ops.cast(keras.ops.not_equal(at.value, 0), "float32")
             momentum = keras.ops.where(stepped, started * self.ema_momentum, 1.0)
-            for variable, average in pairs:
-                m = keras.ops.cast(momentum, variable.dtype)
-                average.assign(m * average.value + (1 - m) * variable.value)
+            (blend or _blend)(momentum, pairs)
             at.assign(iterations)
 
     # -- between steps ---------------------------------------------------------------------------
@@ -561,6 +560,16 @@ def fresh_layer_names() -> Iterator[None]:
     """
     with compat.fresh_object_names():
         yield
+
+
+# (momentum, [(weight, its average)]) -> None: average = m * average + (1 - m) * weight
+Blend = Callable[[Any, list[tuple[Any, Any]]], None]
+
+
+def _blend(momentum: Any, pairs: list[tuple[Any, Any]]) -> None:
+    for variable, average in pairs:
+        m = keras.ops.cast(momentum, variable.dtype)
+        average.assign(m * average.value + (1 - m) * variable.value)
 
 
 def _by_average(arrays: dict[str, np.ndarray], by_path: dict[str, Any]) -> dict[str, np.ndarray]:
