@@ -3,12 +3,16 @@
 Checkpointing and early stopping are callbacks themselves; a recipe or a user adds their own from
 config, as Hydra-style `_target_` entries of the `callbacks` group:
 
-    # my_recipes/callbacks/print_lr.yaml
-    print_lr:
-      _target_: my_callbacks.PrintLr    # a subclass of dualtrain.callbacks.Callback
-      every: 100                        # keyword arguments of its constructor
+```yaml
+# my_recipes/callbacks/print_lr.yaml
+print_lr:
+  _target_: my_callbacks.PrintLr    # a subclass of dualtrain.callbacks.Callback
+  every: 100                        # keyword arguments of its constructor
+```
 
-    python -m dualtrain --config-dir my_recipes callbacks=[early_stopping,print_lr]
+```bash
+python -m dualtrain --config-dir my_recipes callbacks=[early_stopping,print_lr]
+```
 
 A callback sees the run through `TrainingRun`: the engine (model, optimizer), the loop's state
 (step, epochs, last values) and the logger; it may ask the run to stop after the current epoch.
@@ -34,47 +38,92 @@ if TYPE_CHECKING:
 
 @dataclass
 class TrainingRun:
-    """What a callback sees of the run under way."""
+    """What a callback sees of the run under way.
+
+    Attributes:
+        engine: the engine: the model, its optimizers and the data, on the run's backend.
+        state: the loop's state: global step, epoch, the last logged values.
+        trainer: the `trainer` section of the config.
+        logger: the run's loggers, as one.
+        check_finite: raises if a NaN or Inf loss must stop the run.
+        run_dir: where a callback may write files of its own; None when the run writes nothing
+            (`debug=fast_dev_run`, or a rank other than 0).
+    """
 
     engine: Engine
     state: LoopState
     trainer: TrainerSettings
     logger: Logger
-    check_finite: Callable[[], None]  # raises if a NaN or Inf loss must stop the run
-    # Where a callback may write files of its own; None when the run writes nothing
-    # (debug=fast_dev_run, or a rank other than 0).
+    check_finite: Callable[[], None]
     run_dir: Path | None = None
 
     def stop(self, reason: str) -> None:
-        """Ends training after the current epoch; `reason` goes to the log and summary.json."""
+        """Ends training after the current epoch.
+
+        Args:
+            reason: why, for the log and summary.json.
+        """
         self.state.stop_reason = reason
 
 
 class Callback:
-    """Hooks called by the loop, in this order: train begin, then per epoch: epoch begin, step
-    end after every optimizer step, validation end with the val metrics, epoch end (a complete
-    epoch only); train end at the end, also after Ctrl-C or SIGTERM."""
+    """Hooks called by the loop; a subclass overrides those it needs (the others do nothing).
+
+    The loop calls them in this order: `on_train_begin`; then for each epoch `on_epoch_begin`,
+    `on_step_end` after every optimizer step, `on_validation_end` with the val metrics, and
+    `on_epoch_end` (a complete epoch only); `on_train_end` at the end, also after Ctrl-C or
+    SIGTERM. Each gets the run under way as a `TrainingRun`.
+    """
 
     saves_checkpoints = False  # True for the checkpointer: an interrupted run says it saved
 
     def on_train_begin(self, run: TrainingRun) -> None:
-        pass
+        """Training begins; a resumed run begins at its restored step (`run.state.step`).
+
+        Args:
+            run: the run under way.
+        """
 
     def on_epoch_begin(self, run: TrainingRun, epoch: int) -> None:
-        pass
+        """A train epoch begins.
+
+        Args:
+            run: the run under way.
+            epoch: the epoch, 0-based.
+        """
 
     def on_step_end(self, run: TrainingRun, epoch_ends: bool) -> None:
-        pass
+        """An optimizer step ended; `run.state.step` counts it.
+
+        Args:
+            run: the run under way.
+            epoch_ends: whether it was the epoch's last step.
+        """
 
     def on_validation_end(self, run: TrainingRun, metrics: dict[str, float]) -> None:
-        """Values a callback adds to `metrics` are logged with the val metrics (as `val/<name>`)
-        and recorded in summary.json, as with Keras's `logs`."""
+        """Validation ended.
+
+        Args:
+            run: the run under way.
+            metrics: the val values by name (`loss`, the recipe's metrics). Values a callback
+                adds are logged with them (as `val/<name>`) and recorded in summary.json, as with
+                Keras's `logs`.
+        """
 
     def on_epoch_end(self, run: TrainingRun, epoch: int) -> None:
-        pass
+        """A complete train epoch ended, its validation included.
+
+        Args:
+            run: the run under way.
+            epoch: the epoch, 0-based.
+        """
 
     def on_train_end(self, run: TrainingRun) -> None:
-        pass
+        """Training ended: completed, stopped by a callback, or interrupted by Ctrl-C or SIGTERM.
+
+        Args:
+            run: the run under way.
+        """
 
 
 class EarlyStopping(Callback):
@@ -85,6 +134,9 @@ class EarlyStopping(Callback):
         mode: `min` or `max`: whether lower or higher is better.
         patience: validations without improvement before the run stops.
         min_delta: the least change that counts as an improvement.
+
+    Raises:
+        ConfigError: a `monitor` that is not a val value, or a bad `mode` or `patience`.
     """
 
     def __init__(
@@ -135,10 +187,17 @@ class EarlyStopping(Callback):
 
 
 def create_callbacks(specs: dict[str, dict[str, Any]]) -> list[Callback]:
-    """Builds the callbacks of the `callbacks` config: name -> {_target_: dotted.Class, kwargs}.
+    """Builds the callbacks of the `callbacks` config.
+
+    Args:
+        specs: callback name -> `{"_target_": "package.module.Class", **keyword_arguments}`.
+
+    Returns:
+        The callbacks, in the order of `specs`.
 
     Raises:
-        ConfigError: for a target that cannot be imported or is not a Callback.
+        ConfigError: a target that cannot be imported or is not a `Callback`, or keyword
+            arguments its constructor does not take.
     """
     callbacks = []
     for name, spec in specs.items():

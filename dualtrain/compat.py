@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import importlib
 import inspect
 import logging
 import sys
@@ -690,6 +691,39 @@ def cross_device_ops_name(strategy: Any) -> str:
     return type(extended._cross_device_ops or object()).__name__
 
 
+# -- TensorFlow: reading the profiler's trace (engines/tf_profile.py) ----------------------------
+
+
+@functools.cache
+def _xplane_module() -> Any:
+    name = "tensorflow.tsl.profiler.protobuf.xplane_pb2"
+    try:
+        xplane_pb2 = importlib.import_module(name)
+    except ImportError as err:
+        return f"{name} cannot be imported ({err})"
+    space = getattr(xplane_pb2, "XSpace", None)
+    fields = getattr(getattr(space, "DESCRIPTOR", None), "fields_by_name", {})
+    if "planes" not in fields:
+        return f"{name} has no XSpace with planes"
+    return xplane_pb2
+
+
+def xplane_module() -> ModuleType | None:
+    """The protobuf module of the profiler's `.xplane.pb` files (`XSpace`), or None.
+
+    `tf.profiler.experimental` writes traces but has no public API to read them; TensorFlow
+    ships the generated protobuf module under its private `tsl` tree (TensorBoard's profile
+    plugin reads the same files with its own copy, which dualtrain does not require). Checked
+    once: the module imports and its XSpace has planes. Otherwise None with one info line: the
+    trace is still written for TensorBoard, and profile.md is not.
+    """
+    module = _xplane_module()
+    if isinstance(module, str):
+        _fall_back("xplane_module", "tensorflow", module, "the trace is written, profile.md is not")
+        return None
+    return module
+
+
 # -- Hydra (cli.py, config_errors.py) ------------------------------------------------------------
 
 
@@ -832,3 +866,37 @@ def tensorboard_without_tensorflow() -> bool:
         )
         return False
     return True
+
+
+# -- TensorFlow's op determinism (trainer.deterministic) -----------------------------------------
+
+
+def _tf_determinism_config() -> Any:
+    from tensorflow.python.framework import config
+
+    return config
+
+
+def disable_tf_op_determinism() -> None:
+    """`trainer.deterministic=false` on tf: turns op determinism off for the process.
+
+    TensorFlow's public API only turns it on (`tf.config.experimental.enable_op_determinism`);
+    the switch back is `tensorflow.python.framework.config.disable_op_determinism`, which
+    TensorFlow's own tests use. Missing: one line, and the process keeps the setting it has
+    (off unless something in it turned determinism on).
+    """
+    disable = getattr(_tf_determinism_config(), "disable_op_determinism", None)
+    if disable is None:
+        _fall_back(
+            "disable_tf_op_determinism",
+            "tensorflow",
+            "tensorflow.python.framework.config.disable_op_determinism is missing",
+            "op determinism stays as this process has it",
+        )
+        return
+    disable()
+
+
+def tf_op_determinism_enabled() -> bool:
+    """Whether TensorFlow's op determinism is on (TensorFlow has no public query)."""
+    return bool(_tf_determinism_config().is_op_determinism_enabled())

@@ -225,21 +225,33 @@ def _count(value: Any) -> bool:
 
 
 def load_model(path: str | Path, backend: str | None = None, recipe: str | None = None) -> Any:
-    """The Keras model of a checkpoint, with its weights, for use in Python:
+    """The Keras model of a checkpoint, with its weights, for use in Python.
 
-        from dualtrain.run import load_model
-        classifier = load_model("outputs/cnn/torch/2026-11-24_10-00-00")  # run or checkpoint dir
-        mine = load_model("runs/a", recipe="my_recipes.net")  # a recipe of your own: name it
+    ```python
+    from dualtrain.run import load_model
+    classifier = load_model("outputs/cnn/torch/2026-11-24_10-00-00")  # run or checkpoint dir
+    mine = load_model("runs/a", recipe="my_recipes.net")  # a recipe of your own: name it
+    ```
 
-    A run with trainer.ema gives its averaged weights. The model is rebuilt by its recipe from the
-    checkpoint's `model_spec`, on `backend` (default:
-    the Keras backend this process already runs, else the one that wrote it). No data is read:
+    A run with trainer.ema gives its averaged weights. The model is rebuilt by its recipe
+    from the checkpoint's `model_spec`. No data is read:
     `DataInfo.x_train` is None, so statistics a model keeps (a normalization's mean) must be
     model variables, which the checkpoint restores.
 
     Args:
+        path: a checkpoint directory, or a run directory (its newest checkpoint).
+        backend: `torch` or `tf`; None: the Keras backend this process already runs, else the one
+            that wrote the checkpoint.
         recipe: the recipe's module (`my_recipes.net`) or a shipped recipe's name (`cnn`); needed
             for a recipe that does not ship with dualtrain, whose module is imported only then.
+
+    Returns:
+        The Keras model, on `backend`.
+
+    Raises:
+        ConfigError: `path` holds no checkpoint; or the checkpoint names a recipe module that
+            does not ship with dualtrain and `recipe` does not name it, or another one.
+        RunError: the checkpoint cannot be read or has no valid `model_spec`.
     """
     from dualtrain.engines import running_backend, select_backend
     from dualtrain.recipe import load_recipe

@@ -6,6 +6,7 @@ every `trainer.log_every_n_steps` steps, so values leave the device rarely.
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import logging
 import math
@@ -21,6 +22,7 @@ from dualtrain.callbacks import Callback, TrainingRun
 from dualtrain.errors import Interrupted, RunError
 from dualtrain.logging import Logger
 from dualtrain.plan import batches_per_epoch
+from dualtrain.profiling import StepProfiler
 from dualtrain.settings import TrainerSettings
 
 if TYPE_CHECKING:
@@ -80,8 +82,30 @@ def fit(
     """Trains for `trainer.max_epochs` epochs or `trainer.max_steps` steps; validates each epoch.
 
     `callbacks` (the checkpointer among them) run at the loop's fixed points; one may end training
-    after an epoch (`TrainingRun.stop`). `run_dir`: where callbacks may write (None: nowhere).
+    after an epoch (`TrainingRun.stop`). `run_dir`: where callbacks and the profiler
+    (`profile.steps`) may write (None: nowhere).
     """
+    profiler = StepProfiler(engine, run_dir, state.step)
+    try:
+        _fit(engine, trainer, logger, state, histograms_every, callbacks, stop, run_dir, profiler)
+    except BaseException:
+        with contextlib.suppress(Exception):  # the run's own error is the one to report
+            profiler.close(state.step, failed=True)
+        raise
+    profiler.close(state.step)
+
+
+def _fit(
+    engine: Engine,
+    trainer: TrainerSettings,
+    logger: Logger,
+    state: LoopState,
+    histograms_every: int,
+    callbacks: Sequence[Callback],
+    stop: StopRequest | None,
+    run_dir: Path | None,
+    profiler: StepProfiler,
+) -> None:
     batch_size = engine.settings.data.batch_size
     num_batches = batches_per_epoch(trainer, engine.data.train.num_batches(batch_size))
     steps_per_epoch = math.ceil(num_batches / trainer.grad_accum_steps)
@@ -121,32 +145,39 @@ def fit(
         # backend.steps_per_execution: several steps per engine call, ending at its multiples, so
         # logging and saving (at multiples of it too) see the state after the step they name.
         per_call = engine.settings.backend.steps_per_execution
-        while chunk := list(itertools.islice(groups, _chunk_size(state, trainer, per_call))):
-            engine.train_steps(chunk)
-            for group in chunk:
-                size = sum(engine.batch_size(batch) for batch in group)
-                state.step += 1
-                state.step_in_epoch += 1
-                epoch_samples += size
-                samples_since_log += size
-                unlogged += 1
-                if not after_first_step:
-                    after_first_step = time.perf_counter()
-                    first_batch = size
-                    if state.first_step_at is None:
-                        state.first_step_at = time.time()
-                logger.advance(1)
-                if state.step % trainer.log_every_n_steps == 0:
-                    last_log = _log_train(
-                        engine, trainer, logger, state, epoch, samples_since_log, last_log
-                    )
-                    samples_since_log = unlogged = 0
-                if histograms_every and state.step % histograms_every == 0:
-                    started = time.perf_counter()
-                    logger.log_histograms(engine.histograms(), state.step)
-                    state.logging_seconds += time.perf_counter() - started
-                for callback in callbacks:
-                    callback.on_step_end(run, state.step_in_epoch == steps_per_epoch)
+        while True:
+            # profile.steps: getting the batches, then the rest of the steps, marked apart.
+            count = _chunk_size(state, trainer, per_call)
+            with profiler.input(state.step, count):
+                chunk = list(itertools.islice(groups, count))
+            if not chunk:
+                break
+            with profiler.steps(state.step, len(chunk)):
+                engine.train_steps(chunk)
+                for group in chunk:
+                    size = sum(engine.batch_size(batch) for batch in group)
+                    state.step += 1
+                    state.step_in_epoch += 1
+                    epoch_samples += size
+                    samples_since_log += size
+                    unlogged += 1
+                    if not after_first_step:
+                        after_first_step = time.perf_counter()
+                        first_batch = size
+                        if state.first_step_at is None:
+                            state.first_step_at = time.time()
+                    logger.advance(1)
+                    if state.step % trainer.log_every_n_steps == 0:
+                        last_log = _log_train(
+                            engine, trainer, logger, state, epoch, samples_since_log, last_log
+                        )
+                        samples_since_log = unlogged = 0
+                    if histograms_every and state.step % histograms_every == 0:
+                        started = time.perf_counter()
+                        logger.log_histograms(engine.histograms(), state.step)
+                        state.logging_seconds += time.perf_counter() - started
+                    for callback in callbacks:
+                        callback.on_step_end(run, state.step_in_epoch == steps_per_epoch)
             if stop is not None and stop.signum is not None:
                 if unlogged:
                     _log_train(engine, trainer, logger, state, epoch, samples_since_log, last_log)

@@ -43,10 +43,22 @@ __all__ = ["evaluate", "load_model", "load_trained", "train"]
 
 
 def train(settings: Settings) -> dict[str, Any]:
-    """Trains the recipe on the chosen backend and returns the summary written to summary.json.
+    """Trains the recipe on the chosen backend: what `python -m dualtrain` runs for `mode=train`.
 
     The summary is written whatever happens: `completed`, `interrupted` (Ctrl-C) or `failed`;
-    the exception, if any, is re-raised after it is written.
+    the exception, if any, is re-raised after it is written. Called from Python, it claims the
+    run directory as the command line does.
+
+    Args:
+        settings: the validated config (`Settings.from_config`), its run directory included.
+
+    Returns:
+        The summary, as written to summary.json.
+
+    Raises:
+        ConfigError: a config mistake, e.g. a `checkpoint.path` that holds no checkpoint.
+        RunError: a failure while running (bad data, a recipe that does not fit).
+        Interrupted: Ctrl-C or SIGTERM stopped the run, after a step and a checkpoint.
     """
     # wall_seconds counts from here on both backends: the framework's import included.
     started = time.time()
@@ -183,8 +195,23 @@ def _train(
 
 
 def evaluate(settings: Settings) -> dict[str, Any]:
-    """mode=eval: the val metrics of a checkpoint's weights, on this process's backend, whichever
-    backend wrote the checkpoint. Writes eval.json into the run directory and returns it."""
+    """`mode=eval`: the val metrics of a checkpoint's weights, written to eval.json.
+
+    With `trainer.ema_eval` (the default), the run's moving average of the weights where it
+    kept one (trainer.ema).
+
+    Runs on this process's backend, whichever backend wrote the checkpoint.
+
+    Args:
+        settings: the validated config; `checkpoint.path` names the checkpoint or run directory.
+
+    Returns:
+        What eval.json holds: the backends, the checkpoint and its step, the val sample count, and
+        `metrics` (the val loss and the recipe's metrics by name).
+
+    Raises:
+        ConfigError: the checkpoint was written by another recipe.
+    """
     engine, checkpoint, source = load_trained(settings, averaged=settings.trainer.ema_eval)
     result = {
         "backend": settings.backend.name,
@@ -207,9 +234,20 @@ def evaluate(settings: Settings) -> dict[str, Any]:
 
 
 def load_trained(settings: Settings, averaged: bool = True) -> tuple[Engine, Checkpoint, Path]:
-    """An engine on this process's backend with the weights of `checkpoint.path` (written by
-    either backend), for eval and export; also the checkpoint and its directory. `averaged`:
-    the run's moving average of the weights where it kept one (trainer.ema)."""
+    """An engine with a checkpoint's weights, for eval and export.
+
+    Args:
+        settings: the validated config; `checkpoint.path` names the checkpoint (written by either
+            backend) or its run directory.
+        averaged: the run's moving average of the weights where it kept one (trainer.ema),
+            rather than its weights.
+
+    Returns:
+        The engine on this process's backend, its data loaded; the checkpoint; its directory.
+
+    Raises:
+        ConfigError: the checkpoint was written by another recipe.
+    """
     source = find_checkpoint(Path(str(settings.checkpoint.path)))
     select_backend(settings.backend.name)
     checkpoint = read_checkpoint(source)

@@ -383,6 +383,9 @@ class TrainerSettings:
     ema: float | None = field(default=None, metadata=key(optional(_ema_momentum)))
     # with trainer.ema: validate (and mode=eval) with the averaged weights
     ema_eval: bool = field(default=True, metadata=key(boolean))
+    # true: the frameworks' deterministic kernels (torch.use_deterministic_algorithms, TensorFlow's
+    # op determinism); false: turned off; null: left as the process has them
+    deterministic: bool | None = field(default=None, metadata=key(optional(boolean)))
 
 
 @dataclass(frozen=True)
@@ -477,11 +480,40 @@ class ExportSettings:
     worker: bool = field(default=False, metadata=key(boolean))
 
 
+def _profile_steps(value: Any, label: str) -> tuple[int, int] | None:
+    if value is None:
+        return None
+    steps = tuple(value) if isinstance(value, (list, tuple)) else ()
+    if (
+        len(steps) != 2
+        or any(isinstance(s, bool) or not isinstance(s, int) for s in steps)
+        or not 1 <= steps[0] <= steps[1]
+    ):
+        raise ConfigError(
+            f"{label} must be [first, last], two optimizer step numbers counted from 1 (as "
+            f"metrics.jsonl counts them) with first <= last, e.g. {label}=[10,15]; got {value!r}"
+        )
+    return steps[0], steps[1]
+
+
+@dataclass(frozen=True)
+class ProfileSettings:
+    """Profiler traces of some training steps and <run_dir>/profile.md (docs/profiling.md)."""
+
+    # [first, last]: the optimizer steps to record, both included, counted from 1 (None: off)
+    steps: tuple[int, int] | None = field(default=None, metadata=key(_profile_steps))
+
+
 _T = TypeVar("_T")
 
 
 @dataclass(frozen=True)
 class Settings:
+    """A run's whole config, validated: one frozen dataclass per section of the composed config.
+
+    Made by `from_config` from the config Hydra composed; the command line does that for you.
+    """
+
     backend: BackendSettings
     recipe: RecipeSettings
     data: DataSettings
@@ -499,10 +531,19 @@ class Settings:
     # name -> {"_target_": "package.module.Class", **keyword arguments}
     callbacks: dict[str, dict[str, Any]] = field(default_factory=dict)
     export: ExportSettings = field(default_factory=ExportSettings)
+    profile: ProfileSettings = field(default_factory=ProfileSettings)
 
     @classmethod
     def from_config(cls, cfg: Mapping[str, Any], run_dir: Path, config_yaml: str = "") -> Settings:
-        """Validates a composed config (as a plain dict) and returns the settings.
+        """Validates a composed config and returns the settings.
+
+        Args:
+            cfg: the composed config as a plain dict (`OmegaConf.to_container(cfg, resolve=True)`).
+            run_dir: where the run writes its files.
+            config_yaml: the composed config as YAML, kept for checkpoints and logs.
+
+        Returns:
+            The settings.
 
         Raises:
             ConfigError: naming the first bad key, its value and what would be right.
@@ -517,6 +558,7 @@ class Settings:
         logger = _section(cfg, "logger")
         for name in ("backend", "recipe", "trainer", "logger", "checkpoint", "parity", "export"):
             check_keys(name, _section(cfg, name))
+        check_keys("profile", _section(cfg, "profile"))
         # Each option of the logger group sets `<name>: true`; several can be chosen at once.
         loggers = tuple(name for name in LOGGERS if logger.get(name) is True)
         checkpoint = {**_section(cfg, "checkpoint"), "init_from": cfg.get("init_from")}
@@ -535,6 +577,7 @@ class Settings:
             config_yaml=config_yaml,
             parity=_build(ParitySettings, _section(cfg, "parity"), "parity"),
             export=_build(ExportSettings, _section(cfg, "export"), "export"),
+            profile=_build(ProfileSettings, _section(cfg, "profile"), "profile"),
         )
         _check_rules(settings)
         return settings
@@ -743,6 +786,7 @@ _SECTIONS: dict[str, tuple[type, tuple[str, ...], tuple[str, ...]]] = {
     "checkpoint": (CheckpointSettings, ("init_from",), ()),
     "parity": (ParitySettings, (), ()),
     "export": (ExportSettings, (), ()),
+    "profile": (ProfileSettings, (), ()),
 }
 
 
@@ -778,6 +822,7 @@ def config_defaults() -> dict[str, Any]:
     config["init_from"] = _defaults_of(CheckpointSettings)["init_from"]
     config["parity"] = _defaults_of(ParitySettings)
     config["export"] = _defaults_of(ExportSettings)
+    config["profile"] = _defaults_of(ProfileSettings)
     return config
 
 

@@ -22,6 +22,7 @@ from dualtrain.settings import (
     CheckpointSettings,
     ExportSettings,
     ParitySettings,
+    ProfileSettings,
     RecipeSettings,
     SchedulerSettings,
     Settings,
@@ -69,6 +70,7 @@ def test_tasks_are_exported() -> None:
         ("checkpoint", CheckpointSettings),
         ("parity", ParitySettings),
         ("export", ExportSettings),
+        ("profile", ProfileSettings),
     ],
 )
 def test_the_composed_config_holds_every_key_of_a_section(section: str, cls: type) -> None:

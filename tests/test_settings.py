@@ -103,6 +103,9 @@ def test_python_data_requires_a_source() -> None:
             "backend.jit_compile must be one of auto, true, false; got 'maybe'",
         ),
         ("mode=bogus", "mode must be one of train, eval, export, parity; got 'bogus'"),
+        ("profile.steps=[0,3]", "profile.steps must be [first, last], two optimizer step numbers"),
+        ("profile.steps=[5,2]", "counted from 1 (as metrics.jsonl counts them) with first <= last"),
+        ("profile.steps=7", "e.g. profile.steps=[10,15]; got 7"),
         (
             "mode=export",
             "mode=export needs checkpoint.path=<run directory or checkpoint directory>",

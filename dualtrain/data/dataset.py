@@ -94,14 +94,23 @@ def _take(value: Any, indices: np.ndarray) -> Any:
 
 @dataclass(frozen=True)
 class ArraySpec:
-    """One input or target of the data: its name, the shape and dtype of one sample, and for a
-    target its task and, where that means something, its number of classes (and their names)."""
+    """One input or target of the data.
+
+    Attributes:
+        name: a key of x or y where it is a dict, a position (`"0"`, `"1"`) in a tuple, else
+            `x` or `y`.
+        shape: the shape of one sample, without the batch dimension.
+        dtype: the NumPy dtype's name (`float32`, `int32`, ...).
+        task: for a target, `classification`, `multilabel` or `regression`; None for an input.
+        num_classes: classification: labels 0..n-1; multilabel: n flags; None otherwise.
+        classes: the class names, where the data names them (an image folder's sub-folders).
+    """
 
     name: str
     shape: tuple[int, ...]
     dtype: str
-    task: str | None = None  # targets: classification | multilabel | regression
-    num_classes: int | None = None  # classification: labels 0..n-1; multilabel: n flags
+    task: str | None = None
+    num_classes: int | None = None
     classes: tuple[str, ...] | None = None
 
     def to_json(self) -> dict[str, Any]:
@@ -114,16 +123,23 @@ class DataInfo:
 
     One input and one target (the common case) read as `data.input_shape`, `data.num_classes`
     and `data.classes`; several as `data.input("name")` and `data.target("name")`.
+
+    Attributes:
+        inputs: every input of the model.
+        targets: every target; none for a recipe whose data has no y.
+        x_train: for layers that fit statistics on the train split (e.g. Normalization): the
+            train split's x (an array, Rows on disk, or a dict or tuple of arrays); None when a
+            model is rebuilt from a checkpoint. `dualtrain.data.moments(x_train)` reads an array
+            or Rows.
+        input_kind: how x is structured: `array`, `dict` or `tuple`.
+        target_kind: how y is structured: `array`, `dict`, `tuple` or `none`.
     """
 
     inputs: tuple[ArraySpec, ...]
     targets: tuple[ArraySpec, ...] = ()
-    # For layers that fit statistics on the train split (e.g. Normalization): the train split's
-    # x (an array, Rows on disk, or a dict or tuple of arrays); None when a model is rebuilt from
-    # a checkpoint. `dualtrain.data.moments(x_train)` reads an array or Rows.
     x_train: Any = None
-    input_kind: str = structure.ARRAY  # how x is structured: array | dict | tuple
-    target_kind: str = structure.ARRAY  # how y is structured: array | dict | tuple | none
+    input_kind: str = structure.ARRAY
+    target_kind: str = structure.ARRAY
 
     @classmethod
     def classifier(
@@ -138,9 +154,11 @@ class DataInfo:
         )
 
     def input(self, name: str) -> ArraySpec:
+        """The input named `name` (see `ArraySpec.name`)."""
         return _by_name(self.inputs, name, "input")
 
     def target(self, name: str) -> ArraySpec:
+        """The target named `name` (see `ArraySpec.name`)."""
         return _by_name(self.targets, name, "target")
 
     @property

@@ -182,7 +182,17 @@ class NpyRows(Rows):
 
 
 def moments(x: Any) -> tuple[np.ndarray, np.ndarray]:
-    """Per-feature mean and variance over a split's samples, in memory or read chunk by chunk."""
+    """Per-feature mean and variance over a split's samples, in memory or read chunk by chunk.
+
+    A model builder's statistics (a standardization's mean and variance) from `data.x_train`.
+
+    Args:
+        x: an array (samples first) or Rows on disk (read chunk by chunk).
+
+    Returns:
+        The mean and the variance of each feature, each flattened to one dimension (float64
+        for Rows, the array's dtype for an array).
+    """
     if isinstance(x, np.ndarray):
         flat = x.reshape(len(x), -1)
         return flat.mean(axis=0), flat.var(axis=0)

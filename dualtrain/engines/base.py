@@ -17,6 +17,7 @@ import random
 import sys
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any, ClassVar
 
 import keras
@@ -26,6 +27,7 @@ from dualtrain.data import ArrayDataset, BatchSplit, DataSplits, structure
 from dualtrain.engines.state import TrainingState, number
 from dualtrain.engines.state import targets_or_none as targets
 from dualtrain.engines.targets import update_metrics
+from dualtrain.profiling import Recorder
 from dualtrain.recipe import Phase, Recipe
 from dualtrain.settings import Settings
 
@@ -92,6 +94,8 @@ class Engine(ABC):
             random.seed(settings.seed)
             np.random.seed(settings.seed)
             self._seed_framework(settings.seed)
+            if settings.trainer.deterministic is not None:
+                self._set_determinism(settings.trainer.deterministic)
             self.state = TrainingState(settings, recipe, data)
             # What the steps run: the state's phases and the model's inference pass, which a
             # backend may replace by faster forms of the same (the torch engine captures them).
@@ -140,6 +144,11 @@ class Engine(ABC):
     @abstractmethod
     def _seed_framework(self, seed: int) -> None:
         """Seeds the framework's own RNG."""
+
+    @abstractmethod
+    def _set_determinism(self, on: bool) -> None:
+        """`trainer.deterministic`: the framework's deterministic kernels on or off, for the
+        whole process (both frameworks hold the switch globally)."""
 
     @abstractmethod
     def framework_rng_state(self) -> list[int] | None:
@@ -214,6 +223,11 @@ class Engine(ABC):
     @abstractmethod
     def _eval_step(self, batch: Batch) -> None:
         """Updates `val_loss` and the recipe's metrics with one batch."""
+
+    @abstractmethod
+    def profiler(self, directory: Path) -> Recorder:
+        """The framework's profiler, writing its trace under `directory` (profile.steps:
+        dualtrain/profiling.py)."""
 
     # -- shared ----------------------------------------------------------------------------------
 

@@ -4,13 +4,16 @@ from __future__ import annotations
 
 import contextlib
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
 import tensorflow as tf
 
+from dualtrain import compat
 from dualtrain.data import ArrayDataset, ArraySpec, BatchSplit, DataInfo, Rows, structure
 from dualtrain.engines.base import EAGER_MODE, Batch, Engine, targets
+from dualtrain.profiling import Recorder
 
 # The batch sizes one step is traced for, each a static batch dimension (TensorFlowEngine._trace).
 STATIC_BATCH_SIZES = 4
@@ -30,6 +33,13 @@ class TensorFlowEngine(Engine):
 
     def _seed_framework(self, seed: int) -> None:
         tf.random.set_seed(seed)
+
+    def _set_determinism(self, on: bool) -> None:
+        # TensorFlow has no public switch back off (compat.py).
+        if on:
+            tf.config.experimental.enable_op_determinism()
+        else:
+            compat.disable_tf_op_determinism()
 
     # Keras's Dropout on tf draws from its seed-generator variable, which the checkpoint holds;
     # the steps use no global TF RNG.
@@ -132,6 +142,11 @@ class TensorFlowEngine(Engine):
 
     def _eval_step(self, batch: Batch) -> None:
         self._trace("eval", (1,), [batch], lambda: self._eval_step_impl)(*batch)
+
+    def profiler(self, directory: Path) -> Recorder:
+        from dualtrain.engines.tf_profile import TensorFlowRecorder
+
+        return TensorFlowRecorder(directory)
 
     # -- the steps -------------------------------------------------------------------------------
 

@@ -9,6 +9,7 @@ import logging
 import os
 import platform
 from collections.abc import Callable, Iterable, Iterator
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -19,6 +20,7 @@ from dualtrain import compat
 from dualtrain.data import ArrayDataset, BatchSplit, structure
 from dualtrain.engines.base import EAGER_MODE, Batch, Engine, rows, targets
 from dualtrain.engines.torch_adam import FusedAdam, fuse_adam
+from dualtrain.profiling import Recorder
 from dualtrain.recipe import Phase
 
 log = logging.getLogger("dualtrain")
@@ -34,6 +36,16 @@ class TorchEngine(Engine):
 
     def _seed_framework(self, seed: int) -> None:
         torch.manual_seed(seed)
+
+    def _set_determinism(self, on: bool) -> None:
+        # As Lightning's Trainer(deterministic=True). cuBLAS is deterministic only with a fixed
+        # workspace, which it reads when CUDA starts (after this, in _make_steps).
+        if on:
+            os.environ.setdefault("CUBLAS_WORKSPACE_CONFIG", ":4096:8")
+        torch.use_deterministic_algorithms(on)
+        torch.backends.cudnn.deterministic = on
+        if on:
+            torch.backends.cudnn.benchmark = False  # autotuning picks kernels by timing
 
     # Keras's Dropout without a seed draws its masks from torch's global RNG on this backend (on tf
     # it uses the layer's seed-generator variable, which the checkpoint holds), so exact resume
@@ -137,6 +149,11 @@ class TorchEngine(Engine):
         with compat.counter_random():
             self._eval_fn(*batch)
         self._apply_updates()
+
+    def profiler(self, directory: Path) -> Recorder:
+        from dualtrain.engines.torch_profile import TorchRecorder
+
+        return TorchRecorder(directory, self.device)
 
     def step_mode(self) -> str:
         if self.eager:

@@ -9,17 +9,27 @@ from dualtrain.logging.base import Logger, LoggerGroup
 from dualtrain.logging.console import format_summary
 from dualtrain.settings import LoggerSettings
 
-# logger name (an option of configs/logger/) -> "module:class"; modules are imported when chosen.
 LOGGERS = {
     "jsonl": "dualtrain.logging.jsonl:JsonlLogger",
     "csv": "dualtrain.logging.csv:CsvLogger",
     "console": "dualtrain.logging.console:ConsoleLogger",
     "tensorboard": "dualtrain.logging.tensorboard:TensorBoardLogger",
 }
+"""Logger name (an option of `configs/logger/`) -> `"module:class"`; a module is imported only
+when its logger is chosen."""
 
 
 def create_loggers(settings: LoggerSettings, run_dir: Path, backend: str) -> LoggerGroup:
-    """The chosen loggers, writing into `run_dir`."""
+    """Makes the loggers a run's config chose.
+
+    Args:
+        settings: the `logger` section of the config; `settings.loggers` names the loggers.
+        run_dir: the run directory, where they write.
+        backend: the run's backend, `torch` or `tf`.
+
+    Returns:
+        The loggers, as one.
+    """
     loggers = []
     for name in settings.loggers:
         module, _, cls = LOGGERS[name].partition(":")

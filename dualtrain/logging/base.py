@@ -12,7 +12,7 @@ from dualtrain.settings import LoggerSettings
 
 
 class Logger:
-    """Receives a run's metrics. All methods are optional; the default does nothing.
+    """Receives a run's metrics. All methods but `create` are optional; the default does nothing.
 
     A new logger (MLflow, W&B) is one module in `dualtrain/logging/` registered in `LOGGERS`
     (`dualtrain/logging/__init__.py`) and one config in `configs/logger/`.
@@ -20,35 +20,80 @@ class Logger:
 
     @classmethod
     def create(cls, run_dir: Path, backend: str, settings: LoggerSettings) -> Logger:
-        """The logger for a run that writes into `run_dir`."""
+        """Makes the logger of a run.
+
+        Args:
+            run_dir: the run directory, where a logger writes its files.
+            backend: the run's backend, `torch` or `tf`.
+            settings: the `logger` section of the config.
+
+        Returns:
+            The logger.
+        """
         raise NotImplementedError(f"{cls.__name__} does not implement create()")
 
     def log_hparams(
         self, hparams: Mapping[str, bool | int | float | str], config_yaml: str
     ) -> None:
-        """The flattened config (`backend.name` included) and the composed config as YAML."""
+        """Receives the run's config, once, before training.
+
+        Args:
+            hparams: the composed config flattened to dotted keys (`backend.name` included).
+            config_yaml: the composed config as YAML.
+        """
 
     def start_epoch(self, epoch: int, max_epochs: int, total_steps: int) -> None:
-        """Train epoch `epoch` (0-based) of `max_epochs`, `total_steps` steps long, begins."""
+        """A train epoch begins.
+
+        Args:
+            epoch: the epoch, 0-based.
+            max_epochs: the run's number of epochs.
+            total_steps: the steps this epoch will take.
+        """
 
     def advance(self, steps: int) -> None:
-        """`steps` more train steps ran (for progress display; no values are read)."""
+        """More train steps ran (for a progress display: no values are read).
+
+        Args:
+            steps: how many.
+        """
 
     def log_metrics(self, split: str, metrics: Mapping[str, float], step: int, epoch: int) -> None:
-        """One set of values of `split` (`train` or `val`) at global optimizer step `step`."""
+        """Receives one set of values.
+
+        Args:
+            split: `train` or `val`.
+            metrics: the values by name (`loss`, `lr`, `samples_per_sec` for train; `loss` and
+                the recipe's metrics for val), as Python floats.
+            step: the global optimizer step.
+            epoch: the epoch, 0-based.
+        """
 
     def log_histograms(self, arrays: Mapping[str, np.ndarray], step: int) -> None:
-        """Weights and gradients by tag (`weights/<path>`, `gradients/<path>`), as NumPy arrays."""
+        """Receives the weights and gradients, every `logger.histograms_every` steps.
+
+        Args:
+            arrays: NumPy arrays by tag (`weights/<path>`, `gradients/<path>`).
+            step: the global optimizer step.
+        """
 
     def end_epoch(self) -> None:
         """The train epoch ended."""
 
     def finalize(self, summary: Mapping[str, Any]) -> None:
-        """The run ended (completed, interrupted or failed); `summary` is summary.json's content."""
+        """The run ended: completed, interrupted or failed. The logger closes its files.
+
+        Args:
+            summary: what summary.json holds.
+        """
 
 
 class LoggerGroup(Logger):
-    """Several loggers used as one."""
+    """Several loggers used as one: each call goes to each logger, in order.
+
+    Args:
+        loggers: the loggers.
+    """
 
     def __init__(self, loggers: Sequence[Logger]) -> None:
         self.loggers = list(loggers)

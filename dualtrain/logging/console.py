@@ -14,6 +14,13 @@ from dualtrain.settings import LoggerSettings
 
 
 class ConsoleLogger(Logger):
+    """A tqdm bar per epoch (loss, samples/s, then the val values) and the final table.
+
+    Args:
+        progress: draw the bars (`logger.progress`); they are drawn only on a terminal.
+        stream: where to write; None: standard output.
+    """
+
     @classmethod
     def create(cls, run_dir: Path, backend: str, settings: LoggerSettings) -> ConsoleLogger:
         return cls(progress=settings.progress)
@@ -63,7 +70,14 @@ class ConsoleLogger(Logger):
 
 
 def format_summary(summary: Mapping[str, Any]) -> str:
-    """A short table of the final metrics, throughput and where the files are."""
+    """The table of final metrics and throughput that ends every run.
+
+    Args:
+        summary: what summary.json holds.
+
+    Returns:
+        The table, one line per value under a title line.
+    """
     rows = [
         ("status", summary["status"]),
         ("backend", summary["backend"]),

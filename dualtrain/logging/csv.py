@@ -17,6 +17,12 @@ HEADER = ("step", "epoch", "split", "name", "value")
 
 
 class CsvLogger(Logger):
+    """Appends `step,epoch,split,name,value` rows to a CSV file, flushed as written.
+
+    Args:
+        path: the file (`metrics.csv` in the run directory); its header is written when new.
+    """
+
     @classmethod
     def create(cls, run_dir: Path, backend: str, settings: LoggerSettings) -> CsvLogger:
         return cls(run_dir / "metrics.csv")

@@ -16,6 +16,13 @@ from dualtrain.settings import LoggerSettings
 
 
 class JsonlLogger(Logger):
+    """Appends one JSON object per `log_metrics` call to a file, flushed as written.
+
+    Args:
+        path: the file (`metrics.jsonl` in the run directory); a resumed run appends to it.
+        backend: the run's backend, written into every line.
+    """
+
     @classmethod
     def create(cls, run_dir: Path, backend: str, settings: LoggerSettings) -> JsonlLogger:
         return cls(run_dir / "metrics.jsonl", backend)

@@ -23,6 +23,12 @@ HISTOGRAM_BINS = 30
 
 
 class TensorBoardLogger(Logger):
+    """Writes TensorBoard event files without TensorFlow: scalars, the config, HParams, histograms.
+
+    Args:
+        log_dir: the folder of the event files (`tensorboard/` in the run directory).
+    """
+
     @classmethod
     def create(cls, run_dir: Path, backend: str, settings: LoggerSettings) -> TensorBoardLogger:
         return cls(run_dir / "tensorboard")

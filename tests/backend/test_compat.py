@@ -350,3 +350,23 @@ def test_cross_device_ops_name(caplog: pytest.LogCaptureFixture) -> None:
     with caplog.at_level(logging.INFO, logger="dualtrain"):
         assert compat.cross_device_ops_name(Strategy()) == "unknown"
     assert len(_lines(caplog, "cross_device_ops_name")) == 1
+
+
+@tf_only
+def test_xplane_module(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture) -> None:
+    module = compat.xplane_module()
+    assert module is not None
+    space = module.XSpace()
+    space.planes.add(name="/host:CPU")
+    assert module.XSpace.FromString(space.SerializeToString()).planes[0].name == "/host:CPU"
+
+    monkeypatch.setitem(sys.modules, "tensorflow.tsl.profiler.protobuf.xplane_pb2", None)
+    compat._xplane_module.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger="dualtrain"):
+            assert compat.xplane_module() is None
+            assert compat.xplane_module() is None
+    finally:
+        compat._xplane_module.cache_clear()
+    assert "profile.md is not" in _lines(caplog, "xplane_module")[0]
+    assert len(_lines(caplog, "xplane_module")) == 1

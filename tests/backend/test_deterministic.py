@@ -1,11 +1,18 @@
-"""Parity mode's switch-off of random layers, on this process's backend."""
+"""Parity mode's switch-off of random layers, and trainer.deterministic, on this process's
+backend."""
 
 from __future__ import annotations
+
+import json
+from pathlib import Path
 
 import keras
 import numpy as np
 
+from dualtrain import compat
 from dualtrain.engines.state import make_deterministic
+from dualtrain.run import train
+from tests.backend.conftest import BACKEND, make_settings
 
 
 def _noisy_model() -> keras.Model:
@@ -52,3 +59,36 @@ def test_without_noise_training_and_inference_give_the_same_outputs() -> None:
     assert not np.allclose(outputs(True), outputs(False))  # the noise is real before the switch
     make_deterministic(model)
     np.testing.assert_array_equal(outputs(True), outputs(False))
+
+
+def _framework_deterministic() -> bool:
+    if BACKEND == "torch":
+        import torch
+
+        return torch.are_deterministic_algorithms_enabled()
+    return compat.tf_op_determinism_enabled()
+
+
+def test_trainer_deterministic_turns_the_frameworks_switch_on_and_runs_repeat_to_the_bit(
+    tmp_path: Path,
+) -> None:
+    # The cnn (convolutions, Dropout) on a small synthetic set: 2 epochs, a loss every step.
+    small = ["data=synthetic", "data.num_samples=256", "trainer.max_epochs=2"]
+    small += ["trainer.log_every_n_steps=1", "checkpoint.every_n_epochs=0"]
+    try:
+        runs = []
+        for name in ("a", "b"):
+            train(make_settings(tmp_path / name, *small, "trainer.deterministic=true"))
+            assert _framework_deterministic()
+            lines = (tmp_path / name / "metrics.jsonl").read_text().splitlines()
+            runs.append([json.loads(x)["loss"] for x in lines if json.loads(x)["split"] == "train"])
+        assert len(runs[0]) == 8  # 2 epochs x 4 batches of the 205 training samples
+        assert runs[0] == runs[1]  # to the bit: the point of the switch
+    finally:
+        # false turns the process-wide switch back off (and leaves it off for the other tests)
+        train(
+            make_settings(
+                tmp_path / "c", *small, "trainer.max_steps=1", "trainer.deterministic=false"
+            )
+        )
+        assert not _framework_deterministic()
