@@ -6,6 +6,8 @@ A checkpoint is a directory:
     optimizer.npz   every optimizer variable (iteration, lr, moments) by Keras path
     trainer.json    format, counters, position in the data order, RNG states, metrics so far,
                     backend, recipe, composed config, versions
+    average.npz     with trainer.ema only: the moving average of each trainable weight, by the
+                    weight's path (trainer.json's `ema`: its momentum)
 
 It is written into a temporary sibling directory and renamed into place, so a reader sees either
 the whole checkpoint or none. Arrays are read with `allow_pickle=False`: a file that needs pickle
@@ -37,6 +39,7 @@ if TYPE_CHECKING:
 
 FORMAT = "dualtrain-checkpoint/1"
 FILES = ("model.npz", "optimizer.npz", "trainer.json")
+AVERAGE = "average.npz"  # only where the run kept a weight average
 
 
 @dataclass(frozen=True)
@@ -46,10 +49,16 @@ class Checkpoint:
     model: dict[str, np.ndarray]
     optimizer: dict[str, np.ndarray]
     trainer: dict[str, Any]
+    average: dict[str, np.ndarray] | None = None  # trainer.ema's averaged weights
 
     @property
     def step(self) -> int:
         return int(self.trainer["step"])
+
+    def weights(self, averaged: bool = True) -> dict[str, np.ndarray]:
+        """The model's arrays; `averaged`: the trainable weights replaced by their moving
+        average where the run kept one (trainer.ema)."""
+        return {**self.model, **(self.average or {})} if averaged else self.model
 
 
 def write_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
@@ -60,10 +69,12 @@ def write_checkpoint(directory: Path, checkpoint: Checkpoint) -> Path:
     tmp.mkdir()
     _write_arrays(tmp / "model.npz", checkpoint.model)
     _write_arrays(tmp / "optimizer.npz", checkpoint.optimizer)
+    if checkpoint.average is not None:
+        _write_arrays(tmp / AVERAGE, checkpoint.average)
     (tmp / "trainer.json").write_text(
         json.dumps({"format": FORMAT, **checkpoint.trainer}, indent=2) + "\n", encoding="utf-8"
     )
-    for name in FILES:
+    for name in [*FILES, *([AVERAGE] if checkpoint.average is not None else [])]:
         with (tmp / name).open("rb") as f:
             os.fsync(f.fileno())
     # Rename over the old one: move it aside first (a directory cannot be replaced in one step),
@@ -85,10 +96,17 @@ def read_checkpoint(directory: Path) -> Checkpoint:
     for name in FILES:
         if not (directory / name).is_file():
             raise RunError(f"{directory} is not a dualtrain checkpoint: {name} is missing")
+    trainer = read_record(directory)
+    average = None
+    if trainer.get("ema") is not None:
+        if not (directory / AVERAGE).is_file():
+            raise RunError(f"{directory} is not a whole checkpoint: its {AVERAGE} is missing")
+        average = _read_arrays(directory / AVERAGE)
     return Checkpoint(
         model=_read_arrays(directory / "model.npz"),
         optimizer=_read_arrays(directory / "optimizer.npz"),
-        trainer=read_record(directory),
+        trainer=trainer,
+        average=average,
     )
 
 
@@ -274,6 +292,7 @@ class Checkpointer(Callback):
 
     def _save(self, engine: Engine, state: LoopState) -> Path:
         model, optimizer = engine.state.checkpoint_arrays()
+        average = engine.state.average_arrays()
         trainer = {
             **self.record,
             "step": state.step,
@@ -287,9 +306,10 @@ class Checkpointer(Callback):
             "train_loss_state": engine.train_loss_state(),
             "python_rng": python_rng_state(),
             "framework_rng": engine.framework_rng_state(),
+            "ema": None if average is None else {"momentum": engine.state.ema_momentum},
         }
         directory = write_checkpoint(
-            self.dir / f"step-{state.step:09d}", Checkpoint(model, optimizer, trainer)
+            self.dir / f"step-{state.step:09d}", Checkpoint(model, optimizer, trainer, average)
         )
         if self.settings.save_last:
             self._link("last", directory)

@@ -233,7 +233,8 @@ def load_model(path: str | Path, backend: str | None = None, recipe: str | None 
     mine = load_model("runs/a", recipe="my_recipes.net")  # a recipe of your own: name it
     ```
 
-    The model is rebuilt by its recipe from the checkpoint's `model_spec`. No data is read:
+    A run with trainer.ema gives its averaged weights. The model is rebuilt by its recipe
+    from the checkpoint's `model_spec`. No data is read:
     `DataInfo.x_train` is None, so statistics a model keeps (a normalization's mean) must be
     model variables, which the checkpoint restores.
 
@@ -273,5 +274,6 @@ def load_model(path: str | Path, backend: str | None = None, recipe: str | None 
             model = load_recipe(settings).build_model(info)
     finally:
         random.setstate(python_rng)
-    assign_variables(model.variables, checkpoint.model, "model")
+    # The run's moving average of the weights, where it kept one (trainer.ema).
+    assign_variables(model.variables, checkpoint.weights(averaged=True), "model")
     return model

@@ -228,6 +228,9 @@ def _weights_from(sources: list[Path]) -> Callable[[Engine], None]:
 def evaluate(settings: Settings) -> dict[str, Any]:
     """`mode=eval`: the val metrics of a checkpoint's weights, written to eval.json.
 
+    With `trainer.ema_eval` (the default), the run's moving average of the weights where it
+    kept one (trainer.ema).
+
     Runs on this process's backend, whichever backend wrote the checkpoint.
 
     Args:
@@ -240,13 +243,14 @@ def evaluate(settings: Settings) -> dict[str, Any]:
     Raises:
         ConfigError: the checkpoint was written by another recipe.
     """
-    engine, checkpoint, source = load_trained(settings)
+    engine, checkpoint, source = load_trained(settings, averaged=settings.trainer.ema_eval)
     result = {
         "backend": settings.backend.name,
         "recipe": settings.recipe.name,
         "checkpoint": str(source.resolve()),
         "checkpoint_backend": checkpoint.trainer["backend"],
         "checkpoint_step": checkpoint.step,
+        "weights": weights_words(checkpoint, settings.trainer.ema_eval),
         "split": "val",
         "samples": engine.data.val.num_samples,
         "metrics": engine.evaluate(),
@@ -260,12 +264,14 @@ def evaluate(settings: Settings) -> dict[str, Any]:
     return result
 
 
-def load_trained(settings: Settings) -> tuple[Engine, Checkpoint, Path]:
+def load_trained(settings: Settings, averaged: bool = True) -> tuple[Engine, Checkpoint, Path]:
     """An engine with a checkpoint's weights, for eval and export.
 
     Args:
         settings: the validated config; `checkpoint.path` names the checkpoint (written by either
             backend) or its run directory.
+        averaged: the run's moving average of the weights where it kept one (trainer.ema),
+            rather than its weights.
 
     Returns:
         The engine on this process's backend, its data loaded; the checkpoint; its directory.
@@ -286,8 +292,17 @@ def load_trained(settings: Settings) -> tuple[Engine, Checkpoint, Path]:
         settings.data, settings.seed, record.get("data_transform"), task=settings.recipe.task
     )
     engine = engine_class(settings.backend.name)(settings, load_recipe(settings.recipe), data)
-    engine.state.restore(checkpoint.model, None)
+    engine.state.restore(checkpoint.weights(averaged), None)
     return engine, checkpoint, source
+
+
+def weights_words(checkpoint: Checkpoint, averaged: bool) -> str:
+    """Which weights eval and export use, for their reports."""
+    ema = checkpoint.trainer.get("ema")
+    if ema is None:
+        return "raw (the run had no trainer.ema)"
+    said = f"trainer.ema={ema['momentum']}"
+    return f"averaged ({said})" if averaged else f"raw (the average, {said}, not used)"
 
 
 class _SignalStop(StopRequest):
@@ -375,8 +390,12 @@ def _load_checkpoint(
             engine.state.restore(checkpoint.model, None)
             log.info("initialized the weights from %s", source)
             return
-        engine.state.restore(checkpoint.model, checkpoint.optimizer)
+        engine.state.restore(checkpoint.model, checkpoint.optimizer, checkpoint.average)
         record = checkpoint.trainer
+        if engine.state.averages and checkpoint.average is None:
+            log.info("%s has no weight average: trainer.ema starts it from its weights", source)
+        elif checkpoint.average is not None and not engine.state.averages:
+            log.info("%s has a weight average; trainer.ema=null leaves it out", source)
         engine.restore_train_loss_state(record["train_loss_state"])
         restore_python_rng(record["python_rng"])
         if record["backend"] == engine.name and record.get("framework_rng") is not None:

@@ -364,6 +364,9 @@ def _batch_limit(value: Any, label: str) -> int | float:
     return value
 
 
+_ema_momentum = number(lambda v: 0 < v < 1, "a momentum in (0, 1) such as 0.999")
+
+
 @dataclass(frozen=True)
 class TrainerSettings:
     max_epochs: int = field(default=10, metadata=key(integer(1)))
@@ -387,6 +390,10 @@ class TrainerSettings:
     overfit_batches: int = field(default=0, metadata=key(integer(0)))
     # write nothing: no checkpoints, logs or summary (debug=fast_dev_run)
     fast_dev_run: bool = field(default=False, metadata=key(boolean))
+    # weight averaging: keep avg = m*avg + (1-m)*weight after each step, m in (0, 1) (null: off)
+    ema: float | None = field(default=None, metadata=key(optional(_ema_momentum)))
+    # with trainer.ema: validate (and mode=eval) with the averaged weights
+    ema_eval: bool = field(default=True, metadata=key(boolean))
     # true: the frameworks' deterministic kernels (torch.use_deterministic_algorithms, TensorFlow's
     # op determinism); false: turned off; null: left as the process has them
     deterministic: bool | None = field(default=None, metadata=key(optional(boolean)))
@@ -706,6 +713,11 @@ def _check_rules(s: Settings) -> None:
     if s.checkpoint.path and s.checkpoint.init_from:
         raise ConfigError(
             "checkpoint.path (resume everything) and init_from (weights only) exclude each other"
+        )
+    if s.trainer.ema is not None and s.optimizer.params.get("use_ema"):
+        raise ConfigError(
+            "trainer.ema and optimizer.use_ema both average the weights; keep trainer.ema (its "
+            "average is checkpointed, validated and exported) and drop optimizer.use_ema"
         )
     backend = s.backend
     strategies = STRATEGIES[backend.name]

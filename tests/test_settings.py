@@ -190,6 +190,11 @@ def test_python_data_requires_a_source() -> None:
         ),
         ("trainer.grad_clip_norm=-1", "trainer.grad_clip_norm must be a positive number"),
         ("trainer.grad_accum_steps=0", "trainer.grad_accum_steps must be a positive integer"),
+        ("trainer.ema=1", "trainer.ema must be a momentum in (0, 1) such as 0.999; got 1"),
+        (
+            "trainer.ema=0.99 optimizer=sgd +optimizer.use_ema=true",
+            "trainer.ema and optimizer.use_ema both average the weights; keep trainer.ema",
+        ),
         ("trainer.on_nonfinite=ignore", "trainer.on_nonfinite must be one of stop, skip"),
         (
             "trainer.limit_train_batches=1.5",

@@ -266,7 +266,13 @@ class Engine(ABC):
         return arrays
 
     def evaluate(self, max_batches: int | None = None) -> dict[str, float]:
-        """Loss and recipe metrics over the val split (its first `max_batches` batches)."""
+        """Loss and recipe metrics over the val split (its first `max_batches` batches); with
+        trainer.ema and trainer.ema_eval, of the averaged weights (swapped in, then back)."""
+        averaged = self.state.averages and self.settings.trainer.ema_eval
+        with self.state.averaged_weights() if averaged else contextlib.nullcontext():
+            return self._evaluate(max_batches)
+
+    def _evaluate(self, max_batches: int | None) -> dict[str, float]:
         state = self.state
         tracked = [state.val_loss, *state.phase_val_losses, *state.metrics]
         for metric in tracked:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 import keras
@@ -131,6 +131,32 @@ class TrainingState:
         self.steps_run = keras.Variable(0, name="steps_run", **counter)
         self.nonfinite = keras.Variable(0, name="nonfinite", **counter)
         self.first_nonfinite = keras.Variable(-1, name="first_nonfinite", **counter)
+        # trainer.ema: a moving average of the trainable weights, updated after each step
+        # (update_average). Keras's optimizer EMA (`use_ema`) does the same arithmetic inside
+        # `optimizer.apply`; this one is the state's, so that the engines may update the weights
+        # as they do (torch's fused Adam, a captured step, a skipped non-finite step).
+        self.ema_momentum = settings.trainer.ema
+        self.averages = [
+            keras.Variable(
+                # A copy (NumPy): the average must not share the weight's memory.
+                keras.ops.convert_to_numpy(v.value),
+                name=f"average_{i}",
+                trainable=False,
+                aggregation="only_first_replica",
+            )
+            for i, v in enumerate(self.trainable_variables if self.ema_momentum else [])
+        ]
+        # (strict=False: without trainer.ema there are no averages)
+        average_of = {
+            id(v): a for v, a in zip(self.trainable_variables, self.averages, strict=False)
+        }
+        # Per phase: its (weight, average) pairs, and its optimizer's `iterations` when the
+        # average last moved (a step that did not move them was skipped).
+        self._averaged = [
+            [(v, average_of[id(v)]) for v in variables if id(v) in average_of]
+            for variables in self.phase_variables
+        ]
+        self._averaged_at = [keras.Variable(0, name="averaged_at", **counter) for _ in self.phases]
 
     # -- in the steps ----------------------------------------------------------------------------
 
@@ -163,6 +189,25 @@ class TrainingState:
             metric.reset_state()
         return keras.ops.stack([keras.ops.cast(v, "float64") for v in values])
 
+    def update_average(self, blend: Blend | None = None) -> None:
+        """After a step's phases, for each phase whose optimizer stepped: average = m * average
+        + (1 - m) * weight, with m = 0 at the optimizer's first step: the arithmetic of Keras's
+        `Optimizer._update_model_variables_moving_average`, which runs after each `apply`. A
+        step skipped for a NaN or Inf loss, or by loss scaling (mixed_float16) for an overflow,
+        did not move the optimizer's `iterations`: its m = 1 keeps the average (1 * a + 0 * w).
+        `blend` does the arithmetic on the variables (an engine's faster form of `blend`)."""
+        if not self.averages:
+            return
+        for optimizer, pairs, at in zip(
+            self.optimizers, self._averaged, self._averaged_at, strict=True
+        ):
+            iterations = optimizer.iterations.value
+            stepped = keras.ops.not_equal(iterations, at.value)
+            started = keras.ops.cast(keras.ops.not_equal(at.value, 0), "float32")
+            momentum = keras.ops.where(stepped, started * self.ema_momentum, 1.0)
+            (blend or _blend)(momentum, pairs)
+            at.assign(iterations)
+
     # -- between steps ---------------------------------------------------------------------------
 
     def set_learning_rate(self, lr: float) -> None:
@@ -170,6 +215,19 @@ class TrainingState:
         variable, which the steps read at every call (lr_find changes it between steps)."""
         for optimizer in self.optimizers:
             optimizer.learning_rate = lr
+
+    @contextlib.contextmanager
+    def averaged_weights(self) -> Iterator[None]:
+        """The averaged weights in the model's trainable variables for the block, the raw ones
+        back after it, bit for bit (copies on the device)."""
+        raw = [keras.ops.copy(v.value) for v in self.trainable_variables]
+        try:
+            for variable, average in zip(self.trainable_variables, self.averages, strict=True):
+                variable.assign(average.value)
+            yield
+        finally:
+            for variable, value in zip(self.trainable_variables, raw, strict=True):
+                variable.assign(value)
 
     def start_at(self, step: int) -> None:
         """Sets the step counter the non-finite record names steps by (after a resume)."""
@@ -188,10 +246,25 @@ class TrainingState:
         """Model and optimizer variables as NumPy arrays by Keras variable path."""
         return _arrays(self.model.variables), _arrays(self.optimizer_variables())
 
+    def average_arrays(self) -> dict[str, np.ndarray] | None:
+        """The averaged weights by the path of the weight each averages; None without
+        trainer.ema."""
+        if not self.averages:
+            return None
+        return {
+            v.path: keras.ops.convert_to_numpy(a.value)
+            for v, a in zip(self.trainable_variables, self.averages, strict=True)
+        }
+
     def restore(
-        self, model: dict[str, np.ndarray], optimizer: dict[str, np.ndarray] | None
+        self,
+        model: dict[str, np.ndarray],
+        optimizer: dict[str, np.ndarray] | None,
+        average: dict[str, np.ndarray] | None = None,
     ) -> None:
         """Assigns saved arrays by variable path; `optimizer=None` restores the weights only.
+        With trainer.ema, `average` (as `average_arrays` returns it) restores the average; None
+        starts it from the restored weights.
 
         Raises:
             RunError: naming the variables that the checkpoint and this model do not share.
@@ -199,6 +272,17 @@ class TrainingState:
         assign_variables(self.model.variables, model, "model")
         if optimizer is not None:
             assign_variables(self.optimizer_variables(), optimizer, "optimizer")
+        if not self.averages:
+            return
+        if average is None:
+            average = {
+                v.path: keras.ops.convert_to_numpy(v.value) for v in self.trainable_variables
+            }
+        by_path = {v.path: a for v, a in zip(self.trainable_variables, self.averages, strict=True)}
+        assign_variables(list(by_path.values()), _by_average(average, by_path), "average")
+        # The optimizers' steps so far (none for a warm start): the average goes on from there.
+        for phase_optimizer, at in zip(self.optimizers, self._averaged_at, strict=True):
+            at.assign(phase_optimizer.iterations.value)
 
 
 def _make_augmentation(settings: Settings, data: DataSplits) -> Any:
@@ -487,6 +571,21 @@ def fresh_layer_names() -> Iterator[None]:
     """
     with compat.fresh_object_names():
         yield
+
+
+# (momentum, [(weight, its average)]) -> None: average = m * average + (1 - m) * weight
+Blend = Callable[[Any, list[tuple[Any, Any]]], None]
+
+
+def _blend(momentum: Any, pairs: list[tuple[Any, Any]]) -> None:
+    for variable, average in pairs:
+        m = keras.ops.cast(momentum, variable.dtype)
+        average.assign(m * average.value + (1 - m) * variable.value)
+
+
+def _by_average(arrays: dict[str, np.ndarray], by_path: dict[str, Any]) -> dict[str, np.ndarray]:
+    """Saved averages (by their weight's path) renamed to the average variables' paths."""
+    return {by_path[p].path if p in by_path else p: a for p, a in arrays.items()}
 
 
 def _arrays(variables: list[Any]) -> dict[str, np.ndarray]:

@@ -189,6 +189,7 @@ class TensorFlowEngine(Engine):
 
         finite = tf.reduce_all([tf.math.is_finite(loss) for loss in losses])
         self._cond(finite, track, lambda *_: self.state.record_nonfinite(), losses, samples)
+        self.state.update_average()
         self.state.steps_run.assign(self.state.steps_run.value + 1)
         return self._gradients_by_path(all_grads)
 

@@ -270,6 +270,7 @@ class TorchEngine(Engine):
             ]:
                 metric.update_state(torch.where(finite, loss, 0.0), sample_weight=weight)
             self.state.record_nonfinite(~finite)
+            self.state.update_average(_blend)
             self.state.steps_run.assign(self.state.steps_run.value + 1)
         return self._gradients_by_path(all_grads)
 
@@ -421,6 +422,15 @@ def _captured_phase(phase: Phase, model: Any, captured: Any) -> Phase:
 def _training_loss(phase: Phase, model: Any) -> Callable[[Any, Any], Any]:
     """The phase's training loss as a function of (x, y)."""
     return lambda x, y: phase.loss(model, x, y, True)
+
+
+def _blend(momentum: torch.Tensor, pairs: list[tuple[Any, Any]]) -> None:
+    """The weight average's update (state.update_average) in plain torch ops, in place: the same
+    roundings as Keras's m * a + (1 - m) * w, at a tenth of the time of keras.ops, whose
+    per-call overhead was 8% of a cnn step (docs/training.md, "Weight averaging")."""
+    for variable, average in pairs:
+        m = momentum.to(variable.value.dtype)
+        average.value.mul_(m).add_(variable.value * (1 - m))
 
 
 def _float32(loss: torch.Tensor) -> torch.Tensor:

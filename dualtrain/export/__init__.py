@@ -226,6 +226,9 @@ def export_checkpoint(settings: Settings, source: Path, command_for: CommandFor)
     # beside the exported models, for whoever feeds them.
     if record.get("data_transform") is not None:
         _write_report(export_dir / "data_transform.json", record["data_transform"])
+    if record.get("ema") is not None:
+        ema = record["ema"]
+        print(f"export: the weights are the run's moving average (trainer.ema={ema['momentum']})")
     by_backend: dict[str, list[str]] = {}
     for name in settings.export.formats:
         by_backend.setdefault(FORMAT_BACKENDS[name], []).append(name)
@@ -272,9 +275,9 @@ def export_checkpoint(settings: Settings, source: Path, command_for: CommandFor)
 
 def run_worker(settings: Settings) -> dict[str, Any]:
     """In a process of `settings.backend`: writes and checks this backend's formats."""
-    from dualtrain.run import load_trained
+    from dualtrain.run import load_trained, weights_words
 
-    engine, checkpoint, source = load_trained(settings)
+    engine, checkpoint, source = load_trained(settings, averaged=True)
     model = engine.model
     val = _in_memory(engine.data.val)
     # Odd batch sizes: an exported model with a batch dimension fixed to anything is caught.
@@ -309,6 +312,7 @@ def run_worker(settings: Settings) -> dict[str, Any]:
             checkpoint=str(source.resolve()),
             checkpoint_backend=checkpoint.trainer["backend"],
             checkpoint_step=checkpoint.step,
+            weights=weights_words(checkpoint, averaged=True),
             tolerance=TOLERANCE,
             **signature.to_json(),
         )
