@@ -17,7 +17,8 @@ synthetic data, model and optimizer (Adam 1e-3, sparse cross-entropy from logits
 
 Reported per system: steady-state samples/s (first epoch excluded; median over rounds), its ratio
 to torch.nn, time from process start to the end of the first step, peak RSS, and model FLOP
-utilization: training FLOPs (3x the forward's matmuls and convolutions) per second over the fp32
+utilization: training FLOPs (dualtrain's count of a training step's matmuls, convolutions and
+attention, forward and gradients: docs/summary.md) per second over the fp32
 matmul rate that a `matmul` process measures in the same run with the same threads. Prints a
 Markdown table and writes JSON (--out). --smoke: a tiny run that checks the harness works.
 
@@ -382,7 +383,7 @@ def summarize(report: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
     table: dict[str, dict[str, Any]] = {}
     for name in args.workloads.split(","):
         workload = WORKLOADS[name]
-        train_flops = 3 * workload.flops_per_sample()
+        train_flops = workload.train_flops_per_sample()
         rows: dict[str, Any] = {}
         for system in args.systems.split(","):
             runs = [r for r in report["runs"] if r["workload"] == name and r["system"] == system]
