@@ -26,7 +26,7 @@ def test_both_backends_count_the_same_flops_for_every_shipped_recipe() -> None:
             stdout=subprocess.PIPE,
             stderr=subprocess.PIPE,
             text=True,
-        )  # fmt: skip
+        )
         for backend in ("torch", "tf")
     }
     summaries = {}
