@@ -124,8 +124,9 @@ def _train(
             run_dir,
         )
         model = engine.model_summary()
+        say = log.info if model["flops_per_sample"] is not None else log.warning
         for line in model_summary.lines(model):
-            log.info("%s", line)
+            say("%s", line)
         _load_checkpoint(
             engine, state, sources, weights_only=settings.checkpoint.init_from is not None
         )

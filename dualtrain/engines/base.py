@@ -298,13 +298,13 @@ class Engine(ABC):
         x, y = self.data.train.sample(model_summary.SAMPLES)
         x = structure.map_leaves(keras.ops.convert_to_tensor, x)
         y = structure.map_leaves(keras.ops.convert_to_tensor, targets(y))
-        with warnings.catch_warnings():
-            # A subclassed model that the state did not call (a recipe with phases) builds on
-            # its first call, running `call` twice: here, not in the counted call. Keras warns
-            # that such a model has no build(); its variables were all made when it was built.
-            warnings.filterwarnings("ignore", message=r".*does not have a `build\(\)` method")
-            self.model(x, training=False)
         try:
+            with warnings.catch_warnings():
+                # A subclassed model that the state did not call (a recipe with phases) builds
+                # on its first call, running `call` twice: here, not in the counted call. Keras
+                # warns that such a model has no build(); its variables were all made already.
+                warnings.filterwarnings("ignore", message=r".*does not have a `build\(\)`")
+                self.model(x, training=False)
             return model_summary.describe(self.model, self.count_flops(x, y))
         except Exception as err:  # any framework error: a summary without FLOPs, and why
             return model_summary.describe(self.model, None, f"{type(err).__name__}: {err}")
