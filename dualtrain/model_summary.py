@@ -25,6 +25,8 @@ COUNTED = (
     "dense contractions only (matmul, batched matmul, einsum, convolution and transposed "
     "convolution, attention's two products), 2 FLOPs per multiply-add"
 )
+# Marks an op in `by_op` whose FLOPs the counter cannot see (a loop's body, an op without a rule).
+NOT_COUNTED = " (not counted)"
 # What FLOPs are counted on: this many train samples, then divided by it (contractions are
 # linear in the batch).
 SAMPLES = 2
@@ -102,6 +104,16 @@ def lines(summary: dict[str, Any]) -> list[str]:
             f"{human(flops['train_step'])} (dense contractions, 2 per multiply-add; "
             f"{flops['counter']})"
         )
+        missing = sorted(
+            {
+                op.removesuffix(NOT_COUNTED)
+                for ops in flops["by_op"].values()
+                for op in ops
+                if op.endswith(NOT_COUNTED)
+            }
+        )
+        if missing:
+            out.append(f"  not counted: the FLOPs of {', '.join(missing)} (docs/summary.md)")
     return out
 
 

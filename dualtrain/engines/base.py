@@ -104,8 +104,8 @@ class Engine(ABC):
             self.phases: list[Phase] = list(self.state.phases)
             self._predict: Callable[[Any], Any] = lambda x: self.state.model(x, training=False)
             self._make_steps()
-        # An export runs no step: the line would only be noise beside the export's report.
-        say = log.debug if settings.mode == "export" else log.info
+        # An export or a summary runs no step: the line would only be noise beside its report.
+        say = log.debug if settings.mode in ("export", "summary") else log.info
         say("%s steps run %s", self.name, self.step_mode())
 
     @property

@@ -25,7 +25,7 @@ from typing import Any
 
 import tensorflow as tf
 
-from dualtrain.model_summary import Flops
+from dualtrain.model_summary import NOT_COUNTED, Flops
 
 # The contractions whose profiler rule counts 2 FLOPs per multiply-add.
 PROFILED = (
@@ -39,7 +39,7 @@ PROFILED = (
 )
 # Contractions it has no rule for, and ops whose body it does not see (a recurrent layer's loop):
 # named in the summary when a graph needs them, since their FLOPs are missing from the count.
-NOT_COUNTED = (
+UNSEEN = (
     "Conv3DBackpropInputV2",
     "Conv3DBackpropFilterV2",
     "DepthwiseConv2dNativeBackpropInput",
@@ -97,8 +97,8 @@ def _contractions(function: Any) -> dict[str, int]:
     for op in needed.values():
         if op.type in OWN:
             flops[op.type] = flops.get(op.type, 0) + 2 * OWN[op.type](op)
-        elif op.type in NOT_COUNTED:
-            flops.setdefault(f"{op.type} (not counted)", 0)
+        elif op.type in UNSEEN:
+            flops.setdefault(op.type + NOT_COUNTED, 0)
     return flops
 
 
