@@ -10,9 +10,9 @@ from pathlib import Path
 import pytest
 
 from dualtrain import cli
-from dualtrain.model_summary import human, lines
-from dualtrain.run import train
-from tests.backend.conftest import make_settings
+from dualtrain.model_summary import NOT_COUNTED, human, lines
+from dualtrain.run import build_engine, train
+from tests.backend.conftest import BACKEND, make_settings
 
 
 def test_a_training_run_logs_and_stores_the_model_summary(
@@ -65,3 +65,22 @@ def test_mode_summary_prints_the_summary_and_trains_nothing(
     assert model["flops_per_sample"]["forward"] == forward
     # Every layer's input gradient is needed, the first Dense's too: the Embedding learns.
     assert model["flops_per_sample"]["train_step"] == 3 * forward
+
+
+def test_a_recurrent_layer_is_counted_on_torch_and_named_as_not_counted_on_tf(
+    tmp_path: Path,
+) -> None:
+    # tests/backend/users/tokens.py: Embedding(20, 16), LSTM(16) over 12 tokens, Dense(2).
+    settings = make_settings(
+        tmp_path, "recipe=mlp", "~recipe.model", "recipe.module=tests.backend.users.tokens",
+        "data=python", "data.source=tests.backend.users.tokens:load_data",
+    )  # fmt: skip
+    flops = build_engine(settings).model_summary()["flops_per_sample"]
+    logits = 2 * 16 * 2
+    if BACKEND == "torch":
+        # Each of the 12 steps: the 4 gates' input (16x64) and recurrent (16x64) kernels.
+        assert flops["forward"] == 12 * 2 * (16 * 64 + 16 * 64) + logits
+    else:
+        # The loop's body is a function TensorFlow's profiler does not see (docs/summary.md).
+        assert flops["forward"] == logits
+        assert "While" + NOT_COUNTED in flops["by_op"]["forward"]
