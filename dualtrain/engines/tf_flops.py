@@ -65,16 +65,22 @@ def count(model: Any, phases: list[Any], phase_variables: list[list[Any]], x: An
             grads += [g for g in tape.gradient(loss, variables) if g is not None]
         return grads
 
+    def both(x: Any, y: Any) -> tuple[Any, list[Any]]:
+        return forward(x), step(x, y)
+
+    # One trace and one profile for both: each is most of the counting's cost.
+    function = tf.function(both).get_concrete_function(x, y)
+    counted = _profiled(function.graph)
+    inference, gradients = function.structured_outputs
     return Flops(
-        _contractions(tf.function(forward).get_concrete_function(x)),
-        _contractions(tf.function(step).get_concrete_function(x, y)),
+        _contractions(tf.nest.flatten(inference, expand_composites=True), counted),
+        _contractions(tf.nest.flatten(gradients, expand_composites=True), counted),
         COUNTER,
     )
 
 
-def _contractions(function: Any) -> dict[str, int]:
-    graph = function.graph
-    needed = _needed(function.outputs)
+def _profiled(graph: Any) -> dict[str, int]:
+    """The profiler's float ops of every op of the graph that has any, by op name."""
     options = (
         tf.compat.v1.profiler.ProfileOptionBuilder(
             tf.compat.v1.profiler.ProfileOptionBuilder.float_operation()
@@ -89,13 +95,16 @@ def _contractions(function: Any) -> dict[str, int]:
         profile = tf.compat.v1.profiler.profile(graph, cmd="scope", options=options)
     finally:
         logger.setLevel(level)
+    return dict(_nodes(profile))
+
+
+def _contractions(outputs: list[Any], profiled: dict[str, int]) -> dict[str, int]:
+    """The contractions that `outputs` need, FLOPs by op type."""
     flops: dict[str, int] = {}
-    for name, float_ops in _nodes(profile):
-        op = needed.get(name)
-        if op is not None and op.type in PROFILED:
-            flops[op.type] = flops.get(op.type, 0) + float_ops
-    for op in needed.values():
-        if op.type in OWN:
+    for op in _needed(outputs).values():
+        if op.type in PROFILED:
+            flops[op.type] = flops.get(op.type, 0) + profiled.get(op.name, 0)
+        elif op.type in OWN:
             flops[op.type] = flops.get(op.type, 0) + 2 * OWN[op.type](op)
         elif op.type in UNSEEN:
             flops.setdefault(op.type + NOT_COUNTED, 0)
