@@ -1,9 +1,9 @@
 """FLOPs on TensorFlow, by TensorFlow's own counter: its profiler's `float_operation` over the
-graph of a tf.function traced for two samples (nothing runs).
+graph of one tf.function holding both passes, traced for two samples (nothing runs).
 
 The profiler counts every op it has a rule for, elementwise ones too; of them, only the dense
-contractions are kept (`PROFILED`: model_summary.COUNTED), and only the ops that the traced
-function's outputs need (a gradient TensorFlow builds but does not use, as that of the data, is
+contractions are kept (`PROFILED`: model_summary.COUNTED), and only the ops that each pass's
+outputs need (a gradient TensorFlow builds but does not use, as that of the data, is
 left out, as torch never computes it). Three contractions are counted here instead (`OWN`):
 
 - `Einsum` (Keras's attention and EinsumDense on tf), for which the profiler has no rule: an
