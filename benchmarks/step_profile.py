@@ -4,7 +4,8 @@
 
 Trains one of the benchmark workloads (workloads.py) with dualtrain's torch engine in this process,
 as `python -m dualtrain recipe=bench_*` runs it (the whole step as one captured graph), then:
-- counts the FLOPs of one step with torch's own counter (`torch.utils.flop_counter`);
+- counts the FLOPs of one step as dualtrain's model summary does (torch's own counter,
+  `torch.utils.flop_counter`, over the forward pass and the gradients: docs/summary.md);
 - measures the fp32 matmul rate with the same threads, interleaved with the timed steps;
 - profiles the same steps again with `torch.profiler` and splits the kernels' time into the ops
   that do the FLOPs (convolutions, matmuls, forward and backward; their time includes the ops
@@ -93,7 +94,6 @@ def profile(workload: Any, threads: int, steps: int) -> dict[str, Any]:
     import torch
     from torch.profiler import ProfilerActivity
     from torch.profiler import profile as torch_profile
-    from torch.utils.flop_counter import FlopCounterMode
 
     torch.set_num_threads(threads)
     with tempfile.TemporaryDirectory() as run_dir:
@@ -102,10 +102,11 @@ def profile(workload: Any, threads: int, steps: int) -> dict[str, Any]:
     for batch in batches[:3]:  # the first step captures the graphs
         engine.train_step([batch])
     engine.train_metrics()
-    with FlopCounterMode(display=False) as counter:
-        engine.train_step([batches[3]])
-    flops = {str(op): int(n) for op, n in counter.get_flop_counts()["Global"].items()}
-    step_flops = sum(flops.values())
+    # The step's FLOPs as dualtrain's model summary counts them (docs/summary.md), per sample.
+    counted = engine.model_summary()["flops_per_sample"]
+    size = engine.batch_size(batches[3])
+    flops = {op: round(n * size) for op, n in counted["by_op"]["train_step"].items()}
+    step_flops = round(counted["train_step"] * size)
 
     # Timed steps in bursts of ten, each followed by a matmul burst: both see the same machine.
     def step(i: int) -> None:

@@ -17,7 +17,8 @@ synthetic data, model and optimizer (Adam 1e-3, sparse cross-entropy from logits
 
 Reported per system: steady-state samples/s (first epoch excluded; median over rounds), its ratio
 to torch.nn, time from process start to the end of the first step, peak RSS, and model FLOP
-utilization: training FLOPs (3x the forward's matmuls and convolutions) per second over the fp32
+utilization: training FLOPs (dualtrain's count of a training step's matmuls, convolutions and
+attention, forward and gradients: docs/summary.md) per second over the fp32
 matmul rate that a `matmul` process measures in the same run with the same threads. Prints a
 Markdown table and writes JSON (--out). --smoke: a tiny run that checks the harness works.
 
@@ -331,6 +332,9 @@ def run_one(system: str, workload: Workload, epochs: int, samples: int, threads:
             summary = json.loads((out / "summary.json").read_text())
             result["samples_per_sec"] = summary["train_samples_per_sec"]
             result["first_step_seconds"] = summary["first_step_seconds"]
+            # The model summary's count (docs/summary.md): the same on both backends.
+            flops = (summary.get("model") or {}).get("flops_per_sample") or {}
+            result["train_flops_per_sample"] = flops.get("train_step")
         else:
             report = json.loads((out / "result.json").read_text())
             if "flops" in report:
@@ -382,7 +386,10 @@ def summarize(report: dict[str, Any], args: argparse.Namespace) -> dict[str, Any
     table: dict[str, dict[str, Any]] = {}
     for name in args.workloads.split(","):
         workload = WORKLOADS[name]
-        train_flops = 3 * workload.flops_per_sample()
+        runs_of = [r for r in report["runs"] if r["workload"] == name]
+        counted = [r["train_flops_per_sample"] for r in runs_of if r.get("train_flops_per_sample")]
+        # A dualtrain run's count, else one counted for the purpose (docs/summary.md).
+        train_flops = counted[0] if counted else workload.train_flops_per_sample()
         rows: dict[str, Any] = {}
         for system in args.systems.split(","):
             runs = [r for r in report["runs"] if r["workload"] == name and r["system"] == system]

@@ -1,9 +1,14 @@
 """The benchmark workloads: data, the Keras model (dualtrain's bench_* recipes) and the same
-architecture written in torch.nn, plus the model FLOPs per sample that MFU is computed from."""
+architecture written in torch.nn, plus the training FLOPs per sample that MFU is computed from."""
 
 from __future__ import annotations
 
+import json
+import os
+import subprocess
+import sys
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -26,22 +31,18 @@ class Workload:
 
         return synthetic(seed, samples or self.train_samples, self.shape, self.num_classes)
 
-    def flops_per_sample(self) -> float:
-        """Forward multiply-adds x 2 of the matmuls and convolutions; training ~3x this."""
-        if self.name == "W1":
-            f = int(self.model.get("filters", 32))
-            d = int(self.model.get("dense_units", 128))
-            conv1 = 26 * 26 * f * 9 * 1
-            conv2 = 11 * 11 * 2 * f * 9 * f
-            dense = 5 * 5 * 2 * f * d + d * 10
-            return 2.0 * (conv1 + conv2 + dense)
-        if self.name == "W2":
-            u = int(self.model.get("units", 512))
-            return 2.0 * (784 * u + u * u + u * 10)
-        seq, width = self.shape
-        ff = int(self.model.get("ff_units", 512))
-        per_layer = seq * (4 * width * width + 2 * width * ff) + 2 * seq * seq * width
-        return 2.0 * (int(self.model.get("layers", 2)) * per_layer + width * 10)
+    def train_flops_per_sample(self) -> float:
+        """FLOPs of a training step per sample (forward and gradients; matmuls, convolutions
+        and attention, 2 per multiply-add), as dualtrain's model summary counts them on torch
+        (docs/summary.md), in a process of its own."""
+        repo = Path(__file__).resolve().parents[1]
+        done = subprocess.run(
+            [sys.executable, "-m", "dualtrain.model_summary", "torch", self.recipe],
+            cwd=repo, capture_output=True, text=True, check=True,
+            env={**os.environ, "PYTHONPATH": str(repo), "OMP_NUM_THREADS": "1"},
+        )  # fmt: skip
+        summary = json.loads(done.stdout.splitlines()[-1])[self.recipe]
+        return float(summary["flops_per_sample"]["train_step"])
 
 
 WORKLOADS = {

@@ -237,6 +237,8 @@ def run(settings: Settings, command_for: CommandFor | None = None) -> dict[str, 
         from dualtrain import lr_find
 
         return lr_find.run(settings)
+    if settings.mode == "summary":
+        return jobs.summarize(settings)
     if settings.mode == "export" and settings.export.worker:
         return export.run_worker(settings)
     if settings.mode == "parity" and settings.parity.worker:

@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dualtrain import __version__, distributed, rundir
+from dualtrain import __version__, distributed, model_summary, rundir
 from dualtrain.callbacks import Callback, create_callbacks
 from dualtrain.checkpoint import (
     Checkpoint,
@@ -101,6 +101,7 @@ def _train(
     status = "failed"
     engine = None
     found = None  # optimizer.lr=auto: what the finder found
+    model = None  # the model summary (model_summary.py)
     try:
         # In the try: a signal while they start (TensorBoard's import) still ends in a summary.
         if rank0:
@@ -122,6 +123,10 @@ def _train(
             data.describe(),
             run_dir,
         )
+        model = engine.model_summary()
+        say = log.info if model["flops_per_sample"] is not None else log.warning
+        for line in model_summary.lines(model):
+            say("%s", line)
         _load_checkpoint(
             engine, state, sources, weights_only=settings.checkpoint.init_from is not None
         )
@@ -179,6 +184,7 @@ def _train(
             "skipped_steps": state.skipped_steps,
             "stop_reason": state.stop_reason,
             "final": {"train": state.final_train, "val": state.final_val},
+            "model": model,
             "jit_compile": engine.jit_compile if engine is not None else None,
             # How the steps ran (graphs, or op by op and why), for users and the benchmarks.
             "step_capture": engine.step_capture() if engine is not None else None,
@@ -223,6 +229,37 @@ def init_weights(settings: Settings) -> Callable[[Engine], None]:
 
 def _weights_from(sources: list[Path]) -> Callable[[Engine], None]:
     return lambda engine: _load_checkpoint(engine, LoopState(), sources, weights_only=True)
+
+
+def build_engine(settings: Settings) -> Engine:
+    """The data, the recipe and the engine of the run's backend, ready to train."""
+    # Keras's backend before a user's data source can import Keras; the framework itself after
+    # the data, whose mistakes are then found before it is imported.
+    select_backend(settings.backend.name, import_framework=False)
+    data = load_data(settings.data, settings.seed, task=settings.recipe.task)
+    select_backend(settings.backend.name)
+    recipe = load_recipe(settings.recipe)
+    return engine_class(settings.backend.name, _strategy(settings))(settings, recipe, data)
+
+
+def summarize(settings: Settings) -> dict[str, Any]:
+    """mode=summary: the model summary (parameters, layers, FLOPs), printed; nothing trained.
+    Writes it to summary.json in the run directory, the file scripts read a run by."""
+    engine = build_engine(settings)
+    model = engine.model_summary()
+    summary: dict[str, Any] = {
+        "status": "completed",
+        "mode": "summary",
+        "backend": settings.backend.name,
+        "recipe": settings.recipe.name,
+        "model": model,
+        "versions": _versions(settings.backend.name),
+    }
+    settings.run_dir.mkdir(parents=True, exist_ok=True)
+    write_json(settings.run_dir / "summary.json", summary)
+    print(f"dualtrain summary of {settings.recipe.name} on {settings.backend.name}:")
+    print("\n".join(model_summary.lines(model)))
+    return summary
 
 
 def evaluate(settings: Settings) -> dict[str, Any]:

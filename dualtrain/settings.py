@@ -39,7 +39,7 @@ from typing import Any, TypeVar
 from dualtrain.errors import ConfigError
 
 BACKENDS = ("torch", "tf")
-MODES = ("train", "eval", "export", "parity", "lr_find")
+MODES = ("train", "eval", "export", "parity", "lr_find", "summary")
 JIT_CHOICES = ("auto", "true", "false")
 OPTIMIZERS = ("adam", "adamw", "sgd")
 SCHEDULERS = ("constant", "step", "cosine", "warmup_cosine")
@@ -552,7 +552,7 @@ class Settings:
     logger: LoggerSettings
     checkpoint: CheckpointSettings
     run_dir: Path
-    # train | eval | export | parity | lr_find
+    # train | eval | export | parity | lr_find | summary (the model's parameters, layers, FLOPs)
     mode: str = field(default="train", metadata=key(choice(MODES)))
     seed: int = field(default=0, metadata=key(integer(0)))
     config_yaml: str = ""  # the composed config, kept for checkpoints and logs

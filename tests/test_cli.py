@@ -92,7 +92,10 @@ def test_help_copies_the_config_repository_once() -> None:
         ("data.batch_size=0", "data.batch_size must be a positive integer; got 0"),
         ("trainer.max_epochs=-2", "trainer.max_epochs must be a positive integer; got -2"),
         ("backend.jit_compile=sometimes", "backend.jit_compile must be one of auto, true, false"),
-        ("mode=predict", "mode must be one of train, eval, export, parity, lr_find; got 'predict'"),
+        (
+            "mode=predict",
+            "mode must be one of train, eval, export, parity, lr_find, summary; got 'predict'",
+        ),
         (
             "mode=export",
             "mode=export needs checkpoint.path=<run directory or checkpoint directory>",

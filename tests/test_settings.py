@@ -108,7 +108,10 @@ def test_python_data_requires_a_source() -> None:
         ("profile.steps=[0,3]", "profile.steps must be [first, last], two optimizer step numbers"),
         ("profile.steps=[5,2]", "counted from 1 (as metrics.jsonl counts them) with first <= last"),
         ("profile.steps=7", "e.g. profile.steps=[10,15]; got 7"),
-        ("mode=bogus", "mode must be one of train, eval, export, parity, lr_find; got 'bogus'"),
+        (
+            "mode=bogus",
+            "mode must be one of train, eval, export, parity, lr_find, summary; got 'bogus'",
+        ),
         (
             "mode=parity optimizer.lr=auto",
             "mode=parity compares both backends at one learning rate, and optimizer.lr=auto",

@@ -15,6 +15,7 @@ import itertools
 import logging
 import random
 import sys
+import warnings
 from abc import ABC, abstractmethod
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -23,6 +24,7 @@ from typing import Any, ClassVar
 import keras
 import numpy as np
 
+from dualtrain import model_summary
 from dualtrain.data import ArrayDataset, BatchSplit, DataSplits, structure
 from dualtrain.engines.state import TrainingState, number
 from dualtrain.engines.state import targets_or_none as targets
@@ -102,8 +104,8 @@ class Engine(ABC):
             self.phases: list[Phase] = list(self.state.phases)
             self._predict: Callable[[Any], Any] = lambda x: self.state.model(x, training=False)
             self._make_steps()
-        # An export runs no step: the line would only be noise beside the export's report.
-        say = log.debug if settings.mode == "export" else log.info
+        # An export or a summary runs no step: the line would only be noise beside its report.
+        say = log.debug if settings.mode in ("export", "summary") else log.info
         say("%s steps run %s", self.name, self.step_mode())
 
     @property
@@ -229,6 +231,11 @@ class Engine(ABC):
         """The framework's profiler, writing its trace under `directory` (profile.steps:
         dualtrain/profiling.py)."""
 
+    @abstractmethod
+    def count_flops(self, x: Any, y: Any) -> model_summary.Flops:
+        """The FLOPs of the inference pass on the samples `x` and of a training step on (x, y)
+        (model_summary.COUNTED), counted by the framework's own counter; changes no state."""
+
     # -- shared ----------------------------------------------------------------------------------
 
     @staticmethod
@@ -289,6 +296,24 @@ class Engine(ABC):
     def _reduce_metrics(self, metrics: list[keras.metrics.Metric]) -> None:
         """Combines the metrics' state across processes (distributed engines); here, nothing."""
         return None
+
+    def model_summary(self) -> dict[str, Any]:
+        """Parameters, top-level layers and FLOPs per sample (model_summary.py), the FLOPs
+        counted on the first train samples. A model the counter fails on still gets its
+        summary, with the reason in place of the FLOPs: training does not depend on it."""
+        x, y = self.data.train.sample(model_summary.SAMPLES)
+        x = structure.map_leaves(keras.ops.convert_to_tensor, x)
+        y = structure.map_leaves(keras.ops.convert_to_tensor, targets(y))
+        try:
+            with warnings.catch_warnings():
+                # A subclassed model that the state did not call (a recipe with phases) builds
+                # on its first call, running `call` twice: here, not in the counted call. Keras
+                # warns that such a model has no build(); its variables were all made already.
+                warnings.filterwarnings("ignore", message=r".*does not have a `build\(\)`")
+                self.model(x, training=False)
+            return model_summary.describe(self.model, self.count_flops(x, y))
+        except Exception as err:  # any framework error: a summary without FLOPs, and why
+            return model_summary.describe(self.model, None, f"{type(err).__name__}: {err}")
 
     def distributed_info(self) -> dict[str, Any]:
         """summary.json's `distributed` entry: how many processes trained, and how."""

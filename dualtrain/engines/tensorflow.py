@@ -13,6 +13,7 @@ import tensorflow as tf
 from dualtrain import compat
 from dualtrain.data import ArrayDataset, ArraySpec, BatchSplit, DataInfo, Rows, structure
 from dualtrain.engines.base import EAGER_MODE, Batch, Engine, targets
+from dualtrain.model_summary import Flops
 from dualtrain.profiling import Recorder
 
 # The batch sizes one step is traced for, each a static batch dimension (TensorFlowEngine._trace).
@@ -147,6 +148,11 @@ class TensorFlowEngine(Engine):
         from dualtrain.engines.tf_profile import TensorFlowRecorder
 
         return TensorFlowRecorder(directory)
+
+    def count_flops(self, x: Any, y: Any) -> Flops:
+        from dualtrain.engines import tf_flops
+
+        return tf_flops.count(self.model, self.state.phases, self.state.phase_variables, x, y)
 
     # -- the steps -------------------------------------------------------------------------------
 

@@ -20,6 +20,7 @@ from dualtrain import compat
 from dualtrain.data import ArrayDataset, BatchSplit, structure
 from dualtrain.engines.base import EAGER_MODE, Batch, Engine, rows, targets
 from dualtrain.engines.torch_adam import FusedAdam, fuse_adam
+from dualtrain.model_summary import Flops
 from dualtrain.profiling import Recorder
 from dualtrain.recipe import Phase
 
@@ -154,6 +155,12 @@ class TorchEngine(Engine):
         from dualtrain.engines.torch_profile import TorchRecorder
 
         return TorchRecorder(directory, self.device)
+
+    def count_flops(self, x: Any, y: Any) -> Flops:
+        from dualtrain.engines import torch_flops
+
+        # The state's phases, not their captured forms: the counter sees eager ATen ops.
+        return torch_flops.count(self.model, self.state.phases, self.state.phase_variables, x, y)
 
     def step_mode(self) -> str:
         if self.eager:
