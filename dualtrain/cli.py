@@ -178,7 +178,8 @@ def run(settings: Settings, command_for: CommandFor | None = None) -> dict[str, 
             settings, find_checkpoint(settings.run_dir), command_for
         )
     finally:
-        if "mlflow" in settings.logger.loggers:  # its run has ended: the report goes in after
+        # The MLflow run (rank 0's) has ended: the report goes in after.
+        if "mlflow" in settings.logger.loggers and distributed.is_writer(settings.backend.strategy):
             from dualtrain.logging.mlflow import log_export_report
 
             log_export_report(settings.run_dir)
