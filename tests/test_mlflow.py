@@ -19,6 +19,8 @@ import pytest
 from tests.conftest import REPO, probe_cli
 from tests.test_tensorboard import free_port, get_json, jsonl_series, post_json
 
+# MLflow's usage telemetry off (MLflow's default is on): the tests reach only 127.0.0.1.
+NO_TELEMETRY = {"MLFLOW_DISABLE_TELEMETRY": "true"}
 # A few steps of the mlp: 2 epochs of 4 steps, a train line every 2 steps.
 TINY_MLP = [
     "recipe=mlp",
@@ -45,6 +47,7 @@ def mlflow_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
             "--artifacts-destination", str(store / "artifacts"),
         ],
         cwd=store, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        env={**os.environ, **NO_TELEMETRY},
     )  # fmt: skip
     url = f"http://127.0.0.1:{port}"
     try:
@@ -81,6 +84,7 @@ def test_a_torch_and_a_tf_run_in_an_mlflow_server(mlflow_server: str, tmp_path: 
         processes[backend] = subprocess.Popen(
             [*command, f"hydra.run.dir={run_dir}", *extra[backend]],
             cwd=REPO,
+            env={**os.environ, **NO_TELEMETRY},
             stdout=subprocess.PIPE,
             stderr=subprocess.STDOUT,
             text=True,
@@ -142,7 +146,7 @@ def test_a_tracking_server_that_is_down_fails_the_run_at_its_start(tmp_path: Pat
     uri = f"http://127.0.0.1:{free_port()}"  # nothing listens there
     result, imported = probe_cli(
         *TINY_MLP, f"logger.mlflow.tracking_uri={uri}", f"hydra.run.dir={tmp_path}",
-        tmp_path=tmp_path, timeout=120,
+        tmp_path=tmp_path, timeout=120, env=NO_TELEMETRY,
     )  # fmt: skip
     assert result.returncode == 1
     lines = result.stderr.strip().splitlines()
@@ -155,7 +159,11 @@ def test_a_tracking_server_that_is_down_fails_the_run_at_its_start(tmp_path: Pat
 
 
 @pytest.mark.slow
-def test_params_keep_to_mlflow_limits_and_status_maps(mlflow_server: str, tmp_path: Path) -> None:
+def test_params_keep_to_mlflow_limits_and_status_maps(
+    mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    for name, value in NO_TELEMETRY.items():
+        monkeypatch.setenv(name, value)
     from mlflow.tracking import MlflowClient
 
     from dualtrain.logging.mlflow import MlflowLogger

@@ -70,20 +70,19 @@ class MlflowLogger(Logger):
         uri = settings.tracking_uri
         if uri is not None and urllib.parse.urlsplit(uri).scheme in ("http", "https"):
             _check_reachable(uri)  # MLflow itself would retry for minutes
-        self.client = MlflowClient(tracking_uri=uri)
-        self.tracking_uri = self.client.tracking_uri
         self.run_dir = run_dir
         self._failed = False
         try:
+            self.client = MlflowClient(tracking_uri=uri)
+            self.tracking_uri = self.client.tracking_uri
             experiment_id = self._experiment_id(str(settings.experiment))
             self.run_id = self.client.create_run(
                 experiment_id, tags={"backend": backend, "run_dir": str(run_dir.resolve())}
             ).info.run_id
         except Exception as err:  # MlflowException, or requests' errors from a REST store
             raise RunError(
-                f"MLflow at {self.tracking_uri} could not start a run in experiment "
-                f"{settings.experiment!r}: "
-                f"{_one_line(err)}"
+                f"MLflow ({uri or 'its default store'}) could not start a run in experiment "
+                f"{settings.experiment!r}: {_one_line(err)}"
             ) from err
         # Metrics go through a queue to a thread of their own (None: the run ended).
         self._metrics: queue.SimpleQueue[list[Any] | None] = queue.SimpleQueue()
@@ -219,4 +218,4 @@ def _name(key: str) -> str:
 
 
 def _one_line(err: BaseException) -> str:
-    return " ".join(str(err).split())[:500] or type(err).__name__
+    return " ".join(str(err).split())[:1000] or type(err).__name__
