@@ -189,3 +189,28 @@ def test_params_keep_to_mlflow_limits_and_status_maps(
     assert run.data.tags["backend"] == "tf" and run.data.tags["recipe"] == "mine"
     assert run.data.metrics == {"val/loss": 0.5}
     assert run.info.status == "KILLED"  # interrupted (Ctrl-C, SIGTERM)
+
+
+@pytest.mark.slow
+def test_a_store_that_refuses_values_midway_costs_one_warning(
+    mlflow_server: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: Any
+) -> None:
+    for name, value in NO_TELEMETRY.items():
+        monkeypatch.setenv(name, value)
+    from mlflow.tracking import MlflowClient
+
+    from dualtrain.logging.mlflow import MlflowLogger
+    from dualtrain.settings import MlflowSettings
+
+    settings = MlflowSettings(tracking_uri=mlflow_server, experiment="refused")
+    logger = MlflowLogger(tmp_path, "torch", settings)
+    logger.log_metrics("train", {"loss": 1.0}, step=1, epoch=0)
+    # Someone deletes the run while it trains: the server refuses what follows (400, no retry).
+    MlflowClient(mlflow_server).delete_run(logger.run_id)
+    logger.log_metrics("train", {"loss": 0.5}, step=2, epoch=0)
+    logger.finalize({"status": "completed", "recipe": "mlp"})  # no exception: the run goes on
+
+    warnings = [r.getMessage() for r in caplog.records if r.levelname == "WARNING"]
+    assert len(warnings) == 1
+    assert warnings[0].startswith(f"mlflow: {mlflow_server} did not take run {logger.run_id}'s")
+    assert "metrics.jsonl and summary.json have everything" in warnings[0]
