@@ -25,7 +25,7 @@ import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from dualtrain.errors import ConfigError
 
@@ -199,24 +199,37 @@ def create_callbacks(specs: dict[str, dict[str, Any]]) -> list[Callback]:
         ConfigError: a target that cannot be imported or is not a `Callback`, or keyword
             arguments its constructor does not take.
     """
-    callbacks = []
-    for name, spec in specs.items():
-        target = spec.get("_target_")
-        module_name, _, attribute = str(target).rpartition(".")
-        try:
-            cls = getattr(importlib.import_module(module_name), attribute)
-        except (ImportError, AttributeError, ValueError) as err:
-            raise ConfigError(
-                f"callbacks.{name}._target_={target} cannot be imported; give a dotted path to a "
-                "Callback class, e.g. dualtrain.callbacks.EarlyStopping"
-            ) from err
-        if not (isinstance(cls, type) and issubclass(cls, Callback)):
-            raise ConfigError(
-                f"callbacks.{name}._target_={target} is not a dualtrain.callbacks.Callback class"
-            )
-        kwargs = {k: v for k, v in spec.items() if k != "_target_"}
-        try:
-            callbacks.append(cls(**kwargs))
-        except TypeError as err:
-            raise ConfigError(f"callbacks.{name}: {err}") from err
-    return callbacks
+    return [
+        create_target(spec, f"callbacks.{name}", Callback, "dualtrain.callbacks.EarlyStopping")
+        for name, spec in specs.items()
+    ]
+
+
+_T = TypeVar("_T")
+
+
+def create_target(spec: dict[str, Any], label: str, base: type[_T], example: str) -> _T:
+    """`spec["_target_"](**the other keys of spec)`, a subclass of `base`, as Hydra's `_target_`
+    entries make it; `label` names the config entry in errors (e.g. callbacks.print_lr).
+
+    Raises:
+        ConfigError: for a target that cannot be imported, is not a `base` class, or does not
+            take those keyword arguments.
+    """
+    target = spec.get("_target_")
+    module_name, _, attribute = str(target).rpartition(".")
+    what = f"{base.__module__}.{base.__name__}"
+    try:
+        cls = getattr(importlib.import_module(module_name), attribute)
+    except (ImportError, AttributeError, ValueError) as err:
+        raise ConfigError(
+            f"{label}._target_={target} cannot be imported; give a dotted path to a "
+            f"{base.__name__} class, e.g. {example}"
+        ) from err
+    if not (isinstance(cls, type) and issubclass(cls, base)):
+        raise ConfigError(f"{label}._target_={target} is not a {what} class")
+    kwargs = {k: v for k, v in spec.items() if k != "_target_"}
+    try:
+        return cls(**kwargs)
+    except TypeError as err:
+        raise ConfigError(f"{label}: {err}") from err

@@ -255,10 +255,17 @@ def run(settings: Settings, command_for: CommandFor | None = None) -> dict[str, 
         source = find_checkpoint(Path(str(settings.checkpoint.path)))
         return export.export_checkpoint(settings, source, command_for)
     summary = jobs.train(settings)
-    # The final weights, as the run's newest checkpoint holds them.
-    summary["export"] = export.export_checkpoint(
-        settings, find_checkpoint(settings.run_dir), command_for
-    )
+    try:
+        # The final weights, as the run's newest checkpoint holds them.
+        summary["export"] = export.export_checkpoint(
+            settings, find_checkpoint(settings.run_dir), command_for
+        )
+    finally:
+        # The MLflow run (rank 0's) has ended: the report goes in after.
+        if "mlflow" in settings.logger.loggers and distributed.is_writer(settings.backend.strategy):
+            from dualtrain.logging.mlflow import log_export_report
+
+            log_export_report(settings.run_dir)
     return summary
 
 

@@ -94,7 +94,7 @@ def _train(
 ) -> dict[str, Any]:
     logger_settings = settings.logger
     if rank0 and settings.trainer.fast_dev_run:
-        logger_settings = dataclasses.replace(logger_settings, loggers=("console",))
+        logger_settings = dataclasses.replace(logger_settings, loggers=("console",), targets={})
     logger = LoggerGroup([])
     state = LoopState()
     stop.step = lambda: state.step

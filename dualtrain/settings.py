@@ -27,6 +27,7 @@ library is needed for a dozen kinds of check.
 
 from __future__ import annotations
 
+import dataclasses
 import difflib
 import importlib
 import importlib.util
@@ -50,7 +51,7 @@ PRECISIONS = ("float32", "mixed_float16", "mixed_bfloat16")
 TASKS = ("classification", "multilabel", "regression", "none")
 # tf.distribute strategies; for torch, torchrun's environment makes a run distributed.
 STRATEGIES = {"tf": ("none", "mirrored", "multi_worker"), "torch": ("none",)}
-LOGGERS = ("jsonl", "csv", "console", "tensorboard")  # the options of configs/logger/
+LOGGERS = ("jsonl", "csv", "console", "tensorboard", "mlflow")  # the options of configs/logger/
 EXPORT_FORMATS = ("saved_model", "tflite", "onnx", "torch", "tfjs", "executorch")
 TFLITE_QUANTIZE = ("none", "dynamic", "float16", "int8")
 # Keys of a data config that the loader uses itself; all other keys go to the data source function.
@@ -400,13 +401,29 @@ class TrainerSettings:
 
 
 @dataclass(frozen=True)
+class MlflowSettings:
+    """logger.mlflow.*: the keys configs/logger/mlflow.yaml sets, null for these defaults."""
+
+    # http(s)://host:port of a tracking server, or a store URI such as sqlite:///mlflow.db; null:
+    # MLflow's own choice (MLFLOW_TRACKING_URI, else sqlite:///mlflow.db in the working directory)
+    tracking_uri: str | None = field(default=None, metadata=key(optional(text)))
+    # the MLflow experiment; null: the recipe's name
+    experiment: str | None = field(default=None, metadata=key(optional(text)))
+
+
+@dataclass(frozen=True)
 class LoggerSettings:
     # the options chosen from configs/logger/, e.g. ("jsonl", "console"); each sets `<name>: true`
+    # (mlflow: its mapping of keys)
     loggers: tuple[str, ...]
     # console: tqdm bars, drawn only when stdout is a terminal
     progress: bool = field(default=True, metadata=key(boolean))
     # tensorboard: weight and gradient histograms every N steps (0: off)
     histograms_every: int = field(default=0, metadata=key(integer(0)))
+    # logger.mlflow.*: the mlflow logger's keys
+    mlflow: MlflowSettings = field(default_factory=MlflowSettings)
+    # a user's own loggers: name -> {"_target_": "package.module.Class", **keyword arguments}
+    targets: dict[str, dict[str, Any]] = field(default_factory=dict)
 
 
 def _monitor(value: Any, label: str) -> str:
@@ -586,14 +603,22 @@ class Settings:
         data = _section(cfg, "data")
         optimizer = _section(cfg, "optimizer")
         trainer = _section(cfg, "trainer")
-        logger = _section(cfg, "logger")
+        # A user's logger is a mapping with _target_, like a callback; the others are keys.
+        targets = {
+            str(name): dict(spec)
+            for name, spec in _section(cfg, "logger").items()
+            if isinstance(spec, Mapping) and "_target_" in spec
+        }
+        logger = {k: v for k, v in _section(cfg, "logger").items() if k not in targets}
         for name in (
             "backend", "recipe", "trainer", "logger", "checkpoint", "parity", "export", "lr_find"
         ):  # fmt: skip
-            check_keys(name, _section(cfg, name))
+            check_keys(name, logger if name == "logger" else _section(cfg, name))
         check_keys("profile", _section(cfg, "profile"))
-        # Each option of the logger group sets `<name>: true`; several can be chosen at once.
-        loggers = tuple(name for name in LOGGERS if logger.get(name) is True)
+        # Each option of the logger group sets `<name>: true` (mlflow: its keys); several at once.
+        loggers = tuple(
+            n for n in LOGGERS if logger.get(n) is True or isinstance(logger.get(n), Mapping)
+        )
         checkpoint = {**_section(cfg, "checkpoint"), "init_from": cfg.get("init_from")}
         settings = cls(
             **top,
@@ -604,7 +629,14 @@ class Settings:
             trainer=_build(TrainerSettings, trainer, "trainer"),
             scheduler=_named(SchedulerSettings, _section(cfg, "scheduler"), "scheduler"),
             callbacks=_callback_specs(cfg.get("callbacks") or {}),
-            logger=_build(LoggerSettings, logger, "logger", loggers=loggers),
+            logger=_build(
+                LoggerSettings,
+                logger,
+                "logger",
+                loggers=loggers,
+                targets=targets,
+                mlflow=_mlflow(logger.get("mlflow"), str(recipe.get("name"))),
+            ),
             checkpoint=_build(CheckpointSettings, checkpoint, "checkpoint"),
             run_dir=Path(run_dir),
             config_yaml=config_yaml,
@@ -799,6 +831,18 @@ def _callback_specs(callbacks: Any) -> dict[str, dict[str, Any]]:
     return specs
 
 
+def _mlflow(values: Any, recipe: str) -> MlflowSettings:
+    """logger.mlflow's keys (absent or `true`: the defaults); the experiment defaults to the
+    recipe's name."""
+    values = values if isinstance(values, Mapping) else {}
+    known = [f.name for f in fields(MlflowSettings)]
+    for name in values:
+        if name not in known:
+            raise ConfigError(f"logger.mlflow has no key {name}; its keys: {', '.join(known)}")
+    settings = _build(MlflowSettings, values, "logger.mlflow")
+    return settings if settings.experiment else dataclasses.replace(settings, experiment=recipe)
+
+
 def _section(cfg: Mapping[str, Any], key: str) -> Mapping[str, Any]:
     value = cfg.get(key)
     if not isinstance(value, Mapping):
@@ -841,7 +885,7 @@ _SECTIONS: dict[str, tuple[type, tuple[str, ...], tuple[str, ...]]] = {
     "optimizer": (OptimizerSettings, ("params",), ()),
     "scheduler": (SchedulerSettings, (), ()),
     "trainer": (TrainerSettings, (), ()),
-    "logger": (LoggerSettings, ("loggers",), LOGGERS),
+    "logger": (LoggerSettings, ("loggers", "targets"), LOGGERS),
     "checkpoint": (CheckpointSettings, ("init_from",), ()),
     "parity": (ParitySettings, (), ()),
     "export": (ExportSettings, (), ()),
