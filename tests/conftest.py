@@ -7,6 +7,7 @@ import os
 import re
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -84,6 +85,40 @@ def readme_recipe_example() -> tuple[str, str]:
 
 def read_jsonl(path: Path) -> list[dict[str, Any]]:
     return [json.loads(line) for line in path.read_text().splitlines()]
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """Under pytest-xdist, the slow tests first and the quick ones (no framework start-up) last:
+    workers take tests in this order (xdist_groups first), so both finish on quick tests rather
+    than one waiting on the other's last long one. Every module-scoped fixture's tests are in
+    one xdist_group, which a worker runs as one block, so such a fixture is still set up once."""
+    if "PYTEST_XDIST_WORKER" in os.environ:
+        items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # a stable sort
+
+
+# The small cnn that the export tests export: accuracy does not matter there (they compare each
+# exported model with the Keras model on the same weights).
+SMALL_CNN = ["recipe=cnn", "data=synthetic", "data.num_samples=300", "trainer.max_epochs=1"]
+
+
+@pytest.fixture(scope="session")
+def small_cnn(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """backend -> the run directory of SMALL_CNN trained on it: trained on first use, then shared
+    (read only) by the tests in xdist_group "export", which one worker runs."""
+    runs: dict[str, Path] = {}
+
+    def run(backend: str) -> Path:
+        if backend not in runs:
+            run_dir = tmp_path_factory.mktemp(f"small-cnn-{backend}")
+            result = run_cli(
+                *SMALL_CNN, f"backend={backend}", "logger.progress=false",
+                f"hydra.run.dir={run_dir}",
+            )  # fmt: skip
+            assert result.returncode == 0, result.stderr[-3000:]
+            runs[backend] = run_dir
+        return runs[backend]
+
+    return run
 
 
 @pytest.fixture

@@ -4,10 +4,12 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -25,6 +27,25 @@ RUN = [
     "trainer.log_every_n_steps=1",
     "logger=[jsonl]",
 ]
+# The tests of the `straight` fixture: on one worker, so each backend's RUN trains once.
+STRAIGHT = pytest.mark.xdist_group("checkpoint_straight")
+
+
+@pytest.fixture(scope="module")
+def straight(tmp_path_factory: pytest.TempPathFactory) -> Callable[[str], Path]:
+    """backend -> the run directory of RUN on it, uninterrupted: trained on first use, then
+    shared (read only: a test that changes a run works on a copy)."""
+    runs: dict[str, Path] = {}
+
+    def run(backend: str) -> Path:
+        if backend not in runs:
+            run_dir = tmp_path_factory.mktemp(f"straight-{backend}")
+            result = run_cli(f"backend={backend}", *RUN, f"hydra.run.dir={run_dir}")
+            assert result.returncode == 0, result.stderr[-3000:]
+            runs[backend] = run_dir
+        return runs[backend]
+
+    return run
 
 
 def train_losses(run_dir: Path) -> dict[int, float]:
@@ -35,12 +56,12 @@ def train_losses(run_dir: Path) -> dict[int, float]:
 
 
 @pytest.mark.slow
+@STRAIGHT
 @pytest.mark.parametrize("backend", ["torch", "tf"])
-def test_kill_9_then_resume_gives_the_uninterrupted_losses(backend: str, tmp_path: Path) -> None:
-    straight, killed = tmp_path / "straight", tmp_path / "killed"
-    result = run_cli(f"backend={backend}", *RUN, f"hydra.run.dir={straight}")
-    assert result.returncode == 0, result.stderr
-
+def test_kill_9_then_resume_gives_the_uninterrupted_losses(
+    backend: str, straight: Callable[[str], Path], tmp_path: Path
+) -> None:
+    killed = tmp_path / "killed"
     args = [f"backend={backend}", *RUN, "trainer.max_epochs=400", "checkpoint.every_n_steps=3"]
     proc = subprocess.Popen(
         [sys.executable, "-m", "dualtrain", *args, f"hydra.run.dir={killed}"],
@@ -62,7 +83,7 @@ def test_kill_9_then_resume_gives_the_uninterrupted_losses(backend: str, tmp_pat
         *args[:-2], "trainer.max_epochs=3", "checkpoint.resume=auto", f"hydra.run.dir={killed}"
     )
     assert resumed.returncode == 0, resumed.stderr
-    expected, got = train_losses(straight), train_losses(killed)
+    expected, got = train_losses(straight(backend)), train_losses(killed)
     assert sorted(got) == sorted(expected) == list(range(1, 13))
     # Same weights, optimizer state, batch order and dropout seeds: equal to the bit on CPU.
     assert got == expected
@@ -71,22 +92,22 @@ def test_kill_9_then_resume_gives_the_uninterrupted_losses(backend: str, tmp_pat
 
 
 @pytest.mark.slow
+@STRAIGHT
 @pytest.mark.parametrize("backend", ["torch", "tf"])
 def test_resume_mid_epoch_after_a_validation_gives_the_uninterrupted_losses(
-    backend: str, tmp_path: Path
+    backend: str, straight: Callable[[str], Path], tmp_path: Path
 ) -> None:
     # Stopped by max_steps at step 6, mid-epoch: the run validates, then saves. Neither the
     # validation pass nor the resumed run's data iterators may move the RNG that dropout draws
     # from (on torch, DataLoader iterators used to draw from it).
-    straight, split = tmp_path / "straight", tmp_path / "split"
+    split = tmp_path / "split"
     for args in (
-        [*RUN, f"hydra.run.dir={straight}"],
         [*RUN, "trainer.max_steps=6", f"hydra.run.dir={split}"],
         [*RUN, "checkpoint.resume=auto", f"hydra.run.dir={split}"],
     ):
         result = run_cli(f"backend={backend}", *args)
         assert result.returncode == 0, result.stderr
-    assert train_losses(split) == train_losses(straight)  # to the bit, as above
+    assert train_losses(split) == train_losses(straight(backend))  # to the bit, as above
 
 
 @pytest.mark.slow
@@ -118,9 +139,9 @@ def test_one_epoch_on_one_backend_the_rest_on_the_other(
 
 
 @pytest.mark.slow
-def test_init_from_loads_weights_only(tmp_path: Path) -> None:
-    first, second = tmp_path / "first", tmp_path / "second"
-    assert run_cli(*RUN, f"hydra.run.dir={first}").returncode == 0
+@STRAIGHT
+def test_init_from_loads_weights_only(straight: Callable[[str], Path], tmp_path: Path) -> None:
+    first, second = straight("torch"), tmp_path / "second"
     result = run_cli(*RUN, "trainer.max_epochs=1", f"init_from={first}", f"hydra.run.dir={second}")
     assert result.returncode == 0, result.stderr
     lines = read_jsonl(second / "metrics.jsonl")
@@ -130,9 +151,11 @@ def test_init_from_loads_weights_only(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_checkpoint_of_another_model_is_refused_by_name(tmp_path: Path) -> None:
-    first, second = tmp_path / "first", tmp_path / "second"
-    assert run_cli(*RUN, "trainer.max_epochs=1", f"hydra.run.dir={first}").returncode == 0
+@STRAIGHT
+def test_checkpoint_of_another_model_is_refused_by_name(
+    straight: Callable[[str], Path], tmp_path: Path
+) -> None:
+    first, second = straight("torch"), tmp_path / "second"
     result = run_cli(
         *RUN, "recipe.model.dense_units=64", f"checkpoint.path={first}", f"hydra.run.dir={second}"
     )
@@ -156,9 +179,12 @@ def test_missing_checkpoint_path_is_a_config_error(tmp_path: Path) -> None:
 
 
 @pytest.mark.slow
-def test_pickle_payload_is_refused_without_running_it(tmp_path: Path) -> None:
+@STRAIGHT
+def test_pickle_payload_is_refused_without_running_it(
+    straight: Callable[[str], Path], tmp_path: Path
+) -> None:
     good = tmp_path / "good"
-    assert run_cli(*RUN, "trainer.max_epochs=1", f"hydra.run.dir={good}").returncode == 0
+    shutil.copytree(straight("torch"), good, symlinks=True)
     checkpoint = good / "checkpoints" / "last"
     marker = tmp_path / "payload-ran"
 
@@ -194,12 +220,12 @@ def test_truncated_checkpoint_names_the_file_and_resume_auto_falls_back(tmp_path
 
 
 @pytest.mark.slow
+@STRAIGHT
 @pytest.mark.parametrize("writer,reader", [("torch", "tf"), ("tf", "torch"), ("tf", "tf")])
 def test_eval_mode_evaluates_a_checkpoint_of_either_backend(
-    writer: str, reader: str, tmp_path: Path
+    writer: str, reader: str, straight: Callable[[str], Path], tmp_path: Path
 ) -> None:
-    trained, evaluated = tmp_path / "trained", tmp_path / "eval"
-    assert run_cli(f"backend={writer}", *RUN, f"hydra.run.dir={trained}").returncode == 0
+    trained, evaluated = straight(writer), tmp_path / "eval"
     result = run_cli(f"backend={reader}", *RUN, "mode=eval", f"checkpoint.path={trained}",
                      f"hydra.run.dir={evaluated}")  # fmt: skip
     assert result.returncode == 0, result.stderr
@@ -218,9 +244,11 @@ def test_eval_mode_evaluates_a_checkpoint_of_either_backend(
 
 
 @pytest.mark.slow
-def test_eval_of_a_checkpoint_from_another_recipe_names_it(tmp_path: Path) -> None:
-    trained = tmp_path / "trained"
-    assert run_cli(*RUN, f"hydra.run.dir={trained}").returncode == 0
+@STRAIGHT
+def test_eval_of_a_checkpoint_from_another_recipe_names_it(
+    straight: Callable[[str], Path], tmp_path: Path
+) -> None:
+    trained = straight("torch")
     result = run_cli("recipe=mlp", "mode=eval", f"checkpoint.path={trained}",
                      f"hydra.run.dir={tmp_path / 'eval'}")  # fmt: skip
     assert result.returncode == 2

@@ -15,6 +15,8 @@ import yaml
 from tests.conftest import REPO, TINY, run_cli
 
 PNG = b"\x89PNG\r\n\x1a\n"
+# The tests of the `sweep` fixture: on one worker, so the sweep runs once.
+SWEEP = pytest.mark.xdist_group("sweep")
 
 
 @pytest.fixture(scope="module")
@@ -26,6 +28,7 @@ def sweep(tmp_path_factory: pytest.TempPathFactory) -> Path:
 
 
 @pytest.mark.slow
+@SWEEP
 def test_multirun_runs_each_backend_in_its_own_process(sweep: Path) -> None:
     for job, backend in (("0", "torch"), ("1", "tf")):
         summary = json.loads((sweep / job / "summary.json").read_text())
@@ -33,6 +36,7 @@ def test_multirun_runs_each_backend_in_its_own_process(sweep: Path) -> None:
 
 
 @pytest.mark.slow
+@SWEEP
 def test_the_sweep_directory_gets_a_comparison(sweep: Path) -> None:
     rows = json.loads((sweep / "comparison.json").read_text())
     assert [r["run"] for r in rows] == ["backend=torch", "backend=tf"]  # what tells them apart
@@ -50,6 +54,7 @@ def test_the_sweep_directory_gets_a_comparison(sweep: Path) -> None:
 
 
 @pytest.mark.slow
+@SWEEP
 def test_compare_prints_a_table_and_draws_the_curves(sweep: Path, tmp_path: Path) -> None:
     png, table = tmp_path / "curves.png", tmp_path / "table.json"
     result = subprocess.run(
@@ -67,6 +72,7 @@ def test_compare_prints_a_table_and_draws_the_curves(sweep: Path, tmp_path: Path
 
 
 @pytest.mark.slow
+@SWEEP
 def test_compare_writes_its_png_with_the_runs_not_into_the_working_directory(
     sweep: Path, tmp_path: Path
 ) -> None:

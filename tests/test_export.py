@@ -5,36 +5,39 @@ from __future__ import annotations
 import json
 import subprocess
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import SMALL_CNN, run_cli
 
-# Every test here trains or exports in subprocesses: the full suite only.
-pytestmark = pytest.mark.slow
+# Every test here trains or exports in subprocesses: the full suite only. One worker runs them
+# all (and test_export_executorch's), so the runs train once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("export")]
 
 FORMATS = ["saved_model", "tflite", "onnx", "torch"]
 # Small runs: few samples and steps keep the matrix inside CI's time; the checks compare the
 # exported model with the Keras model on the same weights, so accuracy does not matter here.
 SMALL = {
-    "cnn": ["recipe=cnn", "data=synthetic", "data.num_samples=300", "trainer.max_epochs=1"],
+    "cnn": SMALL_CNN,
     "mlp": ["recipe=mlp", "trainer.max_epochs=1"],
 }
 
 
 @pytest.fixture(scope="module")
-def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], Path]:
-    runs = {}
-    for recipe, overrides in SMALL.items():
-        for backend in ("torch", "tf"):
-            run_dir = tmp_path_factory.mktemp(f"{recipe}-{backend}")
-            result = run_cli(
-                *overrides, f"backend={backend}", "logger.progress=false",
-                f"hydra.run.dir={run_dir}",
-            )  # fmt: skip
-            assert result.returncode == 0, result.stderr[-3000:]
-            runs[(recipe, backend)] = run_dir
+def trained(
+    tmp_path_factory: pytest.TempPathFactory, small_cnn: Callable[[str], Path]
+) -> dict[tuple[str, str], Path]:
+    runs = {("cnn", backend): small_cnn(backend) for backend in ("torch", "tf")}
+    for backend in ("torch", "tf"):
+        run_dir = tmp_path_factory.mktemp(f"mlp-{backend}")
+        result = run_cli(
+            *SMALL["mlp"], f"backend={backend}", "logger.progress=false",
+            f"hydra.run.dir={run_dir}",
+        )  # fmt: skip
+        assert result.returncode == 0, result.stderr[-3000:]
+        runs[("mlp", backend)] = run_dir
     return runs
 
 

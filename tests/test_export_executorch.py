@@ -7,17 +7,18 @@ import json
 import subprocess
 import sys
 import textwrap
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.conftest import run_cli
+from tests.conftest import SMALL_CNN, run_cli
 
 # Every test here trains and exports in subprocesses: the full suite only. One worker runs them
-# all (they share the trained and exported runs).
-pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("executorch")]
+# all (they share the trained and exported runs), and test_export's, whose cnn runs they export.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("export")]
 
 
 def _user(name: str, epochs: int) -> list[str]:
@@ -31,7 +32,7 @@ def _user(name: str, epochs: int) -> list[str]:
 # Small runs: the checks compare the program with the Keras model on the same weights, so
 # accuracy does not matter here.
 SMALL = {
-    "cnn": ["recipe=cnn", "data=synthetic", "data.num_samples=300", "trainer.max_epochs=1"],
+    "cnn": SMALL_CNN,
     "mlp": ["recipe=mlp", "trainer.max_epochs=1"],
     "two_towers": _user("two_towers", epochs=2),
     "tokens": _user("tokens", epochs=1),  # int32 token ids, an Embedding and an LSTM
@@ -41,12 +42,15 @@ SMALL = {
 RUNS = [("cnn", "torch"), ("cnn", "tf"), ("two_towers", "tf"), ("tokens", "torch")]
 
 
-def _train_and_export(root: Path, recipe: str, backend: str) -> dict[str, Any]:
-    run, out = root / f"{recipe}-{backend}", root / f"{recipe}-{backend}-export"
-    trained = run_cli(
-        *SMALL[recipe], f"backend={backend}", "logger.progress=false", f"hydra.run.dir={run}"
-    )
-    assert trained.returncode == 0, trained.stderr[-3000:]
+def _train_and_export(root: Path, recipe: str, backend: str, run: Path | None) -> dict[str, Any]:
+    """Exports `run` (trains it first where None)."""
+    out = root / f"{recipe}-{backend}-export"
+    if run is None:
+        run = root / f"{recipe}-{backend}"
+        trained = run_cli(
+            *SMALL[recipe], f"backend={backend}", "logger.progress=false", f"hydra.run.dir={run}"
+        )
+        assert trained.returncode == 0, trained.stderr[-3000:]
     exported = run_cli(
         "mode=export", f"checkpoint.path={run}", *SMALL[recipe], f"hydra.run.dir={out}",
         "export.formats=[executorch]",
@@ -62,12 +66,15 @@ def _train_and_export(root: Path, recipe: str, backend: str) -> dict[str, Any]:
 
 
 @pytest.fixture(scope="module")
-def exported(tmp_path_factory: pytest.TempPathFactory) -> dict[tuple[str, str], dict[str, Any]]:
-    """Each run trained, then exported to executorch from its checkpoint; two at a time (most of
-    each is a child process starting a framework)."""
+def exported(
+    tmp_path_factory: pytest.TempPathFactory, small_cnn: Callable[[str], Path]
+) -> dict[tuple[str, str], dict[str, Any]]:
+    """Each run trained (the cnn's are test_export's), then exported to executorch from its
+    checkpoint; two at a time (most of each is a child process starting a framework)."""
     root = tmp_path_factory.mktemp("executorch")
+    runs = {key: small_cnn(key[1]) if key[0] == "cnn" else None for key in RUNS}
     with ThreadPoolExecutor(max_workers=2) as pool:
-        futures = {key: pool.submit(_train_and_export, root, *key) for key in RUNS}
+        futures = {key: pool.submit(_train_and_export, root, *key, runs[key]) for key in RUNS}
         return {key: future.result() for key, future in futures.items()}
 
 

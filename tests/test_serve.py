@@ -28,8 +28,9 @@ import pytest
 
 from tests.conftest import REPO
 
-# Every test here trains, exports or serves in subprocesses: the full suite only.
-pytestmark = pytest.mark.slow
+# Every test here trains, exports or serves in subprocesses: the full suite only. One worker runs
+# them all, so the module's runs train and export once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("serve")]
 
 FORMATS = ["onnx", "torch", "saved_model", "tflite"]
 TOLERANCE = 1e-4  # dualtrain.export.TOLERANCE: the runtimes order float32 sums differently

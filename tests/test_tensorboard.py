@@ -22,6 +22,8 @@ pytestmark = pytest.mark.slow
 
 ALL_LOGGERS = "logger=[jsonl,console,tensorboard,csv]"
 TAGS = {"train/loss", "train/lr", "train/samples_per_sec", "val/loss", "val/accuracy"}
+# The tests of the `logdir` fixture: on one worker, so its runs train once.
+RUNS = pytest.mark.xdist_group("tensorboard_runs")
 
 
 def jsonl_series(run_dir: Path) -> dict[str, list[tuple[int, float]]]:
@@ -39,18 +41,29 @@ def train(run_dir: Path, backend: str, *extra: str) -> None:
     assert result.returncode == 0, result.stderr
 
 
+@pytest.fixture(scope="module")
+def logdir(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A folder of two runs, `torch/` and `tf/`, each with every logger and histograms every 4
+    steps."""
+    root = tmp_path_factory.mktemp("runs")
+    for backend in ("torch", "tf"):
+        train(root / backend, backend, ALL_LOGGERS, "logger.histograms_every=4")
+    return root
+
+
+@RUNS
 @pytest.mark.parametrize("backend", ["torch", "tf"])
-def test_event_files_hold_what_metrics_jsonl_holds(backend: str, tmp_path: Path) -> None:
+def test_event_files_hold_what_metrics_jsonl_holds(backend: str, logdir: Path) -> None:
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
     from tensorboard.plugins.hparams import plugin_data_pb2
 
-    train(tmp_path, backend, ALL_LOGGERS, "logger.histograms_every=4")
+    run_dir = logdir / backend
     events = EventAccumulator(
-        str(tmp_path / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0}
+        str(run_dir / "tensorboard"), size_guidance={"scalars": 0, "histograms": 0, "tensors": 0}
     )
     events.Reload()
     tags = events.Tags()
-    expected = jsonl_series(tmp_path)
+    expected = jsonl_series(run_dir)
     assert set(tags["scalars"]) == TAGS == set(expected)
     for tag in TAGS:
         got = [(e.step, e.value) for e in events.Scalars(tag)]
@@ -74,7 +87,7 @@ def test_event_files_hold_what_metrics_jsonl_holds(backend: str, tmp_path: Path)
     assert [e.step for e in events.Histograms("gradients/conv2d/kernel")] == [4, 8]
 
     # metrics.csv holds the same values, long form.
-    with (tmp_path / "metrics.csv").open() as f:
+    with (run_dir / "metrics.csv").open() as f:
         rows = list(csv.DictReader(f))
     from_csv: dict[str, list[tuple[int, float]]] = {}
     for row in rows:
@@ -109,10 +122,8 @@ def post_json(url: str, body: dict[str, Any]) -> Any:
         return json.loads(response.read())
 
 
-def test_tensorboard_server_shows_a_torch_and_a_tf_run(tmp_path: Path) -> None:
-    logdir = tmp_path / "runs"
-    for backend in ("torch", "tf"):
-        train(logdir / backend, backend)
+@RUNS
+def test_tensorboard_server_shows_a_torch_and_a_tf_run(logdir: Path) -> None:
     port = free_port()
     server = subprocess.Popen(
         [

@@ -28,8 +28,8 @@ from dualtrain.checkpoint import read_checkpoint
 from dualtrain.errors import RunError
 
 # Every test here needs a run that trained (the `trained` fixture) or trains in a subprocess:
-# the full suite only.
-pytestmark = pytest.mark.slow
+# the full suite only. One worker runs them all, so the module's run trains once.
+pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("trust")]
 
 SMALL = [*TINY, "trainer.max_epochs=1"]
 

@@ -26,6 +26,8 @@ from tests.conftest import REPO, run_cli
 # Trains and exports in subprocesses, and starts a browser: the full suite only.
 pytestmark = pytest.mark.slow
 
+# The tests of the `runs` fixture: on one worker, so its run trains and exports once.
+RUNS = pytest.mark.xdist_group("web_runs")
 CHROMIUM = Path(os.environ.get("DUALTRAIN_CHROMIUM", "/usr/bin/chromium"))
 # Three epochs of the digits: about 0.97 val accuracy, enough for a drawn 0 to read as a 0.
 TRAIN = ["recipe=cnn", "data=digits", "backend=torch", "trainer.max_epochs=3",
@@ -271,6 +273,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Any]:
 # --- tests -------------------------------------------------------------------------------------
 
 
+@RUNS
 def test_a_run_without_an_onnx_export_is_refused_with_the_command_that_writes_it(
     runs: dict[str, Any],
 ) -> None:
@@ -287,6 +290,7 @@ def test_a_run_without_an_onnx_export_is_refused_with_the_command_that_writes_it
     assert (runs["export"] / "export" / "onnx" / "model.onnx").is_file()
 
 
+@RUNS
 def test_the_server_answers_only_its_own_paths(runs: dict[str, Any]) -> None:
     with serving(runs["export"]) as url:
         for path, content_type in [
@@ -319,6 +323,7 @@ def test_the_server_answers_only_its_own_paths(runs: dict[str, Any]) -> None:
         assert raw_get(url, "/", method="POST")[0] == 501
 
 
+@RUNS
 def test_a_digit_drawn_in_chromium_is_predicted_as_the_keras_model_predicts_it(
     runs: dict[str, Any], tmp_path: Path
 ) -> None:
