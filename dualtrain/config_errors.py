@@ -27,7 +27,7 @@ from hydra.errors import (
 from omegaconf.errors import OmegaConfBaseException
 
 from dualtrain import compat
-from dualtrain.errors import ConfigError
+from dualtrain.errors import ConfigError, first_line
 from dualtrain.settings import unknown_key_error
 
 GRAMMAR_URL = "https://hydra.cc/docs/advanced/override_grammar/basic/"
@@ -82,7 +82,7 @@ def describe(err: BaseException, multirun: bool = False) -> tuple[str, int]:
     if isinstance(err, MissingConfigException):
         return _missing_config_message(err), 2
     if isinstance(err, SearchPathException):
-        return f"{_first_line(err)}; give --config-dir a directory that exists", 2
+        return f"{first_line(err)}; give --config-dir a directory that exists", 2
     if isinstance(err, ConfigCompositionException):
         return _composition_message(err), 2
     if isinstance(err, OSError) and err.filename is not None:
@@ -93,7 +93,7 @@ def describe(err: BaseException, multirun: bool = False) -> tuple[str, int]:
             2,
         )
     if isinstance(err, OmegaConfBaseException):
-        return f"the config cannot be resolved: {_first_line(err)}{_where(err)}", 2
+        return f"the config cannot be resolved: {first_line(err)}{_where(err)}", 2
     if isinstance(err, HydraException) or _raised_in_hydra(err):
         return _one_line(err), 2
     return f"{type(err).__name__}: {_one_line(err)} (set HYDRA_FULL_ERROR=1 for the traceback)", 1
@@ -117,7 +117,7 @@ def _missing_config_message(err: MissingConfigException) -> str:
     missing = str(err.missing_cfg_file or "")
     group, _, option = missing.rpartition("/")
     if not group or not err.options:
-        return f"cannot find the config {missing!r}; {_first_line(err)}"
+        return f"cannot find the config {missing!r}; {first_line(err)}"
     return option_error(group, option, list(err.options))
 
 
@@ -152,9 +152,9 @@ def _composition_message(err: ConfigCompositionException) -> str:
         return f"cannot delete {absent.group(1)}: {unknown or 'the config has no such key'}"
     merging = re.match(r"Error merging override (\S+)", text)
     if merging and err.__cause__ is not None:
-        return f"cannot set {merging.group(1)}: {_first_line(err.__cause__)}"
+        return f"cannot set {merging.group(1)}: {first_line(err.__cause__)}"
     cause = err.__cause__
-    return _one_line(err) + (f": {_first_line(cause)}" if cause is not None else "")
+    return _one_line(err) + (f": {first_line(cause)}" if cause is not None else "")
 
 
 def _yaml_error(err: BaseException) -> yaml.YAMLError | None:
@@ -187,12 +187,6 @@ def _yaml_message(err: yaml.YAMLError) -> str:
 def _where(err: OmegaConfBaseException) -> str:
     key = getattr(err, "full_key", None)
     return f" (at {key})" if key else ""
-
-
-def _first_line(err: BaseException) -> str:
-    return next(
-        (line.strip() for line in str(err).splitlines() if line.strip()), type(err).__name__
-    )
 
 
 def _one_line(err: BaseException) -> str:

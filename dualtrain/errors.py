@@ -34,3 +34,10 @@ class RunError(DualtrainError):
     """A failure while running: missing or bad data, a recipe that does not fit (exit code 1)."""
 
     exit_code = 1
+
+
+def first_line(err: BaseException, limit: int | None = None) -> str:
+    """The first non-blank line of an exception's message (its type's name where it has none),
+    at most `limit` characters: another library's error inside dualtrain's one-line message."""
+    line = next((x.strip() for x in str(err).splitlines() if x.strip()), type(err).__name__)
+    return line[:limit]

@@ -26,7 +26,7 @@ from dualtrain.engines.targets import (
     update_metrics,
     with_model_losses,
 )
-from dualtrain.errors import ConfigError, RunError
+from dualtrain.errors import ConfigError, RunError, first_line
 from dualtrain.plan import planned_steps
 from dualtrain.recipe import Phase, Recipe
 from dualtrain.settings import OptimizerSettings, SchedulerSettings, Settings, TrainerSettings
@@ -320,7 +320,7 @@ def _call(model: keras.Model, x: Any, info: DataInfo, said: str) -> Any:
     except Exception as err:
         raise RunError(
             f"{said}: the model fails on the data's inputs ({_describe(info.inputs)}): "
-            f"{type(err).__name__}: {_first_line(err)}"
+            f"{type(err).__name__}: {first_line(err, 300)}"
         ) from err
 
 
@@ -389,7 +389,7 @@ def _check_targets(
         raise RunError(
             f"{said}: the loss cannot compare the targets ({_describe(info.targets)}) with the "
             f"model's outputs ({_describe_tensors(y_pred)}): {type(err).__name__}: "
-            f"{_first_line(err)}; build the outputs to fit the targets, or change the loss"
+            f"{first_line(err, 300)}; build the outputs to fit the targets, or change the loss"
         ) from err
     if len(getattr(value, "shape", ())) != 0:
         raise RunError(
@@ -403,7 +403,7 @@ def _check_targets(
             raise RunError(
                 f"{said}: the metric {tracked.name} cannot take the targets "
                 f"({_describe(info.targets)}) and outputs ({_describe_tensors(y_pred)}): "
-                f"{type(err).__name__}: {_first_line(err)}"
+                f"{type(err).__name__}: {first_line(err, 300)}"
             ) from err
         tracked.metric.reset_state()
 
@@ -456,11 +456,6 @@ def _describe_tensors(value: Any) -> str:
         f"{name}: {tuple(t.shape[1:])} {keras.backend.standardize_dtype(t.dtype)}"
         for name, t in structure.named(value, "output").items()
     )
-
-
-def _first_line(err: Exception) -> str:
-    lines = [line.strip() for line in str(err).strip().splitlines() if line.strip()]
-    return (lines[0] if lines else type(err).__name__)[:300]
 
 
 def _phase_optimizer(settings: OptimizerSettings, options: dict[str, Any]) -> OptimizerSettings:

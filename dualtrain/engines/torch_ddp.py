@@ -38,7 +38,7 @@ from dualtrain.data import ArrayDataset
 from dualtrain.distributed import restart_count
 from dualtrain.engines.base import NOT_SHARDED, Batch, rows
 from dualtrain.engines.torch import TorchEngine
-from dualtrain.errors import RunError
+from dualtrain.errors import RunError, first_line
 
 _BUCKET_BYTES = 25 * 2**20  # DistributedDataParallel's bucket_cap_mb default
 
@@ -170,11 +170,10 @@ class DistributedTorchEngine(TorchEngine):
         try:
             run()
         except RuntimeError as err:  # gloo and nccl report a dead or silent peer this way
-            first = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
             raise RunError(
                 f"rank {self.rank} of {self.world_size}: the {what} failed: another rank died or "
                 f"did not answer within backend.collective_timeout_s="
-                f"{self.settings.backend.collective_timeout_s:g} s ({first[:200]})"
+                f"{self.settings.backend.collective_timeout_s:g} s ({first_line(err, 200)})"
             ) from err
 
 

@@ -15,13 +15,16 @@ from __future__ import annotations
 
 import contextlib
 import importlib
+import io
 import json
+import logging
 import os
 import shutil
 import subprocess
 import sys
 import tempfile
 import time
+import warnings
 from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from pathlib import Path
@@ -681,6 +684,29 @@ def _write_report(path: Path, report: dict[str, Any]) -> None:
 
     path.parent.mkdir(parents=True, exist_ok=True)
     write_json(path, report)
+
+
+@contextlib.contextmanager
+def quiet_python(
+    loggers: tuple[str, ...], *categories: type[Warning], messages: tuple[str, ...] = ()
+) -> Iterator[None]:
+    """Converters print progress and warnings while they import and run; a run shows its own
+    lines only. For the block: the named loggers at ERROR, stdout collected and dropped, and the
+    warnings of `categories` (or whose message matches one of `messages`) ignored."""
+    named = [logging.getLogger(n) for n in loggers]
+    levels = [lg.level for lg in named]
+    for lg in named:
+        lg.setLevel(logging.ERROR)
+    try:
+        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
+            for category in categories:
+                warnings.simplefilter("ignore", category)
+            for message in messages:
+                warnings.filterwarnings("ignore", message)
+            yield
+    finally:
+        for lg, level in zip(named, levels, strict=True):
+            lg.setLevel(level)
 
 
 @contextlib.contextmanager

@@ -4,18 +4,22 @@ Android and iOS apps link)."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
 import operator
-import warnings
 from importlib.metadata import version
 from typing import Any
 
 import numpy as np
 import torch
 
-from dualtrain.export import ExportFailure, ExportJob, Signature, Written, native_stderr_without
+from dualtrain.errors import first_line
+from dualtrain.export import (
+    ExportFailure,
+    ExportJob,
+    Signature,
+    Written,
+    native_stderr_without,
+    quiet_python,
+)
 from dualtrain.export.torch import _example, _export, _quiet
 
 # ExecuTorch plans each tensor's memory for its largest shape, so the batch is bounded: up to 1024
@@ -64,7 +68,7 @@ def write_executorch(job: ExportJob) -> Written:
             traced = _traced_shapes(lowered, order)
             manager = edge.to_executorch()
     except Exception as err:
-        raise ExportFailure(f"ExecuTorch could not lower the model: {_first_line(err)}") from err
+        raise ExportFailure(f"ExecuTorch could not lower the model: {first_line(err)}") from err
     fixed = [(n, s[0]) for n, s in zip(order["inputs"], traced["inputs"], strict=True) if s[0]]
     if fixed:
         name, size = fixed[0]
@@ -276,24 +280,9 @@ def _not_delegated(delegation: Any) -> dict[str, int]:
     }
 
 
-@contextlib.contextmanager
 def _quiet_import() -> Any:
     """executorch's modules warn at import and while lowering (deprecations in torch's pytree,
-    torchao's optional kernels); a run shows its own lines only."""
-    loggers = [logging.getLogger(n) for n in ("executorch", "torchao", "torch.utils._pytree")]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            warnings.simplefilter("ignore", DeprecationWarning)
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    torchao's optional kernels)."""
+    return quiet_python(
+        ("executorch", "torchao", "torch.utils._pytree"), FutureWarning, DeprecationWarning
+    )

@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from dualtrain.errors import first_line
 from dualtrain.export import (
     ExportFailure,
     ExportJob,
@@ -238,7 +239,7 @@ def _write_saved_model(model: keras.Model, directory: Path, signature: Signature
     try:
         archive.write_out(str(directory), verbose=False)
     except Exception as err:
-        raise ExportFailure(f"writing the SavedModel failed: {_first_line(err)}") from err
+        raise ExportFailure(f"writing the SavedModel failed: {first_line(err)}") from err
     finally:
         tf_logger.setLevel(level)
 
@@ -275,7 +276,7 @@ def _converter_error(err: Exception) -> str:
     text = str(err)
     found = re.search(r"'(tf\.\w+)' op ([^\n]+)", text)
     if found is None:
-        return _first_line(err)
+        return first_line(err)
     op, said = found.group(1), found.group(2).strip()
     layer = re.search(r'"[^":]*:", "([^"@]+?)/[^/"@]*@', text)
     where = f" in {layer.group(1)}" if layer else ""
@@ -288,8 +289,3 @@ def _converter_error(err: Exception) -> str:
             "tf.lite.Interpreter links"
         )
     return message
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__

@@ -3,17 +3,14 @@ onnxruntime and torch.export.load."""
 
 from __future__ import annotations
 
-import contextlib
-import io
-import logging
-import warnings
 from typing import Any
 
 import keras
 import numpy as np
 import torch
 
-from dualtrain.export import ExportFailure, ExportJob, Signature, Written
+from dualtrain.errors import first_line
+from dualtrain.export import ExportFailure, ExportJob, Signature, Written, quiet_python
 
 # Large enough for any serving batch; torch.export needs an upper bound to reason about shapes.
 MAX_BATCH = 1 << 20
@@ -107,7 +104,7 @@ def write_onnx(job: ExportJob) -> Written:
             f"needs the {err.name} package: pip install -c constraints.txt 'dualtrain[export]'"
         ) from err
     except Exception as err:
-        raise ExportFailure(f"torch.onnx.export failed: {_first_line(err)}") from err
+        raise ExportFailure(f"torch.onnx.export failed: {first_line(err)}") from err
     proto = onnx.load(str(path))
     session = onnxruntime.InferenceSession(str(path), providers=["CPUExecutionProvider"])
     output_names = [o.name for o in session.get_outputs()]
@@ -171,7 +168,7 @@ def _export(
                 dynamic_shapes=_dynamic_batch(signature, max_batch),
             )
     except Exception as err:
-        raise ExportFailure(f"torch.export could not trace the model: {_first_line(err)}") from err
+        raise ExportFailure(f"torch.export could not trace the model: {first_line(err)}") from err
 
 
 def _program_interface(program: Any, signature: Signature) -> dict[str, list[dict[str, Any]]]:
@@ -216,27 +213,13 @@ def _onnx_entry(arg: Any) -> dict[str, Any]:
     }
 
 
-@contextlib.contextmanager
 def _quiet() -> Any:
-    """The exporters print progress and warnings (e.g. torchvision ops skipped); a run shows
-    its own lines only. The ONNX exporter's optimizer passes (onnxscript, onnx_ir) log a line at
-    INFO per pass ("Removed 11 unused nodes"), which Hydra's root logger would show."""
-    names = ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir")
-    loggers = [logging.getLogger(n) for n in names]
-    levels = [lg.level for lg in loggers]
-    for lg in loggers:
-        lg.setLevel(logging.ERROR)
-    try:
-        with contextlib.redirect_stdout(io.StringIO()), warnings.catch_warnings():
-            warnings.simplefilter("ignore", FutureWarning)
-            # Several inputs share the one batch axis; the exporter names it once and says so.
-            warnings.filterwarnings("ignore", ".*The axis name: batch will not be used")
-            yield
-    finally:
-        for lg, level in zip(loggers, levels, strict=True):
-            lg.setLevel(level)
-
-
-def _first_line(err: Exception) -> str:
-    text = str(err).strip()
-    return text.splitlines()[0] if text else type(err).__name__
+    """The exporters print progress and warnings (e.g. torchvision ops skipped). The ONNX
+    exporter's optimizer passes (onnxscript, onnx_ir) log a line at INFO per pass ("Removed 11
+    unused nodes"), which Hydra's root logger would show. Several inputs share the one batch
+    axis; the exporter names it once and says so."""
+    return quiet_python(
+        ("torch.onnx", "torch.export", "torch._export", "onnxscript", "onnx_ir"),
+        FutureWarning,
+        messages=(".*The axis name: batch will not be used",),
+    )
