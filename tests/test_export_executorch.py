@@ -14,6 +14,7 @@ from typing import Any
 
 import pytest
 
+from tests.backend.users import recipe_overrides
 from tests.conftest import SMALL_CNN, run_cli
 
 # Every test here trains and exports in subprocesses: the full suite only. One worker runs them
@@ -21,21 +22,14 @@ from tests.conftest import SMALL_CNN, run_cli
 pytestmark = [pytest.mark.slow, pytest.mark.xdist_group("export")]
 
 
-def _user(name: str, epochs: int) -> list[str]:
-    module = f"tests.backend.users.{name}"
-    return [
-        f"recipe.name={name}", f"recipe.module={module}", "~recipe.model", "recipe.task=null",
-        "data=python", f"data.source={module}:load_data", f"trainer.max_epochs={epochs}",
-    ]  # fmt: skip
-
-
 # Small runs: the checks compare the program with the Keras model on the same weights, so
 # accuracy does not matter here.
 SMALL = {
     "cnn": SMALL_CNN,
     "mlp": ["recipe=mlp", "trainer.max_epochs=1"],
-    "two_towers": _user("two_towers", epochs=2),
-    "tokens": _user("tokens", epochs=1),  # int32 token ids, an Embedding and an LSTM
+    "two_towers": recipe_overrides("two_towers", "trainer.max_epochs=2"),
+    # int32 token ids, an Embedding and an LSTM
+    "tokens": recipe_overrides("tokens", "trainer.max_epochs=1"),
 }
 # The cnn from each backend (convolutions, pooling and dense layers through XNNPACK); the MLP's
 # dense layers are a subset of it, so CI's time goes to several inputs and to an LSTM instead.

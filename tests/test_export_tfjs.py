@@ -9,6 +9,7 @@ from typing import Any
 
 import pytest
 
+from tests.backend.users import recipe_overrides
 from tests.conftest import run_cli
 
 # Every test here trains or exports in subprocesses: the full suite only; on one worker, which
@@ -30,15 +31,6 @@ def trained(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         assert result.returncode == 0, result.stderr[-3000:]
         runs[backend] = run_dir
     return runs
-
-
-def _user(name: str) -> list[str]:
-    """A recipe of tests/backend/users, given on the command line."""
-    module = f"tests.backend.users.{name}"
-    return [
-        f"recipe.name={name}", f"recipe.module={module}", "~recipe.model", "recipe.task=null",
-        "data=python", f"data.source={module}:load_data",
-    ]  # fmt: skip
 
 
 def _port(name: str, shape: list[Any], dtype: str) -> dict[str, Any]:
@@ -94,8 +86,9 @@ def test_tfjs_from_either_backend_matches_the_keras_model(
 
 def test_two_inputs_and_two_outputs_by_name(tmp_path: Path) -> None:
     result = run_cli(
-        *_user("two_towers"), "backend=tf", "trainer.max_epochs=2", "logger.progress=false",
-        "export.formats=[tfjs]", f"hydra.run.dir={tmp_path}", timeout=EXPORT_TIMEOUT_S,
+        *recipe_overrides("two_towers", "backend=tf", "trainer.max_epochs=2"),
+        "logger.progress=false", "export.formats=[tfjs]", f"hydra.run.dir={tmp_path}",
+        timeout=EXPORT_TIMEOUT_S,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "export" / "report.json").read_text())
@@ -124,7 +117,7 @@ def test_int32_token_ids_through_an_lstm(tmp_path: Path) -> None:
     # The LSTM's loop is a While op in model.json (the converter's control flow v2), which
     # tfjs runs with executeAsync; TFLite cannot take this model (docs/export.md).
     result = run_cli(
-        *_user("tokens"), "backend=tf", "trainer.max_epochs=1", "logger.progress=false",
+        *recipe_overrides("tokens"), "backend=tf", "trainer.max_epochs=1", "logger.progress=false",
         "export.formats=[tfjs]", f"hydra.run.dir={tmp_path}", timeout=EXPORT_TIMEOUT_S,
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.backend.users import recipe_overrides
 from tests.conftest import run_cli
 
 pytestmark = pytest.mark.slow  # three processes and four exports per case: 40-60 s each
@@ -21,16 +22,7 @@ FORMATS = ["saved_model", "tflite", "onnx", "torch"]
 
 
 def recipe(module: str, *overrides: str) -> list[str]:
-    return [
-        f"recipe.name={module}",
-        f"recipe.module=tests.backend.users.{module}",
-        "~recipe.model",
-        "~recipe.task",
-        "data=python",
-        f"data.source=tests.backend.users.{module}:load_data",
-        "logger.progress=false",
-        *overrides,
-    ]
+    return recipe_overrides(module, "logger.progress=false", *overrides)
 
 
 STYLES = {

@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 import pytest
 
+from tests.backend.users import recipe_overrides
 from tests.conftest import REPO
 
 # Every test here trains, exports or serves in subprocesses: the full suite only. One worker runs
@@ -63,9 +64,7 @@ def runs(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     commands = {
         "mlp": ["recipe=mlp", f"export.formats=[{','.join(FORMATS)}]"],
         "two_towers": [
-            "recipe.name=two_towers", f"recipe.module={TWO_TOWERS}", "~recipe.model",
-            "recipe.task=null", "data=python", f"data.source={TWO_TOWERS}:load_data",
-            "export.formats=[onnx]",
+            *recipe_overrides("two_towers"), "export.formats=[onnx]",
         ],
     }  # fmt: skip
     started = {}

@@ -19,19 +19,7 @@ from dualtrain.errors import RunError
 from dualtrain.recipe import load_recipe
 from dualtrain.run import train
 from tests.backend.conftest import BACKEND, make_settings
-
-
-def user_recipe(name: str, *overrides: str) -> list[str]:
-    return [
-        f"recipe.name={name}",
-        f"recipe.module=tests.backend.users.{name}",
-        "~recipe.model",  # the default recipe's (cnn) model options and task are not theirs
-        "~recipe.task",
-        "data=python",
-        f"data.source=tests.backend.users.{name}:load_data",
-        *overrides,
-    ]
-
+from tests.backend.users import recipe_overrides
 
 # Each recipe's val metrics after its epochs, seed 0 (measured on both backends, in brackets):
 # thresholds leave room for the other backend's numerics and nothing more.
@@ -62,7 +50,7 @@ CASES = {
 @pytest.mark.parametrize("name", sorted(CASES))
 def test_a_user_recipe_trains_and_logs_its_metrics(name: str, tmp_path: Path) -> None:
     overrides, expected = CASES[name]
-    summary = train(make_settings(tmp_path, *user_recipe(name, *overrides)))
+    summary = train(make_settings(tmp_path, *recipe_overrides(name, *overrides)))
     assert summary["status"] == "completed"
     val = summary["final"]["val"]
     assert set(val) == {"loss", *expected}, val
@@ -73,7 +61,7 @@ def test_a_user_recipe_trains_and_logs_its_metrics(name: str, tmp_path: Path) ->
 
 
 def test_token_ids_reach_the_model_as_integers(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, *user_recipe("tokens"))
+    settings = make_settings(tmp_path, *recipe_overrides("tokens"))
     data = load_data(settings.data, settings.seed)
     assert data.info.input_shape == (12,)
     assert data.info.inputs[0].dtype == "int32"  # the source gave int64: int32 on both
@@ -84,7 +72,7 @@ def test_token_ids_reach_the_model_as_integers(tmp_path: Path) -> None:
 
 
 def test_named_inputs_and_outputs_are_described_and_batched_by_name(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, *user_recipe("two_towers"))
+    settings = make_settings(tmp_path, *recipe_overrides("two_towers"))
     data = load_data(settings.data, settings.seed)
     info = data.info
     assert (info.input_kind, info.target_kind) == ("dict", "dict")
@@ -101,7 +89,7 @@ def test_named_inputs_and_outputs_are_described_and_batched_by_name(tmp_path: Pa
 
 
 def test_no_targets_reach_the_phases_as_none(tmp_path: Path) -> None:
-    settings = make_settings(tmp_path, *user_recipe("denoise"))
+    settings = make_settings(tmp_path, *recipe_overrides("denoise"))
     data = load_data(settings.data, settings.seed)
     assert (data.train.y, data.info.targets, data.info.task) == (None, (), "none")
     engine = engine_class(BACKEND)(settings, load_recipe(settings.recipe), data)
@@ -113,7 +101,7 @@ def test_loss_weights_scale_each_outputs_loss(tmp_path: Path) -> None:
     """The two-output loss is the weighted sum of the per-output losses (recipe.loss_weights)."""
     import keras
 
-    settings = make_settings(tmp_path, *user_recipe("two_towers"))
+    settings = make_settings(tmp_path, *recipe_overrides("two_towers"))
     data = load_data(settings.data, settings.seed)
     recipe = load_recipe(settings.recipe)
     weighted = engine_class(BACKEND)(
@@ -132,7 +120,7 @@ def test_loss_weights_scale_each_outputs_loss(tmp_path: Path) -> None:
 # -- data that is not a set of arrays -------------------------------------------------------------
 
 STREAMED = [
-    *user_recipe("streamed"),
+    *recipe_overrides("streamed"),
     "data.source=tests.backend.users.streamed:load_data",
     "+data.num_classes=3",
     "logger=jsonl",
@@ -229,7 +217,7 @@ def test_layer_regularizers_add_to_the_loss(tmp_path: Path) -> None:
     layers' regularization losses."""
     import keras
 
-    settings = make_settings(tmp_path, *user_recipe("regression"), "+recipe.model.l2=0.5")
+    settings = make_settings(tmp_path, *recipe_overrides("regression"), "+recipe.model.l2=0.5")
     data = load_data(settings.data, settings.seed)
     engine = engine_class(BACKEND)(settings, load_recipe(settings.recipe), data)
     x, y = next(iter(engine.val_batches()))
@@ -267,7 +255,7 @@ def test_layer_regularizers_add_to_the_loss(tmp_path: Path) -> None:
 def test_a_target_or_input_that_does_not_fit_the_model_is_one_line(
     recipe: str, overrides: list[str], message: str, tmp_path: Path
 ) -> None:
-    settings = make_settings(tmp_path, *user_recipe(recipe, *overrides))
+    settings = make_settings(tmp_path, *recipe_overrides(recipe, *overrides))
     data = load_data(settings.data, settings.seed)
     with pytest.raises(RunError, match=message) as caught:
         engine_class(BACKEND)(settings, load_recipe(settings.recipe), data)
@@ -280,7 +268,7 @@ def test_a_per_output_metric_drives_checkpoints_and_early_stopping(tmp_path: Pat
     the value output's MAE, early stopping on the kind output's accuracy."""
     summary = train(
         make_settings(
-            tmp_path, *user_recipe("two_towers"), "trainer.max_epochs=30",
+            tmp_path, *recipe_overrides("two_towers"), "trainer.max_epochs=30",
             "checkpoint.monitor=val/value/mae", "checkpoint.mode=min", "checkpoint.save_top_k=2",
             "callbacks=early_stopping", "callbacks.early_stopping.monitor=val/kind/accuracy",
             "callbacks.early_stopping.mode=max", "callbacks.early_stopping.patience=2",

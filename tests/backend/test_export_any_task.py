@@ -10,6 +10,7 @@ from typing import Any
 import pytest
 
 from tests.backend.conftest import BACKEND
+from tests.backend.users import recipe_overrides
 from tests.conftest import run_cli
 
 # Each test trains and exports in subprocesses: the full suite only.
@@ -18,17 +19,9 @@ pytestmark = pytest.mark.slow
 FORMATS = ["saved_model", "tflite", "onnx", "torch"]
 
 
-def _user(name: str) -> list[str]:
-    module = f"tests.backend.users.{name}"
-    return [
-        f"recipe.name={name}", f"recipe.module={module}", "~recipe.model", "recipe.task=null",
-        "data=python", f"data.source={module}:load_data",
-    ]  # fmt: skip
-
-
 def _train_and_export(name: str, run_dir: Path, epochs: int) -> tuple[Any, dict[str, Any]]:
     result = run_cli(
-        *_user(name), f"backend={BACKEND}", f"trainer.max_epochs={epochs}",
+        *recipe_overrides(name), f"backend={BACKEND}", f"trainer.max_epochs={epochs}",
         "logger.progress=false", f"export.formats=[{','.join(FORMATS)}]",
         f"hydra.run.dir={run_dir}", timeout=600,
     )  # fmt: skip
