@@ -15,9 +15,12 @@ from tests.conftest import REPO
 pytestmark = pytest.mark.slow  # a training process per backend
 
 
-@pytest.mark.parametrize("backend,tensor", [("torch", "Tensor"), ("tf", "EagerTensor")])
+@pytest.mark.parametrize(
+    "backend,tensor,counted",
+    [("torch", "Tensor", "Tensor"), ("tf", "EagerTensor", "SymbolicTensor")],
+)
 def test_pdb_stops_at_every_step_with_debug_eager(
-    backend: str, tensor: str, tmp_path: Path
+    backend: str, tensor: str, counted: str, tmp_path: Path
 ) -> None:
     command = [
         sys.executable, "-m", "dualtrain", f"backend={backend}", "debug=eager",
@@ -33,9 +36,11 @@ def test_pdb_stops_at_every_step_with_debug_eager(
     )
     assert result.returncode == 0, result.stderr[-3000:]
     seen = re.findall(r"\('seen', '(\w+)', \((\d+), 3\)\)", result.stdout)
-    # Once for the check on two samples before the first step, once per train step (3 of 32),
-    # once for the val batch (32 of 40): every time the loss runs, on real tensors.
-    assert seen == [(tensor, "2"), *[(tensor, "32")] * 4], result.stdout[-2000:]
+    # Once for the check on two samples before the first step, once while the model summary
+    # counts a training step's FLOPs on two samples (tf traces it: symbolic tensors), once per
+    # train step (3 of 32), once for the val batch (32 of 40): every time the loss runs.
+    expected = [(tensor, "2"), (counted, "2"), *[(tensor, "32")] * 4]
+    assert seen == expected, result.stdout[-2000:]
     assert f"{backend} steps run eagerly, op by op" in result.stdout + result.stderr
 
 
