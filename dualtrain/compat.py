@@ -584,6 +584,185 @@ def counter_random() -> Iterator[None]:
             setattr(module, name, value)
 
 
+# -- Keras on torch and torch: GRU and LSTM as one fused op per layer call (engines/torch_rnn.py) -
+
+_KERAS_GRU = [
+    "inputs", "initial_state", "mask", "kernel", "recurrent_kernel", "bias", "activation",
+    "recurrent_activation", "return_sequences", "go_backwards", "unroll", "reset_after",
+]  # fmt: skip
+_KERAS_LSTM = [
+    "inputs", "initial_state_h", "initial_state_c", "mask", "kernel", "recurrent_kernel", "bias",
+    "activation", "recurrent_activation", "return_sequences", "go_backwards", "unroll",
+    "batch_first",
+]  # fmt: skip
+_KERAS_PREPARE = ["kernel", "recurrent_kernel", "bias", "device"]
+
+
+@functools.cache
+def _fused_rnn_ops() -> Any:
+    """The ops, defined once per process (torch refuses to define an op twice)."""
+    import torch
+
+    from dualtrain.engines.torch_rnn import FusedOps
+
+    return FusedOps(torch._VF.gru, torch._VF.lstm, torch._C._AutoDispatchBelowAutograd)
+
+
+@functools.cache
+def _fused_rnn_patches() -> list[tuple[Any, str, Any]] | str:
+    try:
+        import keras
+        from keras.src import backend as keras_backend
+        from keras.src.backend.torch.core import convert_to_tensor
+
+        keras_torch = importlib.import_module("keras.src.backend.torch")
+        # not `from keras.src.backend.torch import rnn`: that name is Keras's rnn function
+        keras_rnn = importlib.import_module("keras.src.backend.torch.rnn")
+    except ImportError as err:
+        return f"Keras's torch rnn module cannot be imported ({err})"
+    for name, arguments in (
+        ("gru", _KERAS_GRU),
+        ("lstm", _KERAS_LSTM),
+        ("prepare_gru_params", _KERAS_PREPARE),
+        ("prepare_lstm_params", _KERAS_PREPARE),
+    ):
+        problem = _signature_problem(getattr(keras_rnn, name, None), name, arguments)
+        if problem:
+            return problem
+    layers_call = [getattr(keras_backend, name, None) for name in ("gru", "lstm")]
+    if layers_call != [keras_rnn.gru, keras_rnn.lstm]:
+        return "keras.src.backend's gru and lstm are not keras.src.backend.torch.rnn's"
+    import torch
+
+    if not (
+        callable(getattr(torch._VF, "gru", None))
+        and callable(getattr(torch._VF, "lstm", None))
+        and hasattr(torch._C, "_AutoDispatchBelowAutograd")
+    ):
+        return "torch._VF.gru, torch._VF.lstm or torch._C._AutoDispatchBelowAutograd is missing"
+    ops = _fused_rnn_ops()
+    keras_gru, keras_lstm = keras_rnn.gru, keras_rnn.lstm
+    prepare_gru, prepare_lstm = keras_rnn.prepare_gru_params, keras_rnn.prepare_lstm_params
+    tanh = (keras.activations.tanh, keras.ops.tanh, torch.tanh)
+    sigmoid = (keras.activations.sigmoid, keras.ops.sigmoid, torch.sigmoid)
+
+    def fusable(activation: Any, recurrent_activation: Any, unroll: Any, bias: Any) -> bool:
+        """Keras's cudnn_ok without its CUDA condition, and not while torch.jit or dynamo traces
+        (Keras's own conditions for its cuDNN path)."""
+        return (
+            activation in tanh
+            and recurrent_activation in sigmoid
+            and not unroll
+            and bias is not None
+            and not torch.jit.is_tracing()
+            and not torch.compiler.is_compiling()
+        )
+
+    def as_batch_first_state(state: Any) -> Any:
+        # Keras's _cudnn_gru/_cudnn_lstm: (batch, units) or (batch, 1, units) -> (1, batch, units)
+        if state.dim() == 2:
+            return state.unsqueeze(0)
+        if state.dim() == 3 and state.shape[1] == 1:
+            return state.permute(1, 0, 2)
+        return state
+
+    def gru(
+        inputs: Any, initial_state: Any, mask: Any, kernel: Any, recurrent_kernel: Any,
+        bias: Any, activation: Any, recurrent_activation: Any, return_sequences: bool = False,
+        go_backwards: bool = False, unroll: bool = False, reset_after: bool = True,
+    ) -> Any:  # fmt: skip
+        arguments = (
+            inputs, initial_state, mask, kernel, recurrent_kernel, bias, activation,
+            recurrent_activation, return_sequences, go_backwards, unroll, reset_after,
+        )  # fmt: skip
+        if not reset_after or mask is not None:
+            return keras_gru(*arguments)  # raises NotImplementedError: Keras's generic loop
+        if not fusable(activation, recurrent_activation, unroll, bias):
+            return keras_gru(*arguments)
+        kernel = convert_to_tensor(kernel)
+        recurrent_kernel = convert_to_tensor(recurrent_kernel)
+        bias = convert_to_tensor(bias)
+        inputs = convert_to_tensor(inputs).to(kernel.dtype)
+        state = as_batch_first_state(convert_to_tensor(initial_state).to(kernel.dtype))
+        if go_backwards:
+            inputs = torch.flip(inputs, dims=[1])
+        params = prepare_gru(kernel, recurrent_kernel, bias, inputs.device)
+        outputs, h_n = ops.gru(inputs, state, params)
+        last_output = outputs[:, -1]
+        if not return_sequences:
+            outputs = last_output.unsqueeze(1)
+        return last_output, outputs, [h_n.squeeze(0)]
+
+    def lstm(
+        inputs: Any, initial_state_h: Any, initial_state_c: Any, mask: Any, kernel: Any,
+        recurrent_kernel: Any, bias: Any, activation: Any, recurrent_activation: Any,
+        return_sequences: bool = False, go_backwards: bool = False, unroll: bool = False,
+        batch_first: bool = True,
+    ) -> Any:  # fmt: skip
+        if mask is not None or not fusable(activation, recurrent_activation, unroll, bias):
+            return keras_lstm(
+                inputs, initial_state_h, initial_state_c, mask, kernel, recurrent_kernel, bias,
+                activation, recurrent_activation, return_sequences, go_backwards, unroll,
+                batch_first,
+            )  # fmt: skip
+        kernel = convert_to_tensor(kernel)
+        recurrent_kernel = convert_to_tensor(recurrent_kernel)
+        bias = convert_to_tensor(bias)
+        inputs = convert_to_tensor(inputs).to(kernel.dtype)
+        h0 = as_batch_first_state(convert_to_tensor(initial_state_h).to(kernel.dtype))
+        c0 = as_batch_first_state(convert_to_tensor(initial_state_c).to(kernel.dtype))
+        if not batch_first:
+            inputs = inputs.permute(1, 0, 2)
+        if go_backwards:
+            inputs = torch.flip(inputs, dims=[1])
+        params = prepare_lstm(kernel, recurrent_kernel, bias, inputs.device)
+        outputs, h_n, c_n = ops.lstm(inputs, h0, c0, params)
+        last_output = outputs[:, -1]
+        if not return_sequences:
+            outputs = last_output.unsqueeze(1)
+        if not batch_first:
+            outputs = outputs.permute(1, 0, 2)
+        return last_output, outputs, [h_n.squeeze(0), c_n.squeeze(0)]
+
+    return [
+        (module, name, function)
+        for module in (keras_backend, keras_torch, keras_rnn)
+        for name, function in (("gru", gru), ("lstm", lstm))
+    ]
+
+
+@contextlib.contextmanager
+def fused_rnn() -> Iterator[None]:
+    """Inside: Keras's GRU and LSTM layers on torch run as one fused op per call on any device
+    (`dualtrain::gru`, `dualtrain::lstm`: torch's `_VF.gru` and `_VF.lstm`, the ops torch.nn's
+    GRU and LSTM run, engines/torch_rnn.py), where Keras's torch backend runs them only on CUDA
+    and elsewhere loops over the time steps in Python, about 15 ops per step.
+
+    Keras's layers call `keras.src.backend.gru`/`lstm` (keras.src.backend.torch.rnn's); these are
+    replaced for the duration (the torch engine's steps only, as counter_random). Where Keras's
+    own cuDNN conditions hold but for the device (tanh and sigmoid activations, no unroll, a
+    bias, GRU reset_after=True, no mask, not inside torch.jit or torch.compile tracing), the
+    layer runs the op, with Keras's prepare_gru_params/prepare_lstm_params for the weights and
+    its _cudnn_gru/_cudnn_lstm's shapes; otherwise Keras's own function (its Python loop, or
+    NotImplementedError so the layer runs its generic loop). Same values to float32 rounding
+    (tested against Keras's loop). Checked once: the functions take Keras's arguments and torch
+    has the ops. Otherwise one info line, and Keras's own.
+    """
+    patches = _fused_rnn_patches()
+    if isinstance(patches, str):
+        _fall_back("fused_rnn", "keras", patches, "GRU and LSTM layers loop in Python on torch")
+        yield
+        return
+    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
+    for module, name, value in patches:
+        setattr(module, name, value)
+    try:
+        yield
+    finally:
+        for module, name, value in saved:
+            setattr(module, name, value)
+
+
 # -- Keras on TensorFlow under tf.distribute (engines/tf_distribute.py) --------------------------
 
 

@@ -41,6 +41,7 @@ import torch
 from torch.fx.experimental.proxy_tensor import make_fx
 
 from dualtrain import compat
+from dualtrain.engines import torch_rnn
 
 log = logging.getLogger("dualtrain")
 aten = torch.ops.aten
@@ -126,7 +127,7 @@ class CapturedFunction:
         try:
             # Tracing runs the function on real tensors: keep the RNG stream (dropout masks)
             # where the eager path would have it.
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), torch_rnn.traced(torch_rnn.ONE_NODE):
                 graph.module = make_fx(self._traced(graph))(*tensors, *values)
         except Exception as err:  # an op or a Python construct make_fx cannot record
             self._fail(_untraceable(err), err)
@@ -389,7 +390,7 @@ class CapturedStep:
             return values
 
         try:
-            with torch.random.fork_rng(devices=[]):
+            with torch.random.fork_rng(devices=[]), torch_rnn.traced(torch_rnn.BY_INNER_OPS):
                 torch.set_rng_state(rng)
                 graph.module = make_fx(self._traced(graph))(x, y, *copies())
         except Exception as err:  # an op or a Python construct make_fx cannot record

@@ -101,9 +101,18 @@ def build_model(data: DataInfo, kind: str = "batchnorm") -> keras.Model:
         h = keras.layers.Dense(16, activation="relu")(h)
     elif kind == "gru":
         h = keras.layers.GRU(8, dropout=0.2, recurrent_dropout=0.1, seed=3)(inputs)
-    elif kind == "lstm_tokens":
+    elif kind == "gru_lstm":  # torch: one fused op per layer (compat.fused_rnn)
+        h = keras.layers.GRU(8, return_sequences=True, go_backwards=True)(inputs)
+        h = keras.layers.LSTM(8)(h)
+    elif kind == "lstm_tokens":  # torch: one fused op (compat.fused_rnn)
         h = keras.layers.Embedding(VOCABULARY, 8)(inputs)
         h = keras.layers.LSTM(8)(h)
+    elif kind == "gru_loops":  # what no fused op runs: Keras's loops on torch
+        masked = keras.layers.Embedding(VOCABULARY, 8, mask_zero=True)(inputs)
+        plain = keras.layers.Embedding(VOCABULARY, 8)(inputs)
+        h = keras.layers.Concatenate()(
+            [keras.layers.GRU(8)(masked), keras.layers.GRU(8, reset_after=False)(plain)]
+        )
     else:
         raise ValueError(f"no kind {kind!r}")
     return keras.Model(inputs, keras.layers.Dense(classes)(h))
