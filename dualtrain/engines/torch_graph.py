@@ -14,7 +14,9 @@ every model variable to a graph input and records assignments instead of making 
   random layer, Keras's global seed generator) comes out of the graph as values, which
   `apply_updates` assigns after the backward pass, as the eager step would have;
 - seeded random numbers are drawn by tensor arithmetic from the seed state
-  (engines/torch_random.py), so each call draws anew and a resumed run draws the same.
+  (engines/torch_random.py), so each call draws anew and a resumed run draws the same;
+- GRU and LSTM layers are one node each, the op torch.nn's run (engines/torch_rnn.py), not
+  their time loop unrolled.
 Subclassed models and users' own layers are traced like functional ones, as tf.function traces
 them on the tf backend: Python control flow on shapes and arguments is fixed per input shape;
 control flow on a tensor's value cannot be recorded and makes the capture fall back.

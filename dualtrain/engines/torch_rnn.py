@@ -10,10 +10,13 @@ The `_VF` functions are CompositeImplicitAutograd: make_fx would record their pe
 the captured forward graph would run each from Python. So the ops here have two kernels:
 - at the `Autograd` dispatch key, the `_VF` function itself: autograd records its inner ops as
   for torch.nn's layers (eager steps, a captured graph's call, a traced whole step);
-- while engines/torch_graph.py traces a forward graph (`recorded_as_one_op`), the Autograd kernel
+- while engines/torch_graph.py traces a forward graph (`traced(ONE_NODE)`), the Autograd kernel
   dispatches below autograd instead, where make_fx's proxy mode records the op as ONE node and
   runs the `CompositeExplicitAutograd` kernel (the `_VF` function without autograd) for the
   values. When that graph runs, the node calls the Autograd kernel again: gradients as eager.
+  Only the trace's own outputs lack autograd history, and the trace is only for the graph.
+A whole step's trace (`traced(BY_INNER_OPS)`) records the inner ops, differentiated by autograd
+as make_fx runs the step; the step graph is replayed and compared with the eager step before use.
 """
 
 from __future__ import annotations

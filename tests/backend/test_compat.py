@@ -285,6 +285,32 @@ def test_counter_random_without_keras_random_functions_keeps_kerass_own(
     assert "uniform takes (shape, seed)" in _lines(caplog, "counter_random")[0]
 
 
+@torch_only
+def test_fused_rnn_with_changed_keras_functions_keeps_kerass_own(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import importlib
+
+    from keras.src import backend
+
+    keras_rnn = importlib.import_module("keras.src.backend.torch.rnn")
+    gru = backend.gru
+    monkeypatch.setattr(keras_rnn, "prepare_gru_params", lambda kernel, bias: None)
+    compat._fused_rnn_patches.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger="dualtrain"), compat.fused_rnn():
+            assert backend.gru is gru  # Keras's own: its loop on CPU
+    finally:
+        monkeypatch.undo()
+        compat._fused_rnn_patches.cache_clear()
+    with compat.fused_rnn():  # the check passes again with Keras's function back
+        assert backend.gru is not gru
+    assert backend.gru is gru  # and Keras's is back after the steps
+    line = _lines(caplog, "fused_rnn")[0]
+    assert "prepare_gru_params takes (kernel, bias), not (kernel, recurrent_kernel" in line
+    assert line.endswith("GRU and LSTM layers loop in Python on torch")
+
+
 # -- TensorFlow hooks ----------------------------------------------------------------------------
 
 
