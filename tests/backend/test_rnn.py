@@ -26,21 +26,28 @@ def _layer(name: str) -> Any:
 
     kind, *options = name.split("-")
     layer = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM}[kind]
-    return layer(
+    layer = layer(
         5, return_sequences="sequences" in options, go_backwards="backwards" in options, seed=1
     )
+    layer.build((None, STEPS, 3))
+    return layer
+
+
+def _device(layer: Any) -> Any:
+    return layer.trainable_variables[0].value.device
 
 
 def _outputs_and_gradients(layer: Any, x: np.ndarray) -> list[np.ndarray]:
     """The layer's output and the gradients of a weighted sum of it (input, every weight)."""
     import torch
 
-    inputs = torch.tensor(x, requires_grad=True)
+    device = _device(layer)
+    inputs = torch.tensor(x, device=device, requires_grad=True)
     output = layer(inputs)
-    weights = torch.linspace(-1.0, 1.0, output.numel()).reshape(output.shape)
+    weights = torch.linspace(-1.0, 1.0, output.numel(), device=device).reshape(output.shape)
     wrt = [inputs, *[v.value for v in layer.trainable_variables]]
     gradients = torch.autograd.grad((output * weights).sum(), wrt)
-    return [t.detach().numpy() for t in (output, *gradients)]
+    return [t.detach().cpu().numpy() for t in (output, *gradients)]
 
 
 LAYERS = ["gru", "gru-sequences-backwards", "lstm", "lstm-sequences-backwards"]
@@ -49,22 +56,27 @@ LAYERS = ["gru", "gru-sequences-backwards", "lstm", "lstm-sequences-backwards"]
 @torch_only
 @pytest.mark.parametrize("name", LAYERS)
 def test_the_fused_op_gives_kerass_loop_values_and_gradients_as_one_graph_node(
-    name: str,
+    name: str, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import importlib
+
     import torch
     from torch.fx.experimental.proxy_tensor import make_fx
 
     from dualtrain import compat
     from dualtrain.engines import torch_rnn
 
-    assert not torch.cuda.is_available()  # the reference: Keras's _fallback_gru/_lstm (CPU)
     x = np.random.default_rng(0).normal(size=(4, STEPS, 3)).astype("float32")
     layer = _layer(name)
-    loop = _outputs_and_gradients(layer, x)  # Keras's own: its Python loop on CPU
+    # The reference: Keras's own Python loop (_fallback_gru, _fallback_lstm), on a GPU too.
+    keras_rnn = importlib.import_module("keras.src.backend.torch.rnn")
+    with monkeypatch.context() as patch:
+        patch.setattr(keras_rnn, "_is_cuda_cudnn_available", lambda: False)
+        loop = _outputs_and_gradients(layer, x)
     with compat.fused_rnn():
         fused = _outputs_and_gradients(layer, x)
         with torch_rnn.traced(torch_rnn.ONE_NODE):
-            graph = make_fx(layer)(torch.tensor(x))
+            graph = make_fx(layer)(torch.tensor(x, device=_device(layer)))
     for got, expected in zip(fused, loop, strict=True):
         np.testing.assert_allclose(got, expected, rtol=RTOL, atol=1e-6)
     targets = [str(n.target) for n in graph.graph.nodes if n.op == "call_function"]
