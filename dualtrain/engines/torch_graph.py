@@ -392,9 +392,16 @@ class CapturedStep:
             return values
 
         try:
-            with torch.random.fork_rng(devices=[]), torch_rnn.traced(torch_rnn.BY_INNER_OPS):
+            with torch.random.fork_rng(devices=[]), torch_rnn.traced(torch_rnn.REFUSED):
                 torch.set_rng_state(rng)
                 graph.module = make_fx(self._traced(graph))(x, y, *copies())
+        except torch_rnn.UnrolledInAStep:
+            self._fail(
+                "it runs a GRU or LSTM as one op, whose backward pass a step graph would unroll "
+                "over the time steps: the captured forward pass with autograd's own engine runs "
+                "it faster"
+            )
+            return None
         except Exception as err:  # an op or a Python construct make_fx cannot record
             self._fail(_untraceable(err), err)
             return None

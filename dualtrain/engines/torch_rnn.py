@@ -9,14 +9,14 @@ the same `_VF` function.
 The `_VF` functions are CompositeImplicitAutograd: make_fx would record their per-step ops, and
 the captured forward graph would run each from Python. So the ops here have two kernels:
 - at the `Autograd` dispatch key, the `_VF` function itself: autograd records its inner ops as
-  for torch.nn's layers (eager steps, a captured graph's call, a traced whole step);
+  for torch.nn's layers (eager steps, a captured graph's call);
 - while engines/torch_graph.py traces a forward graph (`traced(ONE_NODE)`), the Autograd kernel
   dispatches below autograd instead, where make_fx's proxy mode records the op as ONE node and
   runs the `CompositeExplicitAutograd` kernel (the `_VF` function without autograd) for the
   values. When that graph runs, the node calls the Autograd kernel again: gradients as eager.
   Only the trace's own outputs lack autograd history, and the trace is only for the graph.
-A whole step's trace (`traced(BY_INNER_OPS)`) records the inner ops, differentiated by autograd
-as make_fx runs the step; the step graph is replayed and compared with the eager step before use.
+A whole step's trace (`traced(REFUSED)`) stops at the op (UnrolledInAStep): such a step keeps
+the forward graph, faster than a step graph could be.
 """
 
 from __future__ import annotations
@@ -28,20 +28,28 @@ from typing import Any
 
 import torch
 
-# How a make_fx trace records the ops: ONE_NODE while a forward graph is traced
-# (CapturedFunction._capture), BY_INNER_OPS while a whole step is (CapturedStep._capture: its
-# backward pass needs the op differentiable, so the trace records the inner ops), else None.
-ONE_NODE, BY_INNER_OPS = "one node", "by inner ops"
+# How a make_fx trace takes the ops: ONE_NODE while a forward graph is traced
+# (CapturedFunction._capture), REFUSED while a whole step is (CapturedStep._capture), else None.
+ONE_NODE, REFUSED = "one node", "refused"
 _TRACE = contextvars.ContextVar[str | None]("dualtrain_rnn_trace", default=None)
 
 NAMESPACE = "dualtrain"
-_as_is = contextlib.nullcontext()
+
+
+class UnrolledInAStep(Exception):
+    """A whole step's trace reached a fused GRU or LSTM. A step graph would record the backward
+    pass too, which autograd runs in C++ for the op but make_fx records op by op: the layer's
+    time loop unrolled, each op then run from Python. Measured (one thread, a model of
+    tests/backend/users/layers.py: Embedding and LSTM(8) over 12 token ids, batches of 64): the
+    step graph 30,883 samples per CPU-second, the forward graph with the fused op 44,551. (That
+    step graph had the LSTM in torch's plain ops: on CPU the LSTM is oneDNN's op, one node, whose
+    backward op fails in a step graph replayed under no_grad, its workspace left out.)"""
 
 
 @contextlib.contextmanager
 def traced(how: str) -> Iterator[None]:
-    """Inside: a make_fx trace records `dualtrain::gru` and `dualtrain::lstm` `how` (ONE_NODE,
-    BY_INNER_OPS)."""
+    """Inside: a make_fx trace records `dualtrain::gru` and `dualtrain::lstm` as one node each
+    (ONE_NODE), or stops at them with UnrolledInAStep (REFUSED)."""
     token = _TRACE.set(how)
     try:
         yield
@@ -69,14 +77,9 @@ class FusedOps:
             return out, h_n
 
         def run_lstm(inputs: Any, h0: Any, c0: Any, params: list[Any]) -> tuple[Any, Any, Any]:
-            # On CPU torch runs the LSTM as oneDNN's kernel, whose forward op leaves out the
-            # workspace its backward op reads when called under no_grad, as a step graph is
-            # replayed: a traced step records the LSTM as torch's plain ops instead.
-            by_inner_ops = _TRACE.get() == BY_INNER_OPS
-            with _without_onednn() if by_inner_ops else _as_is:
-                out, h_n, c_n = vf_lstm(
-                    inputs, (h0, c0), params, True, 1, 0.0, torch.is_grad_enabled(), False, True
-                )
+            out, h_n, c_n = vf_lstm(
+                inputs, (h0, c0), params, True, 1, 0.0, torch.is_grad_enabled(), False, True
+            )
             return out, h_n, c_n
 
         self._library = torch.library.Library(NAMESPACE, "FRAGMENT")
@@ -102,9 +105,12 @@ class FusedOps:
 
 def _autograd_kernel(run: Callable[..., Any], op: Any, below_autograd: Any) -> Callable[..., Any]:
     def kernel(*args: Any) -> Any:
-        if _TRACE.get() == ONE_NODE:
+        trace = _TRACE.get()
+        if trace == ONE_NODE:
             with below_autograd():
                 return op(*args)
+        if trace == REFUSED:
+            raise UnrolledInAStep(f"{op} in a step graph")
         return run(*args)
 
     return kernel
@@ -116,14 +122,3 @@ def _no_grad(run: Callable[..., Any]) -> Callable[..., Any]:
             return run(*args)
 
     return kernel
-
-
-@contextlib.contextmanager
-def _without_onednn() -> Iterator[None]:
-    """torch.backends.mkldnn.flags(enabled=False), leaving oneDNN's other settings as they are
-    (`flags` resets them for the duration)."""
-    saved = torch.backends.mkldnn.set_flags(_enabled=False, _fp32_precision=None)
-    try:
-        yield
-    finally:
-        torch.backends.mkldnn.set_flags(_enabled=saved[0], _fp32_precision=None)
