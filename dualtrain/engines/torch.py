@@ -141,13 +141,14 @@ class TorchEngine(Engine):
         return self._to_device(_from_numpy(batches))
 
     # Every step draws Keras's seeded random numbers from the counter-based generator, captured
-    # or eager: the two give the same numbers (compat.counter_random, engines/torch_random.py).
+    # or eager: the two give the same numbers (compat.counter_random, engines/torch_random.py);
+    # and runs BatchNormalization through torch's kernel (compat.fused_batch_norm).
     def train_step(self, batches: list[Batch]) -> None:
-        with compat.counter_random():
+        with compat.counter_random(), compat.fused_batch_norm():
             self._last_gradients = self._train_fn(batches)
 
     def _eval_step(self, batch: Batch) -> None:
-        with compat.counter_random():
+        with compat.counter_random(), compat.fused_batch_norm():
             self._eval_fn(*batch)
         self._apply_updates()
 
