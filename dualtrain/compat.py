@@ -584,6 +584,67 @@ def counter_random() -> Iterator[None]:
             setattr(module, name, value)
 
 
+# -- Keras on torch: BatchNormalization through torch's kernel (engines/torch_batch_norm.py) -----
+
+
+@functools.cache
+def _batch_norm_patch() -> tuple[Any, Any] | str:
+    try:
+        from keras.src.layers.normalization.batch_normalization import BatchNormalization
+    except ImportError as err:
+        return f"Keras's BatchNormalization cannot be imported ({err})"
+    keras_call = BatchNormalization.call
+    problem = _signature_problem(
+        keras_call, "BatchNormalization.call", ["self", "inputs", "training", "mask"]
+    )
+    if problem:
+        return problem
+    for name in ("axis", "momentum", "epsilon", "center", "scale", "renorm"):
+        if name not in _parameters(BatchNormalization.__init__):  # type: ignore[operator]
+            return f"BatchNormalization takes no `{name}`"
+    keras_moments = getattr(BatchNormalization, "_moments", None)
+    import torch
+
+    from dualtrain.engines import torch_batch_norm
+
+    def call(self: Any, inputs: Any, training: Any = None, mask: Any = None) -> Any:
+        if (
+            mask is not None
+            or self.renorm
+            or not isinstance(inputs, torch.Tensor)
+            or type(self)._moments is not keras_moments  # the user's own statistics
+        ):
+            return keras_call(self, inputs, training=training, mask=mask)
+        return torch_batch_norm.normalize(self, inputs, bool(training and self.trainable))
+
+    return BatchNormalization, call
+
+
+@contextlib.contextmanager
+def fused_batch_norm() -> Iterator[None]:
+    """Inside: Keras's BatchNormalization on torch runs torch's batch-norm kernel
+    (engines/torch_batch_norm.py) instead of Keras's separate ops: the same values, one kernel
+    forward and one backward.
+
+    Keras offers no hook for a layer's backend arithmetic, so `BatchNormalization.call` is
+    replaced for the duration (the torch engine's steps only). A mask, batch renormalization, or
+    a subclass with its own `_moments` keeps Keras's call. Checked once: the call and the
+    constructor's arguments are Keras's. Otherwise one info line, and Keras's own.
+    """
+    patch = _batch_norm_patch()
+    if isinstance(patch, str):
+        _fall_back("fused_batch_norm", "keras", patch, "BatchNormalization runs Keras's own ops")
+        yield
+        return
+    layer_class, call = patch
+    saved = layer_class.call
+    layer_class.call = call
+    try:
+        yield
+    finally:
+        layer_class.call = saved
+
+
 # -- Keras on torch and torch: GRU and LSTM as one fused op per layer call (engines/torch_rnn.py) -
 
 _KERAS_GRU = [
