@@ -144,11 +144,11 @@ class TorchEngine(Engine):
     # or eager: the two give the same numbers (compat.counter_random, engines/torch_random.py);
     # and runs BatchNormalization through torch's kernel (compat.fused_batch_norm).
     def train_step(self, batches: list[Batch]) -> None:
-        with compat.counter_random(), compat.fused_batch_norm():
+        with compat.counter_random(), compat.fused_batch_norm(), compat.conv1d_as_2d():
             self._last_gradients = self._train_fn(batches)
 
     def _eval_step(self, batch: Batch) -> None:
-        with compat.counter_random(), compat.fused_batch_norm():
+        with compat.counter_random(), compat.fused_batch_norm(), compat.conv1d_as_2d():
             self._eval_fn(*batch)
         self._apply_updates()
 
