@@ -142,15 +142,25 @@ class TorchEngine(Engine):
 
     # Every step draws Keras's seeded random numbers from the counter-based generator, captured
     # or eager: the two give the same numbers (compat.counter_random, engines/torch_random.py);
-    # runs BatchNormalization through torch's kernel (compat.fused_batch_norm), and GRU and LSTM
-    # layers as one op each (compat.fused_rnn, engines/torch_rnn.py). The tf engine needs none:
-    # Keras's tf backend draws in the graph and runs tf's own kernels.
+    # and runs BatchNormalization through torch's kernel (compat.fused_batch_norm), and GRU and
+    # LSTM layers as one op each (compat.fused_rnn, engines/torch_rnn.py). The tf engine needs
+    # none of these: Keras's tf backend draws in the graph and runs tf's own kernels.
     def train_step(self, batches: list[Batch]) -> None:
-        with compat.counter_random(), compat.fused_batch_norm(), compat.fused_rnn():
+        with (
+            compat.counter_random(),
+            compat.fused_batch_norm(),
+            compat.conv1d_as_2d(),
+            compat.fused_rnn(),
+        ):
             self._last_gradients = self._train_fn(batches)
 
     def _eval_step(self, batch: Batch) -> None:
-        with compat.counter_random(), compat.fused_batch_norm(), compat.fused_rnn():
+        with (
+            compat.counter_random(),
+            compat.fused_batch_norm(),
+            compat.conv1d_as_2d(),
+            compat.fused_rnn(),
+        ):
             self._eval_fn(*batch)
         self._apply_updates()
 

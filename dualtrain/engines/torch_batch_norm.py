@@ -46,12 +46,7 @@ def normalize(layer: Any, inputs: torch.Tensor, training: bool) -> torch.Tensor:
             layer.epsilon,
         )[0]
     else:
-        out, mean, invstd = torch.ops.aten.native_batch_norm(
-            x, gamma, beta, None, None, True, 0.0, layer.epsilon
-        )
-        # The kernel returns 1/sqrt(var + eps); var itself in float64, so that the subtraction
-        # loses nothing measurable for a variance of eps or more (1e-3 by default).
-        variance = (invstd.double().reciprocal().square() - layer.epsilon).to(dtype)
+        out, mean, variance = batch_norm_training(x, gamma, beta, layer.epsilon)
         momentum = layer.momentum
         moving_mean = layer.moving_mean.value.to(dtype)
         moving_variance = layer.moving_variance.value.to(dtype)
@@ -64,3 +59,49 @@ def normalize(layer: Any, inputs: torch.Tensor, training: bool) -> torch.Tensor:
 
 def _torch_dtype(name: str) -> torch.dtype:
     return getattr(torch, name)
+
+
+@torch.library.custom_op("dualtrain::batch_norm_training", mutates_args=())
+def batch_norm_training(
+    x: torch.Tensor, gamma: torch.Tensor | None, beta: torch.Tensor | None, epsilon: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Batch normalization of `x` (channels on dim 1) by its own statistics: the output, the
+    batch mean and the biased batch variance.
+
+    The statistics as Keras computes them (`mean(x**2) - mean(x)**2`, in x's dtype), so that
+    torch and tf runs of one model keep agreeing (mode=parity); the normalization and, in the
+    backward pass, the gradients by torch's kernels. One op (a custom op) in a captured graph, so
+    autograd differentiates it by `_backward` wherever the graph runs."""
+    dims = [d for d in range(x.dim()) if d != 1]
+    mean = x.mean(dim=dims)
+    variance = (x * x).mean(dim=dims) - mean * mean
+    out = torch.ops.aten.native_batch_norm(x, gamma, beta, mean, variance, False, 0.0, epsilon)
+    return out[0], mean, variance
+
+
+@batch_norm_training.register_fake
+def _(x: torch.Tensor, gamma: Any, beta: Any, epsilon: float) -> Any:
+    channels = x.new_empty(x.shape[1])
+    return torch.empty_like(x), channels, torch.empty_like(channels)
+
+
+def _setup(ctx: Any, inputs: Any, output: Any) -> None:
+    x, gamma, beta, epsilon = inputs
+    _, mean, variance = output
+    ctx.save_for_backward(x, gamma, mean, variance)
+    ctx.epsilon = epsilon
+    ctx.affine = (gamma is not None, beta is not None)
+
+
+def _backward(ctx: Any, grad: torch.Tensor, *_statistics: Any) -> Any:
+    """torch's batch-norm gradient, with the statistics the forward pass used (the gradients
+    of the returned statistics are not taken: they only feed the moving averages)."""
+    x, gamma, mean, variance = ctx.saved_tensors
+    invstd = torch.rsqrt(variance + ctx.epsilon)
+    dx, dgamma, dbeta = torch.ops.aten.native_batch_norm_backward(
+        grad, x, gamma, None, None, mean, invstd, True, ctx.epsilon, [True, *ctx.affine]
+    )
+    return dx, dgamma, dbeta, None
+
+
+batch_norm_training.register_autograd(_backward, setup_context=_setup)

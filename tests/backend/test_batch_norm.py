@@ -140,7 +140,7 @@ def test_the_captured_step_runs_torchs_kernel_and_other_forms_keep_kerass(tmp_pa
     _train(engine, 1)
     (graph,) = [g for g in engine._steps[0].graphs.values() if g is not None]
     targets = {node.target for node in graph.module.graph.nodes}
-    assert torch.ops.aten.native_batch_norm.default in targets
+    assert torch.ops.dualtrain.batch_norm_training.default in targets
     assert torch.ops.aten.native_batch_norm_backward.default in targets
 
     calls = []
