@@ -282,9 +282,10 @@ def _drop_layout_copies(graph: torch.fx.GraphModule) -> None:
 
 # A step graph runs its ops from Python, a few microseconds each; the forward graph leaves the
 # backward ops to autograd's C++ engine. Above this many ops the whole-step graph was slower
-# (benchmarks/zoo.py, one thread: a GRU over 24 steps, 1,362 ops, 4,432 samples/s against 12,660
-# with the forward graph; an LSTM over 32 tokens, 1,579 ops, 7,806 against 8,009), below it
-# faster or even (a Transformer encoder, 481 ops: 3,844 against 3,220).
+# (benchmarks/zoo.py, one thread, Keras's own recurrent loops: a GRU over 24 steps, 1,362 ops,
+# 4,432 samples/s against 12,660 with the forward graph; an LSTM over 32 tokens, 1,579 ops, 7,806
+# against 8,009), below it faster or even (a Transformer encoder, 481 ops: 3,844 against 3,220).
+# (A fused GRU or LSTM, engines/torch_rnn.py, keeps the forward graph whatever the count.)
 MAX_STEP_OPS = 1000
 
 
