@@ -461,6 +461,39 @@ def op_schema(target: Any) -> Any:
     return getattr(target, "_schema", None)
 
 
+# -- Keras on torch: what dualtrain's torch steps run in place of Keras's own functions ----------
+
+
+@contextlib.contextmanager
+def torch_step_ops() -> Iterator[None]:
+    """What every torch train and eval step, captured or eager, runs under (engines/torch.py):
+    seeded random numbers from the counter-based generator (counter_random), BatchNormalization
+    through torch's kernels (fused_batch_norm), 1-D convolution and pooling as 2-D
+    (conv1d_as_2d), and GRU and LSTM layers as one op each (fused_rnn). Each gives Keras's values
+    (tested against Keras's own) and falls back to Keras's own by itself, with one info line."""
+    with counter_random(), fused_batch_norm(), conv1d_as_2d(), fused_rnn():
+        yield
+
+
+@contextlib.contextmanager
+def _swapped(hook: str, patches: list[tuple[Any, str, Any]] | str, fallback: str) -> Iterator[None]:
+    """Inside: each (owner, name, value) of `patches` set as owner.name, the old values put back
+    after. `patches` as a string is why they cannot be made: one info line (`fallback` says what
+    runs instead), and nothing is swapped."""
+    if isinstance(patches, str):
+        _fall_back(hook, "keras", patches, fallback)
+        yield
+        return
+    saved = [(owner, name, getattr(owner, name)) for owner, name, _ in patches]
+    for owner, name, value in patches:
+        setattr(owner, name, value)
+    try:
+        yield
+    finally:
+        for owner, name, value in saved:
+            setattr(owner, name, value)
+
+
 # -- Keras on torch: seeded random numbers and one_hot as tensor arithmetic (torch_random.py) ----
 
 _KERAS_RANDOM = {
@@ -569,26 +602,16 @@ def counter_random() -> Iterator[None]:
     once: the functions take Keras's arguments. Otherwise one info line, and Keras's own
     (seeded layers and one_hot losses then run eagerly).
     """
-    patches = _counter_random_patches()
-    if isinstance(patches, str):
-        _fall_back("counter_random", "keras", patches, "seeded layers run eagerly on torch")
+    fallback = "seeded layers run eagerly on torch"
+    with _swapped("counter_random", _counter_random_patches(), fallback):
         yield
-        return
-    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
-    for module, name, value in patches:
-        setattr(module, name, value)
-    try:
-        yield
-    finally:
-        for module, name, value in saved:
-            setattr(module, name, value)
 
 
 # -- Keras on torch: BatchNormalization through torch's kernel (engines/torch_batch_norm.py) -----
 
 
 @functools.cache
-def _batch_norm_patch() -> tuple[Any, Any] | str:
+def _batch_norm_patch() -> list[tuple[Any, str, Any]] | str:
     try:
         from keras.src.layers.normalization.batch_normalization import BatchNormalization
     except ImportError as err:
@@ -617,7 +640,7 @@ def _batch_norm_patch() -> tuple[Any, Any] | str:
             return keras_call(self, inputs, training=training, mask=mask)
         return torch_batch_norm.normalize(self, inputs, bool(training and self.trainable))
 
-    return BatchNormalization, call
+    return [(BatchNormalization, "call", call)]
 
 
 @contextlib.contextmanager
@@ -631,18 +654,8 @@ def fused_batch_norm() -> Iterator[None]:
     a subclass with its own `_moments` keeps Keras's call. Checked once: the call and the
     constructor's arguments are Keras's. Otherwise one info line, and Keras's own.
     """
-    patch = _batch_norm_patch()
-    if isinstance(patch, str):
-        _fall_back("fused_batch_norm", "keras", patch, "BatchNormalization runs Keras's own ops")
+    with _swapped("fused_batch_norm", _batch_norm_patch(), "BatchNormalization runs Keras's ops"):
         yield
-        return
-    layer_class, call = patch
-    saved = layer_class.call
-    layer_class.call = call
-    try:
-        yield
-    finally:
-        layer_class.call = saved
 
 
 # -- Keras on torch: 1-D convolution and pooling as 2-D ------------------------------------------
@@ -738,19 +751,8 @@ def conv1d_as_2d() -> Iterator[None]:
     `average_pool` are replaced for the duration (the torch engine's steps only); other ranks
     go to Keras's own. Checked once: they take Keras's arguments. Otherwise one info line.
     """
-    patches = _conv1d_patches()
-    if isinstance(patches, str):
-        _fall_back("conv1d_as_2d", "keras", patches, "1-D convolutions run as Keras runs them")
+    with _swapped("conv1d_as_2d", _conv1d_patches(), "1-D convolutions run as Keras runs them"):
         yield
-        return
-    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
-    for module, name, value in patches:
-        setattr(module, name, value)
-    try:
-        yield
-    finally:
-        for module, name, value in saved:
-            setattr(module, name, value)
 
 
 # -- Keras on torch and torch: GRU and LSTM as one fused op per layer call (engines/torch_rnn.py) -
@@ -917,19 +919,8 @@ def fused_rnn() -> Iterator[None]:
     (tested against Keras's loop). Checked once: the functions take Keras's arguments and torch
     has the ops. Otherwise one info line, and Keras's own.
     """
-    patches = _fused_rnn_patches()
-    if isinstance(patches, str):
-        _fall_back("fused_rnn", "keras", patches, "GRU and LSTM layers loop in Python on torch")
+    with _swapped("fused_rnn", _fused_rnn_patches(), "GRU and LSTM layers loop in Python on torch"):
         yield
-        return
-    saved = [(module, name, getattr(module, name)) for module, name, _ in patches]
-    for module, name, value in patches:
-        setattr(module, name, value)
-    try:
-        yield
-    finally:
-        for module, name, value in saved:
-            setattr(module, name, value)
 
 
 # -- Keras on TensorFlow under tf.distribute (engines/tf_distribute.py) --------------------------

@@ -140,27 +140,16 @@ class TorchEngine(Engine):
     def _source_batches(self, batches: Iterable[tuple[Any, Any]]) -> Iterable[Batch]:
         return self._to_device(_from_numpy(batches))
 
-    # Every step draws Keras's seeded random numbers from the counter-based generator, captured
-    # or eager: the two give the same numbers (compat.counter_random, engines/torch_random.py);
-    # and runs BatchNormalization through torch's kernel (compat.fused_batch_norm), and GRU and
-    # LSTM layers as one op each (compat.fused_rnn, engines/torch_rnn.py). The tf engine needs
-    # none of these: Keras's tf backend draws in the graph and runs tf's own kernels.
+    # Every step, captured or eager, runs Keras's layers with dualtrain's torch ops: seeded random
+    # numbers drawn in tensor arithmetic, and torch's own kernels for BatchNormalization, 1-D
+    # convolutions and GRU/LSTM (compat.torch_step_ops). The tf engine needs none of these:
+    # Keras's tf backend draws in the graph and runs tf's own kernels.
     def train_step(self, batches: list[Batch]) -> None:
-        with (
-            compat.counter_random(),
-            compat.fused_batch_norm(),
-            compat.conv1d_as_2d(),
-            compat.fused_rnn(),
-        ):
+        with compat.torch_step_ops():
             self._last_gradients = self._train_fn(batches)
 
     def _eval_step(self, batch: Batch) -> None:
-        with (
-            compat.counter_random(),
-            compat.fused_batch_norm(),
-            compat.conv1d_as_2d(),
-            compat.fused_rnn(),
-        ):
+        with compat.torch_step_ops():
             self._eval_fn(*batch)
         self._apply_updates()
 

@@ -35,7 +35,7 @@ def _step_ops() -> Any:
     if BACKEND == "torch":
         from dualtrain import compat
 
-        return compat.fused_batch_norm()
+        return compat.torch_step_ops()
     return contextlib.nullcontext()
 
 

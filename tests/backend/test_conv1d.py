@@ -37,7 +37,7 @@ def _step_ops() -> Any:
     if BACKEND == "torch":
         from dualtrain import compat
 
-        return compat.conv1d_as_2d()
+        return compat.torch_step_ops()
     return contextlib.nullcontext()
 
 
