@@ -7,6 +7,7 @@ from pathlib import Path
 
 import pytest
 
+from tests.backend.users import recipe_overrides
 from tests.conftest import REPO, probe_cli, read_jsonl, run_cli
 
 # Every test here trains both backends in subprocesses: the full suite only.
@@ -181,9 +182,7 @@ def test_a_pydataset_source_agrees_across_backends(tmp_path: Path) -> None:
     each epoch: both backends see the same batches (measured: 4.8e-7 over 100 steps)."""
     result = run_cli(
         "mode=parity", "parity.steps=30", f"hydra.run.dir={tmp_path}",
-        "recipe.name=streamed", "recipe.module=tests.backend.users.streamed", "~recipe.model",
-        "~recipe.task", "data=python", "data.source=tests.backend.users.streamed:load_data",
-        "+data.num_classes=3",
+        *recipe_overrides("streamed", "+data.num_classes=3"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "parity.json").read_text())
@@ -194,10 +193,8 @@ def test_recurrent_layers_agree_across_backends(tmp_path: Path) -> None:
     """A GRU (all outputs, backwards) into an LSTM: on torch one fused op each (torch.nn's
     kernels, compat.fused_rnn), on tf Keras's own (measured: 1.3e-7 over 30 steps)."""
     result = run_cli(
-        "mode=parity", "parity.steps=30", f"hydra.run.dir={tmp_path}", "recipe.name=layers",
-        "recipe.module=tests.backend.users.layers", "~recipe.model", "~recipe.task",
-        "data=python", "data.source=tests.backend.users.layers:load_data", "data.batch_size=64",
-        "+recipe.model.kind=gru_lstm",
+        "mode=parity", "parity.steps=30", f"hydra.run.dir={tmp_path}",
+        *recipe_overrides("layers", "data.batch_size=64", "+recipe.model.kind=gru_lstm"),
     )  # fmt: skip
     assert result.returncode == 0, result.stderr[-3000:]
     report = json.loads((tmp_path / "parity.json").read_text())

@@ -9,8 +9,10 @@ imports Keras.
 
 from __future__ import annotations
 
+import contextlib
 import os
 from pathlib import Path
+from typing import Any
 
 import pytest
 from hydra import compose, initialize_config_module
@@ -35,3 +37,13 @@ def make_settings(run_dir: Path, *overrides: str) -> Settings:
 @pytest.fixture
 def backend() -> str:
     return BACKEND
+
+
+def step_ops() -> Any:
+    """What the engines' steps run Keras's layers under: on torch dualtrain's own ops
+    (compat.torch_step_ops), on tf nothing."""
+    if BACKEND == "torch":
+        from dualtrain import compat
+
+        return compat.torch_step_ops()
+    return contextlib.nullcontext()

@@ -8,14 +8,13 @@ the gradients of the input, gamma and beta.
 
 from __future__ import annotations
 
-import contextlib
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import pytest
 
-from tests.backend.conftest import BACKEND
+from tests.backend.conftest import BACKEND, step_ops
 
 # float32 kernels against a float64 reference: a few ulp per op over a reduction of a few
 # hundred values stays well below 1e-5 relative (measured: below 2e-6).
@@ -28,15 +27,6 @@ CASES = {
     "sequence": dict(shape=(4, 7, 6), axis=-1),
     "no gamma or beta": dict(shape=(16, 6), axis=-1, center=False, scale=False),
 }
-
-
-def _step_ops() -> Any:
-    """What the engine's steps run layers under (engines/torch.py)."""
-    if BACKEND == "torch":
-        from dualtrain import compat
-
-        return compat.torch_step_ops()
-    return contextlib.nullcontext()
 
 
 def _reference(x: np.ndarray, layer: Any, weights: np.ndarray, training: bool) -> dict[str, Any]:
@@ -83,7 +73,7 @@ def _run(layer: Any, x: np.ndarray, weights: np.ndarray, training: bool) -> dict
         import torch
 
         tensor = torch.tensor(x, requires_grad=True)
-        with _step_ops():
+        with step_ops():
             out = layer(tensor, training=training)
         params = [v.value for v in trainable]
         grads = torch.autograd.grad((out * torch.tensor(weights)).sum(), [tensor, *params])
@@ -151,7 +141,7 @@ def test_the_captured_step_runs_torchs_kernel_and_other_forms_keep_kerass(tmp_pa
             return super()._moments(inputs, mask)
 
     x = torch.randn(8, 4)
-    with _step_ops(), pytest.MonkeyPatch.context() as patch:
+    with step_ops(), pytest.MonkeyPatch.context() as patch:
         patch.setattr(torch_batch_norm, "normalize", lambda *a: calls.append("fused") or a[1])
         keras.layers.BatchNormalization()(x, training=True)
         OwnMoments()(x, training=True)

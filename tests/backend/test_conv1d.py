@@ -14,7 +14,7 @@ from typing import Any
 import numpy as np
 import pytest
 
-from tests.backend.conftest import BACKEND
+from tests.backend.conftest import BACKEND, step_ops
 
 # float32 kernels against float64: sums of at most 3x5 products of values below 5 in magnitude.
 RTOL, ATOL = 1e-5, 1e-5
@@ -30,15 +30,6 @@ LAYERS = {
         "AveragePooling1D", dict(pool_size=3, strides=2, padding="same"),
     ),
 }  # fmt: skip
-
-
-def _step_ops() -> Any:
-    """What the engine's steps run layers under (engines/torch.py)."""
-    if BACKEND == "torch":
-        from dualtrain import compat
-
-        return compat.torch_step_ops()
-    return contextlib.nullcontext()
 
 
 def _windows(x: np.ndarray, size: int, stride: int, dilation: int, padding: str, fill: float):
@@ -77,7 +68,7 @@ def _reference(layer: Any, x: np.ndarray) -> np.ndarray:
 
 def _call(layer: Any, x: np.ndarray, weights: np.ndarray, under_step_ops: bool) -> dict[str, Any]:
     """The output and the gradients of sum(output * weights) for the input and the weights."""
-    context = _step_ops() if under_step_ops else contextlib.nullcontext()
+    context = step_ops() if under_step_ops else contextlib.nullcontext()
     if BACKEND == "torch":
         import torch
 
