@@ -3,6 +3,7 @@ non-finite losses, limited epochs."""
 
 from __future__ import annotations
 
+import gc
 import json
 import math
 from pathlib import Path
@@ -17,6 +18,7 @@ from dualtrain.checkpoint import newest_checkpoints, read_checkpoint
 from dualtrain.data import ArrayDataset, load_data
 from dualtrain.engines import engine_class
 from dualtrain.errors import RunError
+from dualtrain.loop import frozen_heap
 from dualtrain.recipe import load_recipe
 from dualtrain.run import train
 from tests.backend.conftest import BACKEND, make_settings
@@ -178,6 +180,7 @@ class Recorder(Callback):
     """Records the hooks the loop calls, in order."""
 
     calls: ClassVar[list[tuple[str, ...]]] = []
+    frozen: ClassVar[list[int]] = []  # objects the garbage collector leaves alone, at each step
 
     def __init__(self, tag: str) -> None:
         self.tag = tag
@@ -190,6 +193,7 @@ class Recorder(Callback):
 
     def on_step_end(self, run: TrainingRun, epoch_ends: bool) -> None:
         self.calls.append(("step_end", str(run.state.step), str(epoch_ends)))
+        self.frozen.append(gc.get_freeze_count())
 
     def on_validation_end(self, run: TrainingRun, metrics: dict[str, float]) -> None:
         self.calls.append(("validation_end", *sorted(metrics)))
@@ -203,6 +207,7 @@ class Recorder(Callback):
 
 def test_a_callback_from_config_sees_every_hook_in_order(tmp_path: Path) -> None:
     Recorder.calls.clear()
+    Recorder.frozen.clear()
     train(
         make_settings(
             tmp_path,
@@ -221,6 +226,25 @@ def test_a_callback_from_config_sees_every_hook_in_order(tmp_path: Path) -> None
         ("epoch_begin", "1"), *epoch(5), ("validation_end", "accuracy", "loss"), ("epoch_end", "1"),
         ("train_end", "8"),
     ]  # fmt: skip
+    # The steps ran with the objects made before training frozen (loop.frozen_heap: the
+    # frameworks alone are 100,000s), and the process has them back after.
+    assert len(Recorder.frozen) == 8 and min(Recorder.frozen) > 100_000
+    assert gc.get_freeze_count() == 0
+
+
+def test_frozen_heap_unfreezes_after_a_failure_and_leaves_a_callers_freeze_alone() -> None:
+    with pytest.raises(RuntimeError), frozen_heap():
+        assert gc.get_freeze_count() > 0
+        raise RuntimeError("a failed step")
+    assert gc.get_freeze_count() == 0
+    gc.freeze()  # the caller's own (e.g. before forking workers)
+    try:
+        count = gc.get_freeze_count()
+        with frozen_heap():
+            pass
+        assert gc.get_freeze_count() == count
+    finally:
+        gc.unfreeze()
 
 
 def test_fast_dev_run_trains_two_batches_and_writes_nothing(tmp_path: Path) -> None:
