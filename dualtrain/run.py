@@ -15,7 +15,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from dualtrain import __version__, distributed, model_summary, rundir
+from dualtrain import __version__, distributed, model_summary, rundir, threads
 from dualtrain.callbacks import Callback, create_callbacks
 from dualtrain.checkpoint import (
     Checkpoint,
@@ -133,6 +133,9 @@ def _train(
         # The config's callbacks run before the checkpointer, so a checkpoint records the values
         # they add to the val metrics and the stop they ask for.
         callbacks: list[Callback] = create_callbacks(settings.callbacks)
+        # torch's thread count follows the load of other processes (docs/shared-machines.md).
+        follower = threads.load_follower(settings.backend.name, settings.trainer.deterministic)
+        callbacks += [follower] if follower is not None else []
         # Export starts from the final checkpoint, so a run that exports always saves one.
         saves = settings.checkpoint.every_n_epochs or settings.checkpoint.every_n_steps
         if writes and (saves or settings.export.formats):

@@ -23,8 +23,12 @@ thread is free, kept 0.4 (docs/shared-machines.md).
 Nothing is set that the environment already has (the user's `OMP_NUM_THREADS`, `OMP_WAIT_POLICY`,
 `GOMP_SPINCOUNT`, TensorFlow's variables win), nothing for a framework that this process has
 already imported (its threads are the user's: a `torch.set_num_threads` call stays), and nothing
-at all with `DUALTRAIN_THREADS=off`, which leaves both frameworks to their own defaults. The
-choice is made once, at the start: load that comes later is not seen (docs/shared-machines.md).
+at all with `DUALTRAIN_THREADS=off`, which leaves both frameworks to their own defaults.
+
+Where dualtrain chose torch's threads, `LoadFollower` (a callback of the run) chooses them again
+every `FOLLOW_SECONDS` of training by the same rule, from the load since its last look: load that
+comes or goes during a run is followed, between steps (docs/shared-machines.md). Not with
+`trainer.deterministic=true`, whose runs keep the thread count they start with.
 """
 
 from __future__ import annotations
@@ -37,6 +41,8 @@ import time
 from collections.abc import Callable, Iterable, Mapping, MutableMapping
 from pathlib import Path
 
+from dualtrain.callbacks import Callback, TrainingRun
+
 log = logging.getLogger("dualtrain")
 
 OFF_VARIABLE = "DUALTRAIN_THREADS"
@@ -47,6 +53,9 @@ TF_VARIABLES = ("TF_NUM_INTRAOP_THREADS", "TF_NUM_INTEROP_THREADS")
 # that shares its core with a busy process makes the whole team wait (see the module's doc).
 FREE_CORE_SLACK = 0.25
 PROBE_SECONDS = 0.1
+# How often a run looks at the load again (LoadFollower): /proc/stat is read between steps at
+# most this often, about 50 us each time.
+FOLLOW_SECONDS = 2.0
 _FRAMEWORK_MODULE = {"torch": "torch", "tf": "tensorflow"}
 
 
@@ -141,6 +150,13 @@ def _cpu_ticks(cpus: set[int], stat: Path = Path("/proc/stat")) -> int | None:
     return busy
 
 
+def _busy_since(ticks: int, own: float, elapsed: float, ticks_now: int, own_now: float) -> float:
+    """Cores kept busy by other processes between two readings `elapsed` seconds apart: the busy
+    time of the CPUs read less this process's own CPU time."""
+    busy = (ticks_now - ticks) / os.sysconf("SC_CLK_TCK") - (own_now - own)
+    return max(0.0, busy / elapsed) if elapsed > 0 else 0.0
+
+
 def busy_cores_of_others(cpus: set[int], seconds: float = PROBE_SECONDS) -> float | None:
     """Cores of `cpus` that other processes kept busy over the next `seconds` (this process
     sleeps meanwhile; its own CPU time is subtracted); None where /proc/stat is not readable."""
@@ -149,11 +165,9 @@ def busy_cores_of_others(cpus: set[int], seconds: float = PROBE_SECONDS) -> floa
         return None
     time.sleep(seconds)
     after, own_after = _cpu_ticks(cpus), time.process_time()
-    elapsed = time.perf_counter() - started
     if after is None:
         return None
-    busy = (after - before) / os.sysconf("SC_CLK_TCK") - (own_after - own_before)
-    return max(0.0, busy / elapsed)
+    return _busy_since(before, own_before, time.perf_counter() - started, after, own_after)
 
 
 def switched_off(environ: Mapping[str, str]) -> bool:
@@ -219,6 +233,9 @@ def configure_threads(
         busy = busy_cores_of_others(cpus)
     chosen = thread_environment(backend, env, cores, len(cpus), busy)
     env.update(chosen)
+    if environ is None and "OMP_NUM_THREADS" in chosen:
+        global _torch_choice
+        _torch_choice = (cores, cpus)
     if chosen:
         others = "unknown" if busy is None else f"{busy:.1f}"
         log.info(
@@ -231,11 +248,106 @@ def configure_threads(
     return chosen
 
 
+# What configure_threads chose torch's threads for in this process: (cores, cpus); None where it
+# chose nothing (the user's, the framework's or an earlier import's threads stand).
+_torch_choice: tuple[int, set[int]] | None = None
+
+
+class LoadFollower(Callback):
+    """torch's thread count, chosen again as the load of other processes changes during a run.
+
+    Every `interval` seconds, at the end of a step (in the training thread: OpenMP's thread count
+    belongs to the thread that sets it), the cores other processes kept busy since the last look
+    give the count by `torch_threads`'s rule; where it differs from the one running, one log
+    line says so and `set_threads` (`torch.set_num_threads`) changes it.
+
+    Args:
+        cores, cpus: the cores this process may use, and the CPUs of its affinity.
+        threads: the count running now.
+        set_threads: changes it.
+        interval: seconds between looks (None: `FOLLOW_SECONDS`).
+        clock, ticks, own: the wall clock, the CPUs' busy ticks (None: unreadable) and this
+            process's CPU time; tests give their own.
+    """
+
+    def __init__(
+        self,
+        cores: int,
+        cpus: set[int],
+        threads: int,
+        set_threads: Callable[[int], None],
+        interval: float | None = None,
+        clock: Callable[[], float] = time.perf_counter,
+        ticks: Callable[[set[int]], int | None] = _cpu_ticks,
+        own: Callable[[], float] = time.process_time,
+    ) -> None:
+        self.cores, self.cpus, self.threads = cores, cpus, threads
+        self._set = set_threads
+        self.interval = FOLLOW_SECONDS if interval is None else interval
+        self._clock, self._ticks, self._own = clock, ticks, own
+        self._mark: tuple[float, int, float] | None = None
+
+    def on_train_begin(self, run: TrainingRun) -> None:
+        self._look()
+
+    def on_step_end(self, run: TrainingRun, epoch_ends: bool) -> None:
+        if self._mark is not None and self._clock() - self._mark[0] >= self.interval:
+            self.follow()
+
+    def follow(self) -> None:
+        """Chooses the count again from the load since the last look."""
+        looked = self._look()
+        if looked is None:
+            return
+        busy, seconds = looked
+        wanted = torch_threads(self.cores, busy, len(self.cpus))
+        if wanted != self.threads:
+            log.info(
+                "threads: torch now runs %d thread(s), was %d (other processes kept %.1f of "
+                "%d cores busy over the last %.1f s; OMP_NUM_THREADS fixes the count)",
+                wanted,
+                self.threads,
+                busy,
+                len(self.cpus),
+                seconds,
+            )
+            self._set(wanted)
+            self.threads = wanted
+
+    def _look(self) -> tuple[float, float] | None:
+        """Takes a reading; returns the others' busy cores since the last one and the seconds
+        between them (None: the first reading, or /proc/stat unreadable, after which the
+        follower stops looking)."""
+        now, ticks, own = self._clock(), self._ticks(self.cpus), self._own()
+        before, self._mark = self._mark, (None if ticks is None else (now, ticks, own))
+        if before is None or ticks is None:
+            return None
+        seconds = now - before[0]
+        return _busy_since(before[1], before[2], seconds, ticks, own), seconds
+
+
+def load_follower(backend: str, deterministic: bool | None) -> LoadFollower | None:
+    """The run's LoadFollower: torch, where `configure_threads` chose the threads and nothing
+    has changed them since; None otherwise (tf's pools hand work to whichever thread is free,
+    and `trainer.deterministic=true` keeps the count the run starts with)."""
+    if backend != "torch" or _torch_choice is None or deterministic:
+        return None
+    import torch
+
+    threads = int(torch.get_num_threads())
+    if str(threads) != os.environ.get("OMP_NUM_THREADS"):  # torch.set_num_threads by the user
+        return None
+    cores, cpus = _torch_choice
+    return LoadFollower(cores, cpus, threads, torch.set_num_threads)
+
+
 __all__ = [
+    "LoadFollower",
     "allowed_cores",
     "busy_cores_of_others",
     "cgroup_cpu_limit",
     "configure_threads",
+    "load_follower",
     "thread_environment",
     "torch_threads",
 ]

@@ -193,6 +193,13 @@ def test_pickle_payload_is_refused_without_running_it(
             return (Path.touch, (marker,))
 
     arrays = dict(np.load(checkpoint / "model.npz"))
+    # trainer.ema's averaged weights, read only where trainer.json says the run kept them
+    record = json.loads((checkpoint / "trainer.json").read_text())
+    (checkpoint / "trainer.json").write_text(json.dumps({**record, "ema": {"momentum": 0.9}}))
+    np.savez(checkpoint / "average.npz", **{"conv2d/kernel": np.array([Payload()], dtype=object)})
+    with pytest.raises(RunError, match=r"average\.npz holds data that would need pickle"):
+        read_checkpoint(checkpoint)
+    (checkpoint / "trainer.json").write_text(json.dumps(record))
     arrays["conv2d/kernel"] = np.array([Payload()], dtype=object)
     np.savez(checkpoint / "model.npz", **arrays)
     with pytest.raises(RunError, match="would need pickle to load; refused"):

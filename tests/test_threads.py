@@ -233,6 +233,78 @@ def test_configure_leaves_an_imported_framework_alone(monkeypatch: pytest.Monkey
     assert environ == {}
 
 
+class _Readings:
+    """A wall clock, busy ticks (100 a second) and this process's CPU time that a test moves."""
+
+    def __init__(self) -> None:
+        self.now, self.ticks, self.own = 0.0, 0, 0.0
+        self.reads = 0
+
+    def pass_seconds(self, seconds: float, others: float, own: float) -> None:
+        """`seconds` go by with `others` cores busy elsewhere and `own` cores of this process."""
+        self.now += seconds
+        self.ticks += round(100 * seconds * (others + own))
+        self.own += seconds * own
+
+    def read_ticks(self, cpus: set[int]) -> int | None:
+        self.reads += 1
+        return self.ticks
+
+
+def test_the_thread_count_follows_load_that_comes_and_goes(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    monkeypatch.setattr(threads.os, "sysconf", lambda name: 100)
+    readings, changes = _Readings(), []
+    follower = threads.LoadFollower(
+        2, {0, 1}, 2, changes.append, interval=2.0, clock=lambda: readings.now,
+        ticks=readings.read_ticks, own=lambda: readings.own,
+    )  # fmt: skip
+    run = types.SimpleNamespace()
+    follower.on_train_begin(run)  # type: ignore[arg-type]
+
+    def steps(seconds: float, others: float, own: float) -> None:  # steps of 0.25 s (exact sums)
+        for _ in range(round(seconds / 0.25)):
+            readings.pass_seconds(0.25, others, own)
+            follower.on_step_end(run, False)  # type: ignore[arg-type]
+
+    steps(4.0, others=0.1, own=1.9)  # quiet: both cores stay
+    assert changes == [] and readings.reads == 3  # the start and every 2 s, not every step
+    with caplog.at_level("INFO", logger="dualtrain"):
+        steps(2.0, others=1.6, own=0.4)  # 4 busy processes arrive on the 2 cores
+    assert changes == [1] and follower.threads == 1
+    said = "threads: torch now runs 1 thread(s), was 2 (other processes kept 1.6 of 2 cores busy"
+    assert f"{said} over the last 2.0 s; OMP_NUM_THREADS fixes the count)" in caplog.text
+    steps(4.0, others=1.6, own=0.4)  # still there: no change
+    steps(2.0, others=0.9, own=0.5)  # one core still busy elsewhere: one thread
+    assert changes == [1]
+    steps(2.0, others=0.0, own=1.0)  # the load left
+    assert changes == [1, 2] and follower.threads == 2
+
+
+def test_the_follower_stops_where_proc_stat_is_unreadable() -> None:
+    clock = iter(range(100))
+    follower = threads.LoadFollower(
+        2, {0, 1}, 2, lambda n: pytest.fail("no reading, no change"), interval=1.0,
+        clock=lambda: float(next(clock)), ticks=lambda cpus: None, own=lambda: 0.0,
+    )  # fmt: skip
+    run = types.SimpleNamespace()
+    follower.on_train_begin(run)  # type: ignore[arg-type]
+    for _ in range(5):
+        follower.on_step_end(run, False)  # type: ignore[arg-type]
+    assert next(clock) == 1  # read the clock once, at the start
+
+
+def test_a_follower_only_where_dualtrain_chose_torchs_threads(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    monkeypatch.setattr(threads, "_torch_choice", None)
+    assert threads.load_follower("torch", None) is None  # the user's or torch's own threads
+    monkeypatch.setattr(threads, "_torch_choice", (2, {0, 1}))
+    assert threads.load_follower("tf", None) is None  # tf's pools share out work by themselves
+    assert threads.load_follower("torch", True) is None  # trainer.deterministic keeps the count
+
+
 # -- a fresh process: what the framework's libraries read ------------------------------------------
 
 # select_backend as a run calls it first, then loads torch's libgomp (not torch) and prints what
@@ -340,6 +412,46 @@ def test_torch_runs_the_threads_chosen_unless_the_user_chose() -> None:
     assert report["env"] is not None and report["torch"] == int(report["env"])
     report, _ = _fresh_process(_TORCH_IMPORTED, "user")
     assert report == {"env": None, "torch": 1}
+
+
+# A torch run that chose 2 threads on a quiet machine, then meets 3 busy processes started once
+# it trains: its log says it went down to one thread.
+_LATE_LOAD = """
+import subprocess, sys
+import dualtrain.threads
+from dualtrain.callbacks import Callback
+dualtrain.threads.busy_cores_of_others = lambda cpus, seconds=0.1: 0.0  # quiet at the start
+dualtrain.threads.FOLLOW_SECONDS = 0.5
+spin = "while True: pass"
+loads = []
+class Load(Callback):
+    def on_train_begin(self, run):
+        loads.extend(subprocess.Popen([sys.executable, "-c", spin]) for _ in range(3))
+dualtrain.threads.Load = Load
+sys.argv = ["dualtrain", *sys.argv[1:]]
+try:
+    from dualtrain.cli import main
+    main()
+finally:
+    for p in loads:
+        p.kill()
+"""
+
+
+@pytest.mark.slow  # a torch run under load
+@pytest.mark.skipif(len(os.sched_getaffinity(0)) != 2, reason="this project's 2 cores")
+def test_a_torch_run_follows_load_that_comes_after_it_chose_its_threads(tmp_path: Path) -> None:
+    clean = {k: v for k, v in os.environ.items() if k not in THREAD_VARIABLES}
+    result = subprocess.run(
+        [sys.executable, "-c", _LATE_LOAD, "recipe=mlp", "backend=torch", "data=synthetic",
+         "data.num_samples=20000", "trainer.max_epochs=3", "logger.progress=false",
+         "+callbacks.load._target_=dualtrain.threads.Load", f"hydra.run.dir={tmp_path}"],
+        env={**clean, "PYTHONPATH": str(REPO)}, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-2000:]
+    log_text = (tmp_path / "dualtrain.log").read_text()
+    assert "threads: OMP_NUM_THREADS=2 (cores this process may use: 2" in log_text
+    assert "threads: torch now runs 1 thread(s), was 2 (other processes kept" in log_text
 
 
 _TF_IMPORTED = """
