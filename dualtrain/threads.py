@@ -259,7 +259,8 @@ class LoadFollower(Callback):
     Every `interval` seconds, at the end of a step (in the training thread: OpenMP's thread count
     belongs to the thread that sets it), the cores other processes kept busy since the last look
     give the count by `torch_threads`'s rule; where it differs from the one running, one log
-    line says so and `set_threads` (`torch.set_num_threads`) changes it.
+    line says so and `set_threads` (`torch.set_num_threads`) changes it. The run's end puts back
+    the count it started with.
 
     Args:
         cores, cpus: the cores this process may use, and the CPUs of its affinity.
@@ -281,7 +282,7 @@ class LoadFollower(Callback):
         ticks: Callable[[set[int]], int | None] = _cpu_ticks,
         own: Callable[[], float] = time.process_time,
     ) -> None:
-        self.cores, self.cpus, self.threads = cores, cpus, threads
+        self.cores, self.cpus, self.threads, self.started_with = cores, cpus, threads, threads
         self._set = set_threads
         self.interval = FOLLOW_SECONDS if interval is None else interval
         self._clock, self._ticks, self._own = clock, ticks, own
@@ -293,6 +294,12 @@ class LoadFollower(Callback):
     def on_step_end(self, run: TrainingRun, epoch_ends: bool) -> None:
         if self._mark is not None and self._clock() - self._mark[0] >= self.interval:
             self.follow()
+
+    def on_train_end(self, run: TrainingRun) -> None:
+        # The process as the run found it: a later run in it (dualtrain.fit) starts from there.
+        if self.threads != self.started_with:
+            self._set(self.started_with)
+            self.threads = self.started_with
 
     def follow(self) -> None:
         """Chooses the count again from the load since the last look."""

@@ -280,6 +280,9 @@ def test_the_thread_count_follows_load_that_comes_and_goes(
     assert changes == [1]
     steps(2.0, others=0.0, own=1.0)  # the load left
     assert changes == [1, 2] and follower.threads == 2
+    steps(2.0, others=1.6, own=0.4)
+    follower.on_train_end(run)  # type: ignore[arg-type]
+    assert changes == [1, 2, 1, 2]  # the process gets back the count the run started with
 
 
 def test_the_follower_stops_where_proc_stat_is_unreadable() -> None:
