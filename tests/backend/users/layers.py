@@ -102,7 +102,8 @@ def build_model(data: DataInfo, kind: str = "batchnorm") -> keras.Model:
     elif kind == "gru":
         h = keras.layers.GRU(8, dropout=0.2, recurrent_dropout=0.1, seed=3)(inputs)
     elif kind == "gru_lstm":  # torch: one fused op per layer (compat.fused_rnn)
-        h = keras.layers.GRU(8, return_sequences=True, go_backwards=True)(inputs)
+        # Bidirectional: a forward GRU and one with go_backwards, whose outputs it turns back
+        h = keras.layers.Bidirectional(keras.layers.GRU(8, return_sequences=True))(inputs)
         h = keras.layers.LSTM(8)(h)
     elif kind == "lstm_tokens":  # torch: one fused op (compat.fused_rnn)
         h = keras.layers.Embedding(VOCABULARY, 8)(inputs)
