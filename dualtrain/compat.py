@@ -177,8 +177,8 @@ class KerasAdamUpdate:
         """The momentum and velocity tensors of `variables`, in their order."""
         optimizer = self.optimizer
         index = optimizer._get_variable_index
-        momentums = [optimizer._momentums[index(v)].value for v in variables]
-        velocities = [optimizer._velocities[index(v)].value for v in variables]
+        momentums = variable_tensors([optimizer._momentums[index(v)] for v in variables])
+        velocities = variable_tensors([optimizer._velocities[index(v)] for v in variables])
         return momentums, velocities
 
     def replace(self, update: Callable[..., Any]) -> None:
@@ -459,6 +459,75 @@ def tensor_version(tensor: Any) -> int:
 def op_schema(target: Any) -> Any:
     """The schema of an ATen op (see graph_capture_problem), or None for other callables."""
     return getattr(target, "_schema", None)
+
+
+@functools.cache
+def _variable_tensors_probe() -> tuple[Callable[[], bool], str | None]:
+    """Keras's checks in a torch Variable's `value` (keras.src.backend.torch.core), as one
+    function that says whether any applies now, and why the hook cannot be used, or None."""
+    try:
+        from keras.src.backend.common.stateless_scope import in_stateless_scope
+        from keras.src.backend.common.variables import get_autocast_scope
+        from keras.src.backend.torch.core import Variable, get_device
+    except ImportError as err:
+        return (lambda: True), f"Keras's variable internals cannot be imported ({err})"
+
+    def special() -> bool:
+        return (
+            in_stateless_scope() or get_autocast_scope() is not None or str(get_device()) == "meta"
+        )
+
+    import keras
+
+    probe = keras.Variable(keras.ops.zeros((2,)))
+    if not isinstance(probe, Variable) or getattr(probe, "_value", None) is not probe.value:
+        return special, "a torch Variable's value is not its _value tensor"
+    return special, None
+
+
+def variable_tensors(variables: Sequence[Any]) -> list[Any]:
+    """`[v.value for v in variables]` for Keras variables on torch, in one check instead of one
+    per variable. Keras's torch `Variable.value` looks for a StatelessScope, an AutocastScope and
+    the "meta" device at every read, about 3.6 microseconds each (one thread); a captured step
+    reads every model and optimizer variable, a hundred or more a step. Where none of the three
+    applies, the value is the variable's own tensor (`_value`), read here directly; otherwise,
+    and for a variable not yet initialized, `.value`. Checked once: the internals exist and a
+    new variable's `value` is its `_value`; otherwise one info line, and `.value` throughout."""
+    special, problem = _variable_tensors_probe()
+    if problem is not None:
+        _fall_back("variable_tensors", "keras", problem, "variables are read through .value")
+        return [v.value for v in variables]
+    if special():
+        return [v.value for v in variables]
+    return [v.value if v._value is None else v._value for v in variables]
+
+
+def mean_accumulators(metric: Any) -> tuple[Any, Any] | None:
+    """The (total, count) variables of a `keras.metrics.Mean`, whose `update_state(value,
+    sample_weight)` of a scalar adds `value * sample_weight` to `total` and `sample_weight` to
+    `count` (Keras's `Mean.update_state`), or None, with one info line, where this Keras's Mean
+    keeps other variables. The torch engine adds to them in place (engines/torch.py,
+    `TorchEngine._track`): through `update_state` the same two float32 additions cost about 90
+    microseconds of Keras's Python a call (one thread), every step. Checked at set-up: the
+    metric is a Mean and its variables are exactly `total` and `count`, in that order (the
+    order `Engine.train_loss_state` saves)."""
+    import keras
+
+    total, count = getattr(metric, "total", None), getattr(metric, "count", None)
+    if (
+        isinstance(metric, keras.metrics.Mean)
+        and total is not None
+        and count is not None
+        and [id(v) for v in metric.variables] == [id(total), id(count)]
+    ):
+        return total, count
+    _fall_back(
+        "mean_accumulators",
+        "keras",
+        "keras.metrics.Mean has no variables (total, count)",
+        "the loss means go through Mean.update_state (slower steps)",
+    )
+    return None
 
 
 # -- Keras on torch: what dualtrain's torch steps run in place of Keras's own functions ----------

@@ -66,6 +66,10 @@ class TorchEngine(Engine):
         self._train_fn = self._train_step
         self._eval_fn = self._eval_step_impl
         self._read_train_fn = self.state.read_train_values
+        self._loss_accumulators = [
+            compat.mean_accumulators(metric)
+            for metric in [self.state.train_loss, *self.state.phase_train_losses]
+        ]
         if self.jit_compile:
             self._train_fn = torch.compile(self._train_step)
             self._eval_fn = torch.compile(self._eval_step_impl)
@@ -256,7 +260,7 @@ class TorchEngine(Engine):
                 batch_loss = _float32(phase.loss(self.model, x, targets(y), True)) * share
                 batch_grads = torch.autograd.grad(
                     optimizer.scale_loss(batch_loss),
-                    [v.value for v in variables],
+                    compat.variable_tensors(variables),
                     allow_unused=True,
                 )
                 self._apply_updates()
@@ -268,20 +272,42 @@ class TorchEngine(Engine):
                 step.check(batches[0][0], targets(batches[0][1]), loss)
             all_grads.append(grads)
             losses.append(loss)
-        with torch.no_grad():
-            # As the tf engine's graph does, without reading the losses on the host: the means
-            # count a step whose losses are all finite, the non-finite record the others.
-            finite = torch.stack([torch.isfinite(loss) for loss in losses]).all()
-            weight = finite.to(torch.float32) * samples
-            for metric, loss in [
-                (self.state.train_loss, torch.stack(losses).sum()),
-                *zip(self.state.phase_train_losses, losses, strict=False),
-            ]:
-                metric.update_state(torch.where(finite, loss, 0.0), sample_weight=weight)
-            self.state.record_nonfinite(~finite)
-            self.state.update_average(_blend)
-            self.state.steps_run.assign(self.state.steps_run.value + 1)
+        self._track(losses, samples)
         return self._gradients_by_path(all_grads)
+
+    @torch.no_grad()
+    def _track(self, losses: list[torch.Tensor], samples: int) -> None:
+        """A step's bookkeeping, as the tf engine's graph does it, without reading the losses on
+        the host: the loss means count a step whose losses are all finite, the non-finite record
+        (state.record_nonfinite) the others; then the weight average and the step counter. In
+        torch's ops, in place on the state's tensors, as `_blend` does the average: through
+        Keras's metrics and variables the same arithmetic took 0.18 ms of Python a step, 0.06 ms
+        so (docs/performance.md, "Measured choices"). The same float32 additions as Keras's
+        `Mean.update_state` (compat.mean_accumulators)."""
+        state = self.state
+        finite = torch.stack([torch.isfinite(loss) for loss in losses]).all()
+        weight = finite.to(torch.float32) * samples
+        for metric, accumulators, loss in zip(
+            [state.train_loss, *state.phase_train_losses],
+            self._loss_accumulators,
+            [torch.stack(losses).sum(), *losses],
+            strict=False,  # one phase: no per-phase means, and only the summed loss is tracked
+        ):
+            value = torch.where(finite, loss, 0.0)
+            if accumulators is None:
+                metric.update_state(value, sample_weight=weight)
+                continue
+            total, count = compat.variable_tensors(accumulators)
+            total.add_(value * weight)
+            count.add_(weight)
+        bad = (~finite).to(torch.int64)
+        nonfinite, first, run = compat.variable_tensors(
+            [state.nonfinite, state.first_nonfinite, state.steps_run]
+        )
+        nonfinite.add_(bad)
+        first.copy_(torch.where((first < 0) & (bad > 0), run + 1, first))
+        state.update_average(_blend)
+        run.add_(1)
 
     @torch.no_grad()
     def _apply_if_finite(
@@ -298,7 +324,7 @@ class TorchEngine(Engine):
         where the step is skipped; those the fused Adam kernel leaves alone by itself
         (found_inf) need no copy."""
         guarded = {id(t) for t in fused.guarded(variables)} if fused is not None else set()
-        touched = [v.value for v in [*variables, *optimizer.variables]]
+        touched = compat.variable_tensors([*variables, *optimizer.variables])
         kept = [(t, t.clone()) for t in touched if id(t) not in guarded]
         if fused is not None:
             fused.found_inf = (~finite).to(torch.float32)
@@ -437,9 +463,11 @@ def _blend(momentum: torch.Tensor, pairs: list[tuple[Any, Any]]) -> None:
     """The weight average's update (state.update_average) in plain torch ops, in place: the same
     roundings as Keras's m * a + (1 - m) * w, at a tenth of the time of keras.ops, whose
     per-call overhead was 8% of a cnn step (docs/training.md, "Weight averaging")."""
-    for variable, average in pairs:
-        m = momentum.to(variable.value.dtype)
-        average.value.mul_(m).add_(variable.value * (1 - m))
+    weights = compat.variable_tensors([weight for weight, _ in pairs])
+    averages = compat.variable_tensors([average for _, average in pairs])
+    for weight, average in zip(weights, averages, strict=True):
+        m = momentum.to(weight.dtype)
+        average.mul_(m).add_(weight * (1 - m))
 
 
 def _float32(loss: torch.Tensor) -> torch.Tensor:

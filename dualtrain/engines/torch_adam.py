@@ -56,19 +56,20 @@ class FusedAdam:
 
         @torch.no_grad()
         def update(grads: list[torch.Tensor], variables: list[Any], learning_rate: Any) -> None:
-            params = [v.value for v in variables]
+            params = compat.variable_tensors(variables)
             momentums, velocities = adam.slots(variables)
             if not params or not _fusable(params, momentums, velocities, grads):
                 return keras_update(grads, variables, learning_rate)
             # Keras's step size, computed as Keras computes it (in the variables' dtype: its
             # powers of the betas round differently from the kernel's float64 ones at early
-            # steps), on the device ...
-            dtype = params[0].dtype
-            step = ops.cast(inner.iterations.value + 1, dtype)
-            beta_1_power = ops.power(ops.cast(beta_1, dtype), step)
-            beta_2_power = ops.power(ops.cast(beta_2, dtype), step)
-            alpha = ops.cast(learning_rate, dtype) * ops.sqrt(1 - beta_2_power) / (1 - beta_1_power)
-            device = params[0].device
+            # steps), on the device, in the torch ops keras.ops calls (without keras.ops's
+            # Python: 0.13 ms a step through it, 0.06 ms so) ...
+            dtype, device = params[0].dtype, params[0].device
+            step = (inner.iterations.value + 1).to(dtype)
+            beta_1_power = torch.pow(torch.tensor(beta_1, dtype=dtype, device=device), step)
+            beta_2_power = torch.pow(torch.tensor(beta_2, dtype=dtype, device=device), step)
+            rate = ops.cast(learning_rate, dtype)  # a variable, a schedule's tensor or a float
+            alpha = rate * torch.sqrt(1 - beta_2_power) / (1 - beta_1_power)
             if device not in ones:
                 ones[device] = torch.ones((), dtype=torch.float32, device=device)
             # ... and handed to the kernel in the form its own bias corrections undo.
@@ -100,7 +101,7 @@ class FusedAdam:
         them."""
         momentums, velocities = self._adam.slots(variables)
         inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        params = [] if inner.weight_decay else [v.value for v in variables]
+        params = [] if inner.weight_decay else compat.variable_tensors(variables)
         return [*params, *momentums, *velocities]
 
 

@@ -88,7 +88,7 @@ class CapturedFunction:
         graph = self.graphs[key]
         if graph is None:
             return self.fn(*tensors)
-        output, updates = graph.module(*tensors, *[v.value for v in graph.state])
+        output, updates = graph.module(*tensors, *compat.variable_tensors(graph.state))
         self._pending.extend(zip(graph.assigned, updates, strict=True))
         return output
 
@@ -361,12 +361,12 @@ class CapturedStep:
         graph = self.graphs[key]
         if graph is None:
             return None
-        state = graph.state
         with torch.no_grad():
-            loss, new_values = graph.module(x, y, *[v.value for v in state])
-            for variable, value in zip(_changed(graph), new_values, strict=True):
-                if value is not variable.value:  # the kernel updated it in place
-                    variable.value.copy_(value)
+            loss, new_values = graph.module(x, y, *compat.variable_tensors(graph.state))
+            changed = compat.variable_tensors(_changed(graph))
+            for tensor, value in zip(changed, new_values, strict=True):
+                if value is not tensor:  # the kernel updated it in place
+                    tensor.copy_(value)
         return loss
 
     def check(self, x: Any, y: Any, loss: torch.Tensor) -> None:

@@ -145,7 +145,56 @@ def test_is_functional(monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptur
     assert len(_lines(caplog, "is_functional")) == 1
 
 
+def test_mean_accumulators(caplog: pytest.LogCaptureFixture) -> None:
+    import keras
+
+    mean = keras.metrics.Mean()
+    total, count = compat.mean_accumulators(mean)
+    mean.update_state(2.5, sample_weight=4.0)
+    # Keras's update added value * weight and weight to them: what the torch engine adds itself
+    assert [float(keras.ops.convert_to_numpy(v.value)) for v in (total, count)] == [10.0, 4.0]
+
+    class WithMore(keras.metrics.Mean):
+        def __init__(self) -> None:
+            super().__init__()
+            self.extra = self.add_variable(shape=(), initializer="zeros", name="extra")
+
+    with caplog.at_level(logging.INFO, logger="dualtrain"):
+        assert compat.mean_accumulators(WithMore()) is None
+        assert compat.mean_accumulators(keras.metrics.Sum()) is None
+    lines = _lines(caplog, "mean_accumulators")
+    assert len(lines) == 1 and "Mean.update_state" in lines[0]
+
+
 # -- torch hooks ---------------------------------------------------------------------------------
+
+
+@torch_only
+def test_variable_tensors(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    import keras
+
+    compat._variable_tensors_probe.cache_clear()
+    monkeypatch.setattr(compat, "_reported", set())
+    variables = [keras.Variable(keras.ops.ones((3,)) * i) for i in range(3)]
+    got = compat.variable_tensors(variables)
+    assert all(t is v.value for t, v in zip(got, variables, strict=True))  # the tensors themselves
+    # Inside a StatelessScope the scope's values, as `.value` gives them.
+    other = [keras.ops.zeros((3,)) for _ in variables]
+    with keras.StatelessScope(state_mapping=list(zip(variables, other, strict=True))):
+        inside = compat.variable_tensors(variables)
+    assert all(t is o for t, o in zip(inside, other, strict=True))
+    # Without the internals: `.value`, and one line.
+    monkeypatch.setitem(sys.modules, "keras.src.backend.common.stateless_scope", None)
+    compat._variable_tensors_probe.cache_clear()
+    with caplog.at_level(logging.INFO, logger="dualtrain"):
+        assert all(
+            t is v.value for t, v in zip(compat.variable_tensors(variables), variables, strict=True)
+        )
+        compat.variable_tensors(variables)
+    assert len(_lines(caplog, "variable_tensors")) == 1
+    compat._variable_tensors_probe.cache_clear()
 
 
 @torch_only

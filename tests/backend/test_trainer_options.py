@@ -13,6 +13,7 @@ import keras
 import numpy as np
 import pytest
 
+from dualtrain import compat
 from dualtrain.callbacks import Callback, TrainingRun
 from dualtrain.checkpoint import newest_checkpoints, read_checkpoint
 from dualtrain.data import ArrayDataset, load_data
@@ -302,6 +303,34 @@ def test_phases_train_their_own_variables_with_their_own_optimizers(tmp_path: Pa
     values = engine.train_metrics()
     # The step's loss is the phases' sum; each phase's mean is logged under its name.
     assert values["loss"] == pytest.approx(values["first_loss"] + values["second_loss"], rel=1e-5)
+
+
+@pytest.mark.parametrize("in_place", [True, False], ids=["in_place", "keras_update_state"])
+def test_the_logged_loss_is_the_sample_weighted_mean_of_the_steps_losses(
+    in_place: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    if not in_place:
+        if BACKEND != "torch":
+            pytest.skip("the tf engine always updates the means with Keras's update_state")
+        monkeypatch.setattr(compat, "mean_accumulators", lambda metric: None)
+    settings = make_settings(tmp_path, *SMALL, "data.batch_size=48", "recipe.model.dropout=0")
+    data = load_data(settings.data, settings.seed)
+    engine = engine_class(BACKEND)(settings, load_recipe(settings.recipe), data)
+    phase = engine.state.phases[0]  # the recipe's own loss, not the engine's compiled step
+    batches = list(engine.train_batches(0))
+    sizes = [engine.batch_size(batch) for batch in batches]
+    assert sizes == [48] * 5 + [16]  # 256 train samples: a short last batch weighs less
+    losses = []
+    for x, y in batches:
+        # each step's loss, from the weights before it, outside the step
+        losses.append(float(keras.ops.convert_to_numpy(phase.loss(engine.model, x, y, True))))
+        engine.train_step([(x, y)])
+    assert len(set(losses)) == len(losses)  # the steps' losses differ: the weights matter
+    # float32 sums of six terms; the step's own loss differs from the reference by float32
+    # rounding (a compiled graph on tf, a captured one on torch): 1e-5 relative covers both
+    assert engine.train_metrics()["loss"] == pytest.approx(np.average(losses, weights=sizes), 1e-5)
+    assert engine.nonfinite_at_read == (0, None)
+    assert engine.train_metrics()["loss"] == 0.0  # a read resets the mean: no step since
 
 
 @pytest.mark.parametrize(
