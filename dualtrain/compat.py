@@ -491,8 +491,13 @@ def variable_tensors(variables: Sequence[Any]) -> list[Any]:
     the "meta" device at every read, about 3.6 microseconds each (one thread); a captured step
     reads every model and optimizer variable, a hundred or more a step. Where none of the three
     applies, the value is the variable's own tensor (`_value`), read here directly; otherwise,
-    and for a variable not yet initialized, `.value`. Checked once: the internals exist and a
+    for a variable not yet initialized, and while torch.compile traces (`.value` is then
+    traced once, not run at each step), `.value`. Checked once: the internals exist and a
     new variable's `value` is its `_value`; otherwise one info line, and `.value` throughout."""
+    import torch
+
+    if torch.compiler.is_compiling():  # jit_compile: torch.compile traces Keras's own reads
+        return [v.value for v in variables]
     special, problem = _variable_tensors_probe()
     if problem is not None:
         _fall_back("variable_tensors", "keras", problem, "variables are read through .value")

@@ -83,3 +83,27 @@ def test_step_profile_splits_a_step_into_flop_ops_and_memory_ops(tmp_path: Path)
     assert 0 < report["mfu"] < 2 and report["flop_ops_seconds"] > 0
     assert "aten::mm" in report["ops"] or "aten::addmm" in report["ops"]
     assert "| op | ms/step | share |" in result.stdout
+
+
+def test_zoo_step_times_dualtrains_step_against_the_torch_nn_twin() -> None:
+    result = subprocess.run(
+        [sys.executable, "benchmarks/zoo_step.py", "--models", "gru", "--rounds", "1",
+         "--steps", "3"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = [line for line in result.stdout.splitlines() if line.startswith("| gru |")]
+    assert len(row) == 1, result.stdout
+    ours, theirs, ratio = (float(cell) for cell in row[0].strip("|").split("|")[1:])
+    assert ours > 0 and theirs > 0 and ratio == pytest.approx(theirs / ours, abs=0.01)
+    # A model without a torch.nn twin is refused in one line, naming the twins.
+    result = subprocess.run(
+        [sys.executable, "benchmarks/zoo_step.py", "--models", "lstm"],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 1
+    assert result.stderr.strip().splitlines()[-1] == (
+        "lstm has no torch.nn twin; the zoo's twins: cnn_bn, gru, transformer"
+    )
