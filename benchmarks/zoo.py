@@ -419,7 +419,8 @@ _NOT_CAPTURED = re.compile(
 def step_record(summary: dict[str, Any], log_text: str) -> dict[str, Any]:
     """How a dualtrain run ran its steps: {mode, captured, not_captured_because, source}, and
     on torch, where the summary says, whether each optimizer step ran as one graph
-    (`whole_step`, `whole_step_not_captured_because`).
+    (`whole_step`, `whole_step_not_captured_because`) and, where not, whether its optimizer
+    update did (`update_graph`).
 
     From summary.json's record where it has one (`step_capture`, or `steps` when that is a dict
     rather than the step count), else from the run's log lines; `captured` None where neither
@@ -435,7 +436,7 @@ def step_record(summary: dict[str, Any], log_text: str) -> dict[str, Any]:
             "not_captured_because": record.get("not_captured_because"),
             "source": "summary.json",
         }
-        for key in ("whole_step", "whole_step_not_captured_because"):
+        for key in ("whole_step", "whole_step_not_captured_because", "update_graph"):
             if key in record:
                 given[key] = record.get(key)
         return given
@@ -457,8 +458,9 @@ def step_record(summary: dict[str, Any], log_text: str) -> dict[str, Any]:
 
 def describe_steps(record: dict[str, Any] | None) -> str:
     """The table's words for a step record: `graph` (torch: `whole step` where each optimizer
-    step ran as one graph, `forward graph` where only the forward pass and loss did, with why),
-    `eager: <reason>`, or `?` where the run did not say."""
+    step ran as one graph, `forward graph` where only the forward pass and loss did, with why,
+    `forward and update graphs` where the optimizer's update was a graph of its own), `eager:
+    <reason>`, or `?` where the run did not say."""
     if not record or record.get("captured") is None:
         return "?"
     if not record["captured"]:
@@ -468,7 +470,8 @@ def describe_steps(record: dict[str, Any] | None) -> str:
     if record["whole_step"]:
         return "whole step"
     why = record.get("whole_step_not_captured_because") or "no reason given"
-    return f"forward graph (whole step: {why})"
+    graphs = "forward and update graphs" if record.get("update_graph") else "forward graph"
+    return f"{graphs} (whole step: {why})"
 
 
 # -- the parent: runs, rounds, the report -------------------------------------------------------

@@ -201,7 +201,7 @@ class BackendSettings:
     # torch: run the forward pass and loss as an ATen graph captured once per batch shape
     capture_forward: bool = field(default=True, metadata=key(boolean))
     # torch: each optimizer step (forward, backward, update) as one graph, where the model and
-    # the optimizer (Adam, AdamW) allow it; needs capture_forward
+    # the optimizer (Adam, AdamW) allow it, else the update alone as one; needs capture_forward
     capture_step: bool = field(default=True, metadata=key(boolean))
     # auto | true | false: in-memory data sets go to the device once and batches are gathered
     # there (auto: those that take at most a quarter of the device memory; on a CPU, all)

@@ -79,6 +79,10 @@ def test_whole_step_or_forward_graph_on_torch() -> None:
     )
     assert forward["whole_step_not_captured_because"] == "SGD"
     assert zoo.describe_steps(forward) == "forward graph (whole step: SGD)"
+    record = {**base, "whole_step": False, "whole_step_not_captured_because": "a GRU"}
+    both = zoo.step_record({"step_capture": {**record, "update_graph": True}}, "")
+    assert both["update_graph"] is True
+    assert zoo.describe_steps(both) == "forward and update graphs (whole step: a GRU)"
 
 
 def test_step_record_from_the_log_where_the_summary_has_none() -> None:

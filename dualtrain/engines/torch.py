@@ -96,8 +96,9 @@ class TorchEngine(Engine):
             self._fused.append(None if isinstance(fused, str) else fused)
 
         self._steps: list[Any] = [None] * len(self.phases)
-        if self._captures and self.settings.backend.capture_step and self._steps_capturable():
-            self._steps = self._capture_steps()
+        self._update_graphs: list[Any] = [None] * len(self.phases)
+        if self._captures and self.settings.backend.capture_step:
+            self._capture_steps()
 
     def _steps_capturable(self) -> bool:
         """Whole steps are captured for steps of one batch that hand nothing back: not with
@@ -108,27 +109,35 @@ class TorchEngine(Engine):
             and type(self)._all_reduce is TorchEngine._all_reduce
         )
 
-    def _capture_steps(self) -> list[Any]:
-        from dualtrain.engines.torch_graph import CapturedStep
+    def _capture_steps(self) -> None:
+        """Each phase's whole step as one graph where steps allow it (torch_graph.CapturedStep),
+        and its optimizer update as a graph of its own, for the steps that are not one graph
+        (torch_graph.CapturedUpdate)."""
+        from dualtrain.engines.torch_graph import CapturedStep, CapturedUpdate
 
         variables = list(self.model.variables)
-        return [
-            CapturedStep(
-                _training_loss(phase, self.model),
-                variables,
-                phase_variables,
-                optimizer,
-                fused,
-                f"the {phase.name} step",
-            )
-            for phase, optimizer, fused, phase_variables in zip(
+        whole = self._steps_capturable()
+        for i, (phase, optimizer, fused, phase_variables) in enumerate(
+            zip(
                 self.state.phases,
                 self.state.optimizers,
                 self._fused,
                 self.state.phase_variables,
                 strict=True,
             )
-        ]
+        ):
+            if whole:
+                self._steps[i] = CapturedStep(
+                    _training_loss(phase, self.model),
+                    variables,
+                    phase_variables,
+                    optimizer,
+                    fused,
+                    f"the {phase.name} step",
+                )
+            self._update_graphs[i] = CapturedUpdate(
+                optimizer, fused, phase_variables, f"the {phase.name} update"
+            )
 
     def _array_batches(
         self, split: ArrayDataset, order: list[np.ndarray], train: bool
@@ -173,11 +182,11 @@ class TorchEngine(Engine):
             return EAGER_MODE
         if self.jit_compile:
             return "compiled with torch.compile (backend.jit_compile=true)"
-        if any(step is not None for step in self._steps):
+        if any(step is not None for step in self._steps + self._update_graphs):
             return (
-                "as one captured graph per optimizer step where the optimizer allows, else with "
-                "the forward pass and loss as captured graphs (backend.capture_step, "
-                "backend.capture_forward; debug=eager for pdb)"
+                "as one captured graph per optimizer step where the model and optimizer allow, "
+                "else with the forward pass and loss and the optimizer's update as captured "
+                "graphs (backend.capture_step, backend.capture_forward; debug=eager for pdb)"
             )
         if self._captures:
             return (
@@ -215,6 +224,18 @@ class TorchEngine(Engine):
         record["whole_step_not_captured_because"] = (
             reasons[0] if reasons else None if steps else "backend.capture_step does not apply"
         )
+        # Where a step is not one graph: whether its optimizer update ran as one (None: every
+        # step was one graph).
+        updates = [
+            u
+            for s, u in zip(self._steps, self._update_graphs, strict=True)
+            if s is None or s.failed
+        ]
+        record["update_graph"] = (
+            all(u is not None and bool(u.graphs) and not u.failed for u in updates)
+            if updates
+            else None
+        )
         return record
 
     def not_captured_because(self) -> str | None:
@@ -238,12 +259,13 @@ class TorchEngine(Engine):
         batches = self._augment(batches)
         total = sum(int(rows(x)) for x, _ in batches)
         all_grads, losses, samples = [], [], total
-        for phase, optimizer, fused, variables, step in zip(
+        for phase, optimizer, fused, variables, step, update in zip(
             self.phases,
             self.state.optimizers,
             self._fused,
             self.state.phase_variables,
             self._steps,
+            self._update_graphs,
             strict=True,
         ):
             # Phases run in order: each sees the variables the phases before it updated.
@@ -267,7 +289,14 @@ class TorchEngine(Engine):
                 grads = [_add(a, b) for a, b in zip(grads, batch_grads, strict=True)]
                 loss = loss + batch_loss.detach()
             grads, loss, samples = self._all_reduce(grads, loss, total)
-            self._apply_if_finite(optimizer, fused, grads, variables, torch.isfinite(loss))
+            finite = torch.isfinite(loss)
+            # The update as a graph of its own where the step is not one graph (a step graph's
+            # first step runs here, with the eager update it is checked against).
+            graph = update if step is None or step.failed else None
+            if graph is None or not graph(grads, finite):
+                self._apply_if_finite(optimizer, fused, grads, variables, finite)
+                if graph is not None:
+                    graph.check(grads, finite)
             if step is not None:  # the first step of a batch shape: captured from this one
                 step.check(batches[0][0], targets(batches[0][1]), loss)
             all_grads.append(grads)

@@ -333,16 +333,10 @@ class CapturedStep:
         self._pending: tuple[Any, list[torch.Tensor], torch.Tensor] | None = None
         position = {id(v): i for i, v in enumerate(self.model_variables)}
         self.trainable = [position.get(id(v), -1) for v in phase_variables]
-        self.failed: str | None = compat.graph_capture_problem()
-        if fused is None:
-            self.failed = f"{type(optimizer).__name__} has no update the graph can skip"
-        elif getattr(optimizer, "inner_optimizer", None) is not None:
-            self.failed = "mixed_float16's loss scaling decides on the host"
-        elif optimizer.weight_decay:
-            # Keras's torch optimizers decay the weights in place, before the update: a skipped
-            # step could not undo it in the graph.
-            self.failed = f"{type(optimizer).__name__}'s weight decay changes the weights in place"
-        elif -1 in self.trainable:
+        self.failed: str | None = compat.graph_capture_problem() or _update_problem(
+            optimizer, fused
+        )
+        if not self.failed and -1 in self.trainable:
             self.failed = "the phase trains variables that are not the model's"
 
     def _state(self) -> list[Any]:
@@ -454,38 +448,157 @@ class CapturedStep:
             trainable = [model[i] for i in graph.trainable]
             scaled = self.optimizer.scale_loss(loss)
             grads = torch.autograd.grad(scaled, trainable, allow_unused=True)
-            finite = torch.isfinite(loss)
-            self.fused.found_inf = (~finite).to(torch.float32)
-            try:
-                new_trainable, new_optimizer = self.optimizer.stateless_apply(
-                    optimizer_values, list(grads), trainable
-                )
-            finally:
-                self.fused.found_inf = None
-
-            def kept(new: list[Any], old: list[Any]) -> list[Any]:
-                # In place (the kernel, guarded by found_inf), or new values to keep if finite.
-                return [
-                    n if n is o else torch.where(finite, n, o)
-                    for n, o in zip(new, old, strict=True)
-                ]
-
-            new = [
-                *assigned,
-                *kept(new_trainable, trainable),
-                *kept(new_optimizer, optimizer_values),
-            ]
-            return loss.detach(), new
+            new = _skippable_update(
+                self.optimizer, self.fused, list(grads), trainable, optimizer_values,
+                torch.isfinite(loss),
+            )  # fmt: skip
+            return loss.detach(), [*assigned, *new]
 
         return step
 
     def _fail(self, reason: str, err: Exception | None = None) -> None:
-        """This step runs as a forward graph and an eager update from now on; one info line."""
+        """This step runs as a forward graph and a separate update (CapturedUpdate) from now on;
+        one info line."""
         self.failed = reason
         _log_fallback(
-            "capture_step", self.name, "runs as a captured forward pass and an eager update",
+            "capture_step", self.name, "runs as a captured forward pass and a separate update",
             reason, err,
         )  # fmt: skip
+
+
+class CapturedUpdate:
+    """One phase's optimizer update alone as one graph, where its step is not one graph (a fused
+    GRU or LSTM, gradient accumulation, gradient histograms, a distributed sum of the
+    gradients): the engine computes the gradients (the captured forward pass and autograd's
+    engine) and this applies them, as `optimizer.apply` with the engine's finiteness guard does.
+
+    The graph is the update of a captured step (`CapturedStep`) without the loss and its
+    gradients: Keras's `optimizer.stateless_apply` as make_fx records it, the fused Adam kernel
+    guarded by found_inf, `where` for the rest. It replaces the Python of Keras's `apply` (about
+    0.2 ms a step, docs/performance.md) with one graph call. The first update runs eagerly;
+    `check` then captures the graph from the state before it and keeps it only if it gives every
+    variable's new value. The same optimizers as `CapturedStep`: Adam without weight decay.
+    """
+
+    def __init__(self, optimizer: Any, fused: Any, variables: Sequence[Any], name: str) -> None:
+        self.optimizer = optimizer
+        self.fused = fused
+        self.variables = list(variables)
+        self.name = name
+        self.graphs: dict[Any, Any] = {}
+        self._pending: tuple[Any, list[torch.Tensor]] | None = None
+        self.failed: str | None = compat.graph_capture_problem() or _update_problem(
+            optimizer, fused
+        )
+
+    def _state(self) -> list[Any]:
+        return [*self.variables, *self.optimizer.variables]
+
+    def __call__(self, grads: list[torch.Tensor | None], finite: torch.Tensor) -> bool:
+        """Applies `grads` where `finite` holds; False when the caller must apply them (not
+        captured, or the first update, after which the caller calls `check`)."""
+        if self.failed:
+            return False
+        key = _signature(grads)
+        if key not in self.graphs:
+            self._pending = (key, [v.value.detach().clone() for v in self._state()])
+            return False
+        graph = self.graphs[key]
+        if graph is None:
+            return False
+        state = compat.variable_tensors(self._state())
+        with torch.no_grad():
+            new_values = graph(finite, *[g for g in grads if g is not None], *state)
+            for tensor, value in zip(state, new_values, strict=True):
+                if value is not tensor:  # the kernel updated it in place
+                    tensor.copy_(value)
+        return True
+
+    def check(self, grads: list[torch.Tensor | None], finite: torch.Tensor) -> None:
+        """After the caller applied the first update of `grads`' shapes: captures the update
+        from the state before it, and keeps the graph if it gives the same new state."""
+        if self._pending is None:
+            return
+        key, before = self._pending
+        self._pending = None
+        self.graphs[key] = self._capture(grads, finite, before)
+
+    def _capture(
+        self, grads: list[torch.Tensor | None], finite: torch.Tensor, before: list[torch.Tensor]
+    ) -> Any:
+        count, present = len(self.variables), [g is not None for g in grads]
+
+        def update(finite: torch.Tensor, *args: torch.Tensor) -> list[torch.Tensor]:
+            given = iter(args[: sum(present)])
+            values = list(args[sum(present) :])
+            full = [next(given) if p else None for p in present]
+            return _skippable_update(
+                self.optimizer, self.fused, full, values[:count], values[count:], finite
+            )
+
+        given = [g for g in grads if g is not None]
+        try:
+            module = make_fx(update)(finite, *given, *[t.clone() for t in before])
+        except Exception as err:  # an op or a Python construct make_fx cannot record
+            self._fail(_untraceable(err), err)
+            return None
+        if any(_mutates_input(n) and not _is_kernel(n) for n in module.graph.nodes):
+            self._fail("the graph changes its inputs in place")
+            return None
+        try:
+            with torch.no_grad():
+                got = module(finite, *given, *[t.clone() for t in before])
+        except Exception as err:  # a kernel that refuses what the graph gives it
+            self._fail("a kernel refuses the captured update's inputs", err)
+            return None
+        expected = [v.value for v in self._state()]
+        if not all(
+            torch.allclose(g.float(), e.float(), rtol=_CHECK_RTOL, atol=_CHECK_ATOL)
+            for g, e in zip(got, expected, strict=True)
+        ):
+            self._fail("the captured update does not reproduce the eager update")
+            return None
+        log.debug("backend.capture_step: %s: %d ops", self.name, _ops(module))
+        return module
+
+    def _fail(self, reason: str, err: Exception | None = None) -> None:
+        """This update runs as Keras's `optimizer.apply` from now on; one info line."""
+        self.failed = reason
+        _log_fallback("capture_step", self.name, "runs eagerly", reason, err)
+
+
+def _update_problem(optimizer: Any, fused: Any) -> str | None:
+    """Why `optimizer`'s update cannot be captured in a graph that skips it for a non-finite
+    loss (None: it can)."""
+    if fused is None:
+        return f"{type(optimizer).__name__} has no update the graph can skip"
+    if getattr(optimizer, "inner_optimizer", None) is not None:
+        return "mixed_float16's loss scaling decides on the host"
+    if optimizer.weight_decay:
+        # Keras's torch optimizers decay the weights in place, before the update: a skipped
+        # step could not undo it in the graph.
+        return f"{type(optimizer).__name__}'s weight decay changes the weights in place"
+    return None
+
+
+def _skippable_update(
+    optimizer: Any,
+    fused: Any,
+    grads: list[torch.Tensor | None],
+    trainable: list[torch.Tensor],
+    optimizer_values: list[torch.Tensor],
+    finite: torch.Tensor,
+) -> list[torch.Tensor]:
+    """The new values of `trainable` and `optimizer_values` (in that order) after Keras's
+    `optimizer.stateless_apply` of `grads`, unchanged where `finite` is False: the fused
+    kernel's found_inf guards what it updates in place, `where` the rest."""
+    fused.found_inf = (~finite).to(torch.float32)
+    try:
+        new_trainable, new_optimizer = optimizer.stateless_apply(optimizer_values, grads, trainable)
+    finally:
+        fused.found_inf = None
+    new, old = [*new_trainable, *new_optimizer], [*trainable, *optimizer_values]
+    return [n if n is o else torch.where(finite, n, o) for n, o in zip(new, old, strict=True)]
 
 
 def _log_fallback(setting: str, name: str, runs: str, reason: str, err: Exception | None) -> None:

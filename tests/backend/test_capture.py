@@ -217,28 +217,69 @@ def test_a_captured_step_gives_the_values_of_the_forward_graph_and_eager_update(
         np.testing.assert_allclose(got[path], value, rtol=RTOL, atol=1e-6, err_msg=path)
 
 
-def test_a_captured_step_with_a_nan_loss_changes_nothing(tmp_path: Path) -> None:
+@pytest.mark.parametrize("accumulate", [1, 2])
+def test_a_captured_step_or_update_with_a_nan_loss_changes_nothing(
+    accumulate: int, tmp_path: Path
+) -> None:
+    """One batch a step: the whole step is one graph; two (gradient accumulation): the update
+    alone is. Either skips a step whose loss is not finite, deciding in the graph."""
     from tests.backend.nonfinite import OVERFLOW_SAMPLE
 
     engine = _build(
         tmp_path, "recipe.name=nonfinite", "recipe.module=tests.backend.nonfinite",
         "~recipe.model", "data=python", "data.source=tests.backend.nonfinite:load_data",
         "data.batch_size=32", "trainer.on_nonfinite=skip",
+        f"trainer.grad_accum_steps={accumulate}",
     )  # fmt: skip
     order = engine._batch_order(engine.data.train, 0)
     bad = next(i for i, indices in enumerate(order) if OVERFLOW_SAMPLE in indices)
     batches = list(engine.train_batches(0))
-    good = next(i for i in range(len(batches)) if i != bad)
-    engine.train_step([batches[good]])  # the step is captured from this one
-    assert engine._steps[0].graphs and None not in engine._steps[0].graphs.values()
+    good = [batches[i] for i in range(len(batches)) if i != bad][:accumulate]
+    engine.train_step(good)  # the step (or the update) is captured from this one
+    graph = engine._steps[0] if accumulate == 1 else engine._update_graphs[0]
+    assert graph.graphs and None not in graph.graphs.values()
+    assert (engine._steps[0] is None) == (accumulate > 1)
     before = _all_variables(engine)
-    engine.train_step([batches[bad]])
+    engine.train_step([batches[bad], *good[1:]])
     after = _all_variables(engine)
     for path, value in before.items():
         np.testing.assert_array_equal(after[path], value, err_msg=path)
     assert engine.state.nonfinite_steps() == (1, 2)  # one step skipped: the second
-    engine.train_step([batches[good]])
+    engine.train_step(good)
     assert int(engine.state.optimizer.iterations.numpy()) == 2  # the skipped step not counted
+
+
+@pytest.mark.parametrize("case", ["gan", "batchnorm"])
+def test_an_update_graph_gives_the_eager_updates_values(case: str, tmp_path: Path) -> None:
+    """Where a step is not one graph (here: gradient accumulation, two batches a step), each
+    phase's optimizer update alone is one: the same losses, weights, optimizer state and moving
+    statistics as Keras's `optimizer.apply`."""
+    overrides = ("data.batch_size=32", "trainer.grad_accum_steps=2", *STEP_CASES[case])
+    graphs = _build(tmp_path, *overrides)
+    graph_losses = _train_accumulated(graphs, 4)
+    assert graphs.step_capture()["whole_step"] is False
+    assert graphs.step_capture()["update_graph"] is True
+    assert all(u.graphs and None not in u.graphs.values() for u in graphs._update_graphs)
+    eager = _build(tmp_path, *overrides, "backend.capture_step=false")
+    assert eager.step_capture()["update_graph"] is False
+    np.testing.assert_allclose(graph_losses, _train_accumulated(eager, 4), rtol=RTOL)
+    expected, got = _all_variables(eager), _all_variables(graphs)
+    assert got.keys() == expected.keys()
+    for path, value in expected.items():
+        np.testing.assert_allclose(got[path], value, rtol=RTOL, atol=1e-6, err_msg=path)
+
+
+def _train_accumulated(engine: Any, steps: int) -> list[float]:
+    """`steps` steps of two batches each."""
+    import torch
+
+    torch.manual_seed(0)
+    batches = list(engine.train_batches(0))
+    losses = []
+    for i in range(steps):
+        engine.train_step(batches[2 * i : 2 * i + 2])
+        losses.append(engine.train_metrics()["loss"])
+    return losses
 
 
 @pytest.mark.parametrize(

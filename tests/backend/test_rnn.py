@@ -126,6 +126,8 @@ def test_recurrent_models_train_as_debug_eager_does(
     # The step keeps the forward graph, where the backward pass runs in autograd's C++ engine.
     reason = captured.step_capture()["whole_step_not_captured_because"]
     assert reason.startswith("it runs a GRU or LSTM as one op"), reason
+    # The optimizer's update is a graph of its own (its third step ran it: the weights above).
+    assert captured.step_capture()["update_graph"] is True
     from dualtrain import compat
 
     # Keras's own loop, as before: the same losses to float32 rounding.
