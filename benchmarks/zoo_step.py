@@ -12,6 +12,13 @@ steps capture the graphs) and the twin with torch.optim.Adam at the recipe's set
 each and their ratio (torch.nn's time over dualtrain's: the zoo's dualtrain/torch : torch.nn).
 One thread, unless --threads says otherwise. No data loading, logging or callbacks: only the
 step (`engine.train_step`) against `forward, backward, optimizer.step()`.
+
+    python benchmarks/zoo_step.py --update --models gru,lstm --rounds 9 --steps 500
+
+`--update` times the optimizer update alone, for zoo models whose steps are not one graph (a GRU
+or LSTM): the update as dualtrain captures it (`CapturedUpdate`) against Keras's
+`optimizer.apply` with the engine's finiteness guard, the eager update it replaces, on the same
+gradients (ratio: Keras's time over the graph's).
 """
 
 from __future__ import annotations
@@ -35,11 +42,19 @@ def main() -> None:
     parser.add_argument("--rounds", type=int, default=7)
     parser.add_argument("--steps", type=int, default=60)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--update", action="store_true", help="the optimizer update alone")
     args = parser.parse_args()
     os.environ["KERAS_BACKEND"] = "torch"
     import torch
 
     torch.set_num_threads(args.threads)
+    if args.update:
+        print("| model | update graph ms | Keras optimizer.apply ms | Keras / graph |")
+        print("|---|---:|---:|---:|")
+        for name in args.models.split(","):
+            graph, keras = measure_update(name, args.rounds, args.steps)
+            print(f"| {name} | {graph:.4f} | {keras:.4f} | {keras / graph:.2f} |")
+        return
     print("| model | dualtrain/torch ms a step | torch.nn ms a step | torch.nn / dualtrain |")
     print("|---|---:|---:|---:|")
     for name in args.models.split(","):
@@ -52,18 +67,9 @@ def measure(name: str, rounds: int, steps: int) -> tuple[float, float]:
     import torch
     import zoo  # benchmarks/zoo.py: the models and their torch.nn twins
 
-    from dualtrain.engines import engine_class
-
-    model = zoo.MODELS[name]
-    if not model.torch_nn:
+    if not zoo.MODELS[name].torch_nn:
         raise SystemExit(f"{name} has no torch.nn twin; the zoo's twins: {_twins(zoo)}")
-    overrides = [f"recipe={model.recipe}", "backend=torch", *model.extra]
-    job = zoo.load_job(model, overrides)  # the recipe, data and Adam settings the run composes
-    settings, data = _settings(overrides)
-    engine = engine_class("torch")(settings, job.recipe, data)
-    batches = list(engine.train_batches(0))
-    for batch in batches[:3]:  # the first steps capture the graphs
-        engine.train_step([batch])
+    engine, job, batches = _engine(zoo, name)
     engine.train_metrics()
 
     torch.manual_seed(0)
@@ -95,6 +101,59 @@ def measure(name: str, rounds: int, steps: int) -> tuple[float, float]:
         theirs.append(timed(twin_step, twin_batches))
     engine.train_metrics()
     return statistics.median(ours), statistics.median(theirs)
+
+
+def measure_update(name: str, rounds: int, steps: int) -> tuple[float, float]:
+    """Median ms of one optimizer update of zoo model `name`'s engine: its captured update
+    graph, and Keras's `optimizer.apply` with the engine's guard, on the same gradients."""
+    import torch
+    import zoo
+
+    from dualtrain import compat
+
+    engine, _, _ = _engine(zoo, name)
+    (update,) = engine._update_graphs  # the zoo's models have one phase
+    if not (update is not None and update.graphs and None not in update.graphs.values()):
+        raise SystemExit(
+            f"{name}: each step is one graph, with no update of its own to time (--update times "
+            "models whose steps are not, as a GRU's or an LSTM's)"
+        )
+    variables = engine.state.phase_variables[0]
+    optimizer, fused = engine.state.optimizers[0], engine._fused[0]
+    # Small gradients, as a trained model's: the updates change the weights little.
+    grads = [torch.randn_like(t) * 1e-3 for t in compat.variable_tensors(variables)]
+    finite = torch.tensor(True)
+
+    def timed(run: Any) -> float:
+        start = time.perf_counter()
+        for _ in range(steps):
+            run()
+        return (time.perf_counter() - start) / steps * 1e3
+
+    graph, keras = [], []
+    for _ in range(rounds):
+        graph.append(timed(lambda: update(grads, finite)))
+        keras.append(
+            timed(lambda: engine._apply_if_finite(optimizer, fused, grads, variables, finite))
+        )
+    return statistics.median(graph), statistics.median(keras)
+
+
+def _engine(zoo: Any, name: str) -> tuple[Any, Any, list[Any]]:
+    """The engine dualtrain builds for zoo model `name`, after the first steps that capture
+    its graphs; the zoo's job (the recipe, data and Adam settings the run composes); the
+    first epoch's batches."""
+    from dualtrain.engines import engine_class
+
+    model = zoo.MODELS[name]
+    overrides = [f"recipe={model.recipe}", "backend=torch", *model.extra]
+    job = zoo.load_job(model, overrides)
+    settings, data = _settings(overrides)
+    engine = engine_class("torch")(settings, job.recipe, data)
+    batches = list(engine.train_batches(0))
+    for batch in batches[:3]:  # the first steps capture the graphs
+        engine.train_step([batch])
+    return engine, job, batches
 
 
 def _settings(overrides: list[str]) -> tuple[Any, Any]:

@@ -86,17 +86,11 @@ def test_step_profile_splits_a_step_into_flop_ops_and_memory_ops(tmp_path: Path)
 
 
 def test_zoo_step_times_dualtrains_step_against_the_torch_nn_twin() -> None:
-    result = subprocess.run(
-        [sys.executable, "benchmarks/zoo_step.py", "--models", "gru", "--rounds", "1",
-         "--steps", "3"],
-        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
-        capture_output=True, text=True, timeout=300,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr[-3000:]
-    row = [line for line in result.stdout.splitlines() if line.startswith("| gru |")]
-    assert len(row) == 1, result.stdout
-    ours, theirs, ratio = (float(cell) for cell in row[0].strip("|").split("|")[1:])
+    ours, theirs, ratio = _zoo_step_row("gru")
     assert ours > 0 and theirs > 0 and ratio == pytest.approx(theirs / ours, abs=0.01)
+    # The update alone: the GRU's steps run an update graph.
+    graph, keras, ratio = _zoo_step_row("gru", "--update")
+    assert graph > 0 and keras > 0 and ratio == pytest.approx(keras / graph, abs=0.01)
     # A model without a torch.nn twin is refused in one line, naming the twins.
     result = subprocess.run(
         [sys.executable, "benchmarks/zoo_step.py", "--models", "lstm"],
@@ -107,3 +101,17 @@ def test_zoo_step_times_dualtrains_step_against_the_torch_nn_twin() -> None:
     assert result.stderr.strip().splitlines()[-1] == (
         "lstm has no torch.nn twin; the zoo's twins: cnn_bn, gru, transformer"
     )
+
+
+def _zoo_step_row(model: str, *args: str) -> tuple[float, ...]:
+    """The figures of `model`'s row of a tiny `benchmarks/zoo_step.py` run."""
+    result = subprocess.run(
+        [sys.executable, "benchmarks/zoo_step.py", "--models", model, "--rounds", "1",
+         "--steps", "3", *args],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO), "OMP_NUM_THREADS": "1"},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    row = [line for line in result.stdout.splitlines() if line.startswith(f"| {model} |")]
+    assert len(row) == 1, result.stdout
+    return tuple(float(cell) for cell in row[0].strip("|").split("|")[1:])
