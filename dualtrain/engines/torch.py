@@ -352,7 +352,7 @@ class TorchEngine(Engine):
         sync on a GPU) in every step. The tensors the update may change are kept and put back
         where the step is skipped; those the fused Adam kernel leaves alone by itself
         (found_inf) need no copy."""
-        guarded = {id(t) for t in fused.guarded(variables)} if fused is not None else set()
+        guarded = {id(t) for t in fused.guarded(variables, grads)} if fused is not None else set()
         touched = compat.variable_tensors([*variables, *optimizer.variables])
         kept = [(t, t.clone()) for t in touched if id(t) not in guarded]
         if fused is not None:

@@ -22,7 +22,8 @@ tensor (the kernel's tensor-lr form): nothing is read back to the host in a step
 
 A step whose loss is NaN or Inf must change nothing. The engine hands the kernel `found_inf`,
 with which it leaves the parameters and the momentum and velocity as they are; what the kernel
-does not guard (`iterations`, AdamW's decay applied before it) the engine restores itself.
+does not guard (`iterations`, AdamW's decay applied before it) the engine restores itself, and
+everything where the kernel refuses the tensors and Keras's own update runs (`guarded`).
 """
 
 from __future__ import annotations
@@ -95,14 +96,20 @@ class FusedAdam:
 
         adam.replace(update)
 
-    def guarded(self, variables: list[Any]) -> list[torch.Tensor]:
-        """The tensors a skipped step leaves unchanged by itself (found_inf): the momentums and
-        velocities, and the parameters unless AdamW's decay, applied before the kernel, changes
-        them."""
-        momentums, velocities = self._adam.slots(variables)
+    def guarded(self, variables: list[Any], grads: list[Any]) -> list[torch.Tensor]:
+        """The tensors a skipped step of `grads` leaves unchanged by itself (found_inf): where
+        the kernel runs, the momentums and velocities, and the parameters unless AdamW's decay,
+        applied before the kernel, changes them; none where Keras's own update runs instead,
+        which knows nothing of found_inf. The same test as the update's: Keras hands it the
+        variables whose gradient is not None."""
+        updated = [v for v, g in zip(variables, grads, strict=True) if g is not None]
+        dense = [g for g in grads if g is not None]
+        params = compat.variable_tensors(updated)
+        momentums, velocities = self._adam.slots(updated)
+        if not params or not _fusable(params, momentums, velocities, dense):
+            return []
         inner = getattr(self.optimizer, "inner_optimizer", self.optimizer)
-        params = [] if inner.weight_decay else compat.variable_tensors(variables)
-        return [*params, *momentums, *velocities]
+        return [*([] if inner.weight_decay else params), *momentums, *velocities]
 
 
 def fuse_adam(optimizer: Any) -> FusedAdam | str:

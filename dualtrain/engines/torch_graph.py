@@ -521,7 +521,10 @@ class CapturedUpdate:
             return
         key, before = self._pending
         self._pending = None
-        self.graphs[key] = self._capture(grads, finite, before)
+        # A skipped update would check only that the graph changes nothing: wait for a finite
+        # one (one read on the host, at capture only).
+        if bool(finite):
+            self.graphs[key] = self._capture(grads, finite, before)
 
     def _capture(
         self, grads: list[torch.Tensor | None], finite: torch.Tensor, before: list[torch.Tensor]

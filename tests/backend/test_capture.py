@@ -217,36 +217,55 @@ def test_a_captured_step_gives_the_values_of_the_forward_graph_and_eager_update(
         np.testing.assert_allclose(got[path], value, rtol=RTOL, atol=1e-6, err_msg=path)
 
 
+def _nonfinite(tmp_path: Path, *overrides: str) -> tuple[Any, Any, list[Any]]:
+    """An engine of tests/backend/nonfinite.py's recipe (one sample's loss overflows) with
+    trainer.on_nonfinite=skip; the batch that holds that sample; the others."""
+    from tests.backend.nonfinite import OVERFLOW_SAMPLE
+
+    engine = _build(
+        tmp_path, "recipe.name=nonfinite", "recipe.module=tests.backend.nonfinite",
+        "~recipe.model", "data=python", "data.source=tests.backend.nonfinite:load_data",
+        "data.batch_size=32", "trainer.on_nonfinite=skip", *overrides,
+    )  # fmt: skip
+    order = engine._batch_order(engine.data.train, 0)
+    bad = next(i for i, indices in enumerate(order) if OVERFLOW_SAMPLE in indices)
+    batches = list(engine.train_batches(0))
+    return engine, batches[bad], [b for i, b in enumerate(batches) if i != bad]
+
+
 @pytest.mark.parametrize("accumulate", [1, 2])
 def test_a_captured_step_or_update_with_a_nan_loss_changes_nothing(
     accumulate: int, tmp_path: Path
 ) -> None:
     """One batch a step: the whole step is one graph; two (gradient accumulation): the update
     alone is. Either skips a step whose loss is not finite, deciding in the graph."""
-    from tests.backend.nonfinite import OVERFLOW_SAMPLE
-
-    engine = _build(
-        tmp_path, "recipe.name=nonfinite", "recipe.module=tests.backend.nonfinite",
-        "~recipe.model", "data=python", "data.source=tests.backend.nonfinite:load_data",
-        "data.batch_size=32", "trainer.on_nonfinite=skip",
-        f"trainer.grad_accum_steps={accumulate}",
-    )  # fmt: skip
-    order = engine._batch_order(engine.data.train, 0)
-    bad = next(i for i, indices in enumerate(order) if OVERFLOW_SAMPLE in indices)
-    batches = list(engine.train_batches(0))
-    good = [batches[i] for i in range(len(batches)) if i != bad][:accumulate]
+    engine, bad, others = _nonfinite(tmp_path, f"trainer.grad_accum_steps={accumulate}")
+    good = others[:accumulate]
     engine.train_step(good)  # the step (or the update) is captured from this one
     graph = engine._steps[0] if accumulate == 1 else engine._update_graphs[0]
     assert graph.graphs and None not in graph.graphs.values()
     assert (engine._steps[0] is None) == (accumulate > 1)
     before = _all_variables(engine)
-    engine.train_step([batches[bad], *good[1:]])
+    engine.train_step([bad, *good[1:]])
     after = _all_variables(engine)
     for path, value in before.items():
         np.testing.assert_array_equal(after[path], value, err_msg=path)
     assert engine.state.nonfinite_steps() == (1, 2)  # one step skipped: the second
     engine.train_step(good)
     assert int(engine.state.optimizer.iterations.numpy()) == 2  # the skipped step not counted
+
+
+def test_an_update_graph_is_captured_from_a_finite_update_only(tmp_path: Path) -> None:
+    """A skipped update would check only that the graph changes nothing: the graph waits for
+    the first update that is applied, and is checked against it."""
+    engine, bad, others = _nonfinite(tmp_path, "trainer.grad_accum_steps=2")
+    good = others[:2]
+    (update,) = engine._update_graphs
+    engine.train_step([bad, good[0]])  # skipped: nothing to check a graph against
+    assert update.graphs == {} and update.failed is None
+    engine.train_step(good)
+    assert update.graphs and None not in update.graphs.values()
+    assert int(engine.state.optimizer.iterations.numpy()) == 1
 
 
 @pytest.mark.parametrize("case", ["gan", "batchnorm"])

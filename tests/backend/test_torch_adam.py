@@ -96,3 +96,27 @@ def test_engine_trains_the_same_with_the_fused_update(
     np.testing.assert_allclose(fused_losses, plain_losses, rtol=1e-5)
     for a, b in zip(fused.model.weights, plain.model.weights, strict=True):
         np.testing.assert_allclose(a.numpy(), b.numpy(), rtol=1e-4, atol=1e-6)
+
+
+@pytest.mark.parametrize("kernel", [True, False])
+def test_a_nan_step_changes_nothing_whether_the_kernel_or_keras_updates(
+    kernel: bool, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The eager update skips a NaN step by itself: the kernel (found_inf) where it runs, else
+    the engine keeps and puts back every tensor Keras's own update may change (the kernel
+    refuses, e.g., variables of two dtypes: simulated here)."""
+    import numpy as np
+
+    from dualtrain.engines import torch_adam
+    from tests.backend.test_capture import _all_variables, _nonfinite
+
+    if not kernel:
+        monkeypatch.setattr(torch_adam, "_fusable", lambda *tensors: False)
+    engine, bad, others = _nonfinite(tmp_path, "backend.capture_step=false")
+    engine.train_step(others[:1])
+    before = _all_variables(engine)
+    engine.train_step([bad])
+    after = _all_variables(engine)
+    for path, value in before.items():
+        np.testing.assert_array_equal(after[path], value, err_msg=path)
+    assert engine.state.nonfinite_steps() == (1, 2)  # one step skipped: the second
