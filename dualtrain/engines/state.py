@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import dataclasses
+import math
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -514,14 +515,53 @@ def learning_rate(lr: float, scheduler: SchedulerSettings, total_steps: int) -> 
         )
     if scheduler.name == "warmup_cosine":
         warmup = scheduler.warmup_steps
-        return schedules.CosineDecay(
-            0.0,
+        return WarmupCosine(
+            lr,
+            warmup_steps=warmup,
             decay_steps=scheduler.decay_steps or max(1, total_steps - warmup),
             alpha=scheduler.alpha,
-            warmup_target=lr,
-            warmup_steps=warmup,
         )
     return lr
+
+
+class WarmupCosine(keras.optimizers.schedules.LearningRateSchedule):
+    """Linear warmup from 0 to `target` over `warmup_steps`, then cosine decay to `alpha *
+    target` over `decay_steps`: the values of Keras's `CosineDecay(0.0, decay_steps, alpha,
+    warmup_target=target, warmup_steps=warmup_steps)`, in the same float32 operations.
+
+    Keras chooses between warmup and decay with `ops.cond`, which on torch is a Python `if` on
+    the step's value: a read on the host in every step, which a captured graph cannot replay
+    (the step and its update then ran outside a graph). Here both are computed and `ops.where`
+    chooses, on the device, on both backends.
+    """
+
+    def __init__(self, target: float, warmup_steps: int, decay_steps: int, alpha: float) -> None:
+        super().__init__()
+        self.target = target
+        self.warmup_steps = warmup_steps
+        self.decay_steps = decay_steps
+        self.alpha = alpha
+
+    def __call__(self, step: Any) -> Any:
+        ops = keras.ops
+        target = ops.convert_to_tensor(self.target, "float32")
+        warmup = ops.cast(self.warmup_steps, "float32")
+        decay = ops.cast(self.decay_steps, "float32")
+        step = ops.minimum(ops.cast(step, "float32"), decay + warmup)
+        # Keras's warmup: (target - initial) * fraction + initial, initial 0.0.
+        rising = (target - 0.0) * (step / ops.maximum(warmup, 1.0)) + 0.0
+        fraction = ops.divide(step - warmup, decay)
+        cosine = 0.5 * (1.0 + ops.cos(ops.multiply(ops.array(math.pi, "float32"), fraction)))
+        falling = ops.multiply(target, (1 - self.alpha) * cosine + self.alpha)
+        return ops.where(step < warmup, rising, falling)
+
+    def get_config(self) -> dict[str, Any]:
+        return {
+            "target": self.target,
+            "warmup_steps": self.warmup_steps,
+            "decay_steps": self.decay_steps,
+            "alpha": self.alpha,
+        }
 
 
 # The attribute that sets how much noise a layer adds in training: Dropout, SpatialDropout*,

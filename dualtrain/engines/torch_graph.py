@@ -194,10 +194,17 @@ def _stateless(
     return output, assigned, [scope.get_current_value(v) for v in assigned]
 
 
-def _untraceable(err: Exception) -> str:
-    """Why tracing failed, in the terms of the user's code rather than torch's."""
+def _untraceable(err: Exception, what: str = "") -> str:
+    """Why tracing failed, in the terms of the user's code rather than torch's; `what`: the
+    optimizer's update, where that alone was traced."""
     text = str(err)
     if "_local_scalar_dense" in text or "data-dependent" in text or "value out of" in text:
+        if what:
+            return (
+                f"{what} reads a tensor's value on the host (a learning-rate schedule or a "
+                "constraint with a Python `if` on a tensor, or keras.ops.cond), which a "
+                "captured graph cannot replay"
+            )
         return (
             "it reads a tensor's value on the host (.item(), int(...) or a Python `if` on a "
             "tensor; keras.random.shuffle, categorical or gamma with a seed), which a captured "
@@ -543,7 +550,7 @@ class CapturedUpdate:
         try:
             module = make_fx(update)(finite, *given, *[t.clone() for t in before])
         except Exception as err:  # an op or a Python construct make_fx cannot record
-            self._fail(_untraceable(err), err)
+            self._fail(_untraceable(err, what="the optimizer's update"), err)
             return None
         if any(_mutates_input(n) and not _is_kernel(n) for n in module.graph.nodes):
             self._fail("the graph changes its inputs in place")

@@ -268,6 +268,32 @@ def test_an_update_graph_is_captured_from_a_finite_update_only(tmp_path: Path) -
     assert int(engine.state.optimizer.iterations.numpy()) == 1
 
 
+def test_an_update_that_reads_the_host_runs_eagerly_and_says_why(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """Keras's own CosineDecay with warmup (ops.cond: a Python `if` on the step on torch), in
+    place of dualtrain's: the update cannot be a graph; Keras's update runs, and one line says
+    that the update, not the model, is why."""
+    import keras
+
+    from dualtrain.engines import state
+
+    def kerass(target: float, warmup_steps: int, decay_steps: int, alpha: float) -> Any:
+        return keras.optimizers.schedules.CosineDecay(
+            0.0, decay_steps, alpha=alpha, warmup_target=target, warmup_steps=warmup_steps
+        )
+
+    monkeypatch.setattr(state, "WarmupCosine", kerass)
+    with caplog.at_level(logging.INFO, logger="dualtrain"):
+        engine = _engine(tmp_path, "recipe=mlp", "scheduler=warmup_cosine",
+                         "trainer.grad_accum_steps=2")  # fmt: skip
+        losses = _train_accumulated(engine, 2)
+    assert np.isfinite(losses).all()
+    assert engine.step_capture()["update_graph"] is False
+    (line,) = [r.getMessage() for r in caplog.records if "the model update runs" in r.getMessage()]
+    assert "the optimizer's update reads a tensor's value on the host" in line, line
+
+
 @pytest.mark.parametrize("case", ["gan", "batchnorm"])
 def test_an_update_graph_gives_the_eager_updates_values(case: str, tmp_path: Path) -> None:
     """Where a step is not one graph (here: gradient accumulation, two batches a step), each

@@ -67,6 +67,33 @@ def test_lr_schedules_follow_their_formula_and_are_logged(
         assert lr == pytest.approx(expected(step), rel=1e-5, abs=1e-9), step  # type: ignore[operator]
 
 
+@pytest.mark.parametrize("warmup", [0, 7])
+def test_warmup_cosine_gives_kerass_values_and_keeps_the_step_in_a_graph(
+    warmup: int, tmp_path: Path
+) -> None:
+    """scheduler=warmup_cosine: Keras's CosineDecay with warmup, to the bit, with the branch
+    chosen on the device (Keras's ops.cond reads the step on the host on torch, and a captured
+    step cannot replay that)."""
+    from dualtrain.engines.state import WarmupCosine
+
+    ours = WarmupCosine(0.01, warmup_steps=warmup, decay_steps=20, alpha=0.1)
+    keras_schedule = keras.optimizers.schedules.CosineDecay(
+        0.0, decay_steps=20, alpha=0.1, warmup_target=0.01, warmup_steps=warmup
+    )
+    for step in range(35):  # warmup, decay, and past its end
+        got = keras.ops.convert_to_numpy(ours(step))
+        assert got == keras.ops.convert_to_numpy(keras_schedule(step)), step
+    if BACKEND != "torch":
+        return
+    settings = make_settings(tmp_path, *SMALL, "scheduler=warmup_cosine", "optimizer=adam")
+    engine = engine_class(BACKEND)(
+        settings, load_recipe(settings.recipe), load_data(settings.data, 0)
+    )
+    for batch in list(engine.train_batches(0))[:2]:
+        engine.train_step([batch])
+    assert engine.step_capture()["whole_step"] is True
+
+
 def _one_sgd_step(tmp_path: Path, *overrides: str) -> tuple[float, int]:
     """The norm of the update that one plain SGD step (lr 1) makes, and the parameter count."""
     settings = make_settings(
