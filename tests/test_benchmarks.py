@@ -115,3 +115,24 @@ def _zoo_step_row(model: str, *args: str) -> tuple[float, ...]:
     row = [line for line in result.stdout.splitlines() if line.startswith(f"| {model} |")]
     assert len(row) == 1, result.stdout
     return tuple(float(cell) for cell in row[0].strip("|").split("|")[1:])
+
+
+def test_steps_per_execution_times_dualtrain_against_keras_fit(tmp_path: Path) -> None:
+    out = tmp_path / "spe.json"
+    result = subprocess.run(
+        [sys.executable, "benchmarks/steps_per_execution.py", "--smoke", "--models", "ops_loss",
+         "--per-call", "1,4", "--out", str(out)],
+        cwd=REPO, env={**os.environ, "PYTHONPATH": str(REPO)},
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr[-3000:]
+    runs = json.loads(out.read_text())
+    rates = {(r["per_call"], r["system"]): r["samples_per_sec"] for r in runs}
+    assert sorted(rates) == [(1, "dualtrain/tf"), (1, "fit/tf"), (4, "dualtrain/tf"), (4, "fit/tf")]
+    assert all(len(v) == 1 and v[0] > 0 for v in rates.values())
+    # The table's row for N=4: the medians (here the one round's) and their ratio.
+    row = [line for line in result.stdout.splitlines() if line.startswith("| ops_loss | 4 |")]
+    assert len(row) == 1, result.stdout
+    cells = [c.strip() for c in row[0].strip("|").split("|")]
+    ours, theirs = rates[(4, "dualtrain/tf")][0], rates[(4, "fit/tf")][0]
+    assert cells[2:5] == [f"{ours:,.0f}", f"{theirs:,.0f}", f"{ours / theirs:.2f}x"]

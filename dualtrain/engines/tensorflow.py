@@ -94,15 +94,20 @@ class TensorFlowEngine(Engine):
         self._last_gradients = step(*(t for batch in batches for t in batch))
 
     def train_steps(self, groups: list[list[Batch]]) -> None:
-        if len(groups) == 1:
-            self.train_step(groups[0])
-            return
-        # One graph for the whole run of steps (unrolled): one Python-to-graph call instead of
-        # several. Traced once per shape of the run (the last of an epoch may be shorter).
-        shape = tuple(len(batches) for batches in groups)
-        flat = [batch for batches in groups for batch in batches]
-        steps = self._trace("steps", shape, flat, lambda: self._multi_step(shape))
-        self._last_gradients = steps(*(t for batch in flat for t in batch))
+        # Steps of the same shape (batches per step, each batch's size) run as one graph call: a
+        # loop over the steps' batches stacked along a new first dimension, traced once for any
+        # number of steps. (A graph with the steps unrolled was traced again for every count that
+        # a call can have: calls end at multiples of steps_per_execution, so epochs whose steps
+        # are not a multiple of it start and end with other counts, and each trace took seconds.)
+        # A step whose shape differs (an epoch's smaller last batch) runs on its own.
+        for same in _same_shape(groups):
+            if len(same) == 1:
+                self.train_step(same[0])
+                continue
+            first = same[0]
+            steps = self._trace("steps", (len(first),), first, lambda: self._loop, stacked=True)
+            stacked = [_stack([group[i] for group in same]) for i in range(len(first))]
+            self._last_gradients = steps(*(t for batch in stacked for t in batch))
 
     def _trace(
         self,
@@ -110,13 +115,15 @@ class TensorFlowEngine(Engine):
         shape: tuple[int, ...],
         batches: list[Batch],
         make: Callable[[], Callable[..., Any]],
+        stacked: bool = False,
     ) -> Any:
         """The step that `make` returns, traced for these batches' sizes: each size is a static
         batch dimension, which lets TensorFlow's shape inference size a recurrent layer's loop
         state (a GRU's step took 1.6x the CPU time with a batch dimension of None:
         docs/performance.md). An array data set has at most two sizes (the last batch of an
         epoch may be smaller); past `STATIC_BATCH_SIZES` traces of one step (a batch source
-        whose sizes vary), one more, with a batch dimension of None, serves every other size."""
+        whose sizes vary), one more, with a batch dimension of None, serves every other size.
+        `stacked`: each tensor has a first dimension more, the steps (any number of them)."""
         sizes: tuple[int | None, ...] = tuple(_batch_size(x) for x, _ in batches)
         if (what, shape, sizes) not in self._traced:
             static = sum(1 for w, s, _ in self._traced if (w, s) == (what, shape))
@@ -124,22 +131,34 @@ class TensorFlowEngine(Engine):
                 sizes = (None,) * len(batches)
         key = (what, shape, sizes)
         if key not in self._traced:
+            signature = [s for n in sizes for s in _signature(self.data.info, n)]
+            if stacked:
+                signature = tf.nest.map_structure(
+                    lambda s: tf.TensorSpec((None, *s.shape), s.dtype), signature
+                )
             self._traced[key] = tf.function(
-                make(),
-                input_signature=[s for n in sizes for s in _signature(self.data.info, n)],
-                jit_compile=self.jit_compile,
+                make(), input_signature=signature, jit_compile=self.jit_compile
             )
         return self._traced[key]
 
-    def _multi_step(self, shape: tuple[int, ...]) -> Callable[..., dict[str, tf.Tensor] | None]:
-        def steps(*tensors: tf.Tensor) -> dict[str, tf.Tensor] | None:
-            start, grads = 0, None
-            for count in shape:
-                grads = self._train_step(*tensors[start : start + 2 * count])
-                start += 2 * count
-            return grads  # the last step's, for histograms
+    def _loop(self, *stacked: tf.Tensor) -> dict[str, tf.Tensor] | None:
+        """`_train_step` on each step's batches in turn: `stacked` as `_train_step` takes its
+        tensors, each with the steps along a first dimension."""
+        count = tf.shape(structure.first(stacked[0]))[0]
 
-        return steps
+        def step(i: tf.Tensor) -> dict[str, tf.Tensor] | None:
+            return self._train_step(*(tf.nest.map_structure(lambda t: t[i], t) for t in stacked))
+
+        def body(i: tf.Tensor) -> tuple[tf.Tensor]:
+            step(i)
+            return (i + 1,)
+
+        # Histograms want the last step's gradients: that step runs after the loop, which
+        # returns nothing. One iteration at a time: each step reads the variables the one before
+        # it assigned.
+        loop_steps = count - 1 if self._keep_gradients else count
+        tf.while_loop(lambda i: i < loop_steps, body, (tf.constant(0),), parallel_iterations=1)
+        return step(count - 1) if self._keep_gradients else None
 
     def _eval_step(self, batch: Batch) -> None:
         self._trace("eval", (1,), [batch], lambda: self._eval_step_impl)(*batch)
@@ -311,6 +330,26 @@ def _signature(info: DataInfo, batch_size: int | None = None) -> list[Any]:
         return () if kind == structure.NONE else structure.rebuild(kind, named)
 
     return [specs(info.inputs, info.input_kind), specs(info.targets, info.target_kind)]
+
+
+def _same_shape(groups: list[list[Batch]]) -> list[list[list[Batch]]]:
+    """`groups` (each one step's batches) as runs of consecutive steps whose tensors have the
+    same shapes, which stack."""
+    runs: list[tuple[list[Any], list[list[Batch]]]] = []
+    for group in groups:
+        shapes = [tuple(t.shape) for t in tf.nest.flatten(group)]
+        if runs and runs[-1][0] == shapes:
+            runs[-1][1].append(group)
+        else:
+            runs.append((shapes, [group]))
+    return [run for _, run in runs]
+
+
+def _stack(batches: list[Batch]) -> Batch:
+    """Batches of the same shapes as one, each tensor with the batches along a new first
+    dimension."""
+    x, y = tf.nest.map_structure(lambda *ts: tf.stack(ts), *batches)
+    return x, y
 
 
 def _batch_size(x: Any) -> int | None:

@@ -19,7 +19,7 @@ from dualtrain.checkpoint import newest_checkpoints, read_checkpoint
 from dualtrain.data import ArrayDataset, load_data
 from dualtrain.engines import engine_class
 from dualtrain.errors import RunError
-from dualtrain.loop import frozen_heap
+from dualtrain.loop import frozen_heap, step_groups
 from dualtrain.recipe import load_recipe
 from dualtrain.run import train
 from tests.backend.conftest import BACKEND, make_settings
@@ -300,6 +300,51 @@ def test_steps_per_execution_trains_the_same_steps(tmp_path: Path) -> None:
     np.testing.assert_allclose(
         train_lines(tmp_path / "two"), train_lines(tmp_path / "one"), rtol=1e-6
     )
+
+
+@pytest.mark.parametrize("accum,histograms", [(1, True), (2, False)])
+def test_calls_of_several_steps_of_any_length_give_the_steps_one_by_one(
+    tmp_path: Path, accum: int, histograms: bool
+) -> None:
+    # The loop gives calls of any length (calls end at multiples of steps_per_execution, epochs
+    # need not), and an epoch's last batch may be smaller: calls of 3, 1 and 2 steps, then the
+    # rest of the epoch (200 train samples: 16 batches of 12, and 8 last).
+    settings = make_settings(
+        tmp_path, "data=synthetic", "data.num_samples=250", "data.batch_size=12",
+        f"trainer.grad_accum_steps={accum}", "logger=[tensorboard]",
+        f"logger.histograms_every={int(histograms)}",
+    )  # fmt: skip
+    engines = [
+        engine_class(BACKEND)(settings, load_recipe(settings.recipe), load_data(settings.data, 0))
+        for _ in range(2)
+    ]
+    groups = list(step_groups(engines[0].train_batches(0), accum))
+    assert [engines[0].batch_size(b) for b in groups[-1]][-1] == 8  # the smaller last batch
+    calls = [groups[:3], groups[3:4], groups[4:6], groups[6:]]
+    assert len(calls[-1]) >= 2
+    # Each engine from the same framework RNG state (torch's Dropout draws from the process's).
+    rng = engines[0].framework_rng_state()
+    for call in calls:
+        engines[0].train_steps(call)
+    if rng is not None:
+        engines[1].restore_framework_rng_state(rng)
+    for group in groups:
+        engines[1].train_step(group)
+    together, one_by_one = (e.state.checkpoint_arrays() for e in engines)
+    for arrays, expected in zip(together, one_by_one, strict=True):
+        assert arrays.keys() == expected.keys()
+        for path, value in arrays.items():
+            # float32 round-off at most: the same ops in another graph (a loop on tf).
+            np.testing.assert_allclose(value, expected[path], rtol=1e-6, atol=1e-7, err_msg=path)
+    # The last step's gradients, for histograms, from the call that ended with it.
+    arrays = [e.histograms() for e in engines]
+    gradients = [k for k in arrays[1] if k.startswith("gradients/")]
+    assert bool(gradients) == histograms
+    for key in gradients:
+        np.testing.assert_allclose(arrays[0][key], arrays[1][key], rtol=1e-6, atol=1e-7)
+    if BACKEND == "tf":
+        # One graph serves every call of 2 or more full-size steps, whatever their number.
+        assert [key[0] for key in engines[0]._traced].count("steps") == 1
 
 
 def test_a_recipe_with_its_own_step_learns_on_this_backend(tmp_path: Path) -> None:
