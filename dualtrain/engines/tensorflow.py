@@ -18,6 +18,8 @@ from dualtrain.profiling import Recorder
 
 # The batch sizes one step is traced for, each a static batch dimension (TensorFlowEngine._trace).
 STATIC_BATCH_SIZES = 4
+# Batches of arrays in memory gathered together, in one op per tensor (_gathered).
+GATHER_BATCHES = 32
 
 Branch = Callable[..., None]  # a branch of `_cond`
 
@@ -99,15 +101,20 @@ class TensorFlowEngine(Engine):
         # number of steps. (A graph with the steps unrolled was traced again for every count that
         # a call can have: calls end at multiples of steps_per_execution, so epochs whose steps
         # are not a multiple of it start and end with other counts, and each trace took seconds.)
-        # A step whose shape differs (an epoch's smaller last batch) runs on its own.
+        # A step whose shapes differ from the one before (an epoch's smaller last batch, a batch
+        # source whose batches vary) starts another call.
         for same in _same_shape(groups):
             if len(same) == 1:
                 self.train_step(same[0])
                 continue
-            first = same[0]
+            first, count = same[0], len(same)
+            if self.jit_compile:
+                # XLA compiles the graph again for each shape of its inputs: the stack always
+                # holds steps_per_execution steps (the last repeated), of which `count` run.
+                same = same + [same[-1]] * (self.settings.backend.steps_per_execution - count)
             steps = self._trace("steps", (len(first),), first, lambda: self._loop, stacked=True)
             stacked = [_stack([group[i] for group in same]) for i in range(len(first))]
-            self._last_gradients = steps(*(t for batch in stacked for t in batch))
+            self._last_gradients = steps(tf.constant(count), *(t for b in stacked for t in b))
 
     def _trace(
         self,
@@ -123,7 +130,8 @@ class TensorFlowEngine(Engine):
         docs/performance.md). An array data set has at most two sizes (the last batch of an
         epoch may be smaller); past `STATIC_BATCH_SIZES` traces of one step (a batch source
         whose sizes vary), one more, with a batch dimension of None, serves every other size.
-        `stacked`: each tensor has a first dimension more, the steps (any number of them)."""
+        `stacked`: each tensor has a first dimension more, the steps (any number of them), after
+        the number of them to run."""
         sizes: tuple[int | None, ...] = tuple(_batch_size(x) for x, _ in batches)
         if (what, shape, sizes) not in self._traced:
             static = sum(1 for w, s, _ in self._traced if (w, s) == (what, shape))
@@ -133,18 +141,20 @@ class TensorFlowEngine(Engine):
         if key not in self._traced:
             signature = [s for n in sizes for s in _signature(self.data.info, n)]
             if stacked:
-                signature = tf.nest.map_structure(
-                    lambda s: tf.TensorSpec((None, *s.shape), s.dtype), signature
-                )
+                signature = [
+                    tf.TensorSpec((), tf.int32),
+                    *tf.nest.map_structure(
+                        lambda s: tf.TensorSpec((None, *s.shape), s.dtype), signature
+                    ),
+                ]
             self._traced[key] = tf.function(
                 make(), input_signature=signature, jit_compile=self.jit_compile
             )
         return self._traced[key]
 
-    def _loop(self, *stacked: tf.Tensor) -> dict[str, tf.Tensor] | None:
-        """`_train_step` on each step's batches in turn: `stacked` as `_train_step` takes its
-        tensors, each with the steps along a first dimension."""
-        count = tf.shape(structure.first(stacked[0]))[0]
+    def _loop(self, count: tf.Tensor, *stacked: tf.Tensor) -> dict[str, tf.Tensor] | None:
+        """`_train_step` on the first `count` steps' batches in turn: `stacked` as `_train_step`
+        takes its tensors, each with the steps along a first dimension."""
 
         def step(i: tf.Tensor) -> dict[str, tf.Tensor] | None:
             return self._train_step(*(tf.nest.map_structure(lambda t: t[i], t) for t in stacked))
@@ -239,10 +249,10 @@ class TensorFlowEngine(Engine):
     def _pipeline(self, arrays: tuple[Any, Any], order: list[np.ndarray]) -> Iterable[Batch]:
         """The given batches of the split, in order.
 
-        Arrays in memory are gathered eagerly, one `tf.gather` per batch. A tf.data pipeline
-        costs more here: built anew each epoch for the epoch's order, it retraces its map
-        function, and each batch through it takes longer (docs/performance.md, "Measured
-        choices").
+        Arrays in memory are gathered eagerly, one `tf.gather` per tensor for 32 batches at a
+        time (`_gathered`). A tf.data pipeline costs more here: built anew each epoch for the
+        epoch's order, it retraces its map function, and each batch through it takes longer
+        (docs/performance.md, "Measured choices").
 
         Features on disk (`Rows`: files to read or images to decode) go through tf.data, read in
         Python by `tf.numpy_function`, several batches at once and prefetched: file reads and
@@ -274,8 +284,28 @@ class TensorFlowEngine(Engine):
 
 
 def _gathered(x: Any, y: Any, order: list[np.ndarray]) -> Iterator[Batch]:
-    for batch in order:
-        yield _take(x, y, tf.constant(batch))
+    """The batches of `order`, gathered `GATHER_BATCHES` at a time: one `tf.gather` per tensor
+    for all of them, then one `tf.split` into batches. Each eager op costs its dispatch, about
+    0.15 ms on this project's CPU whatever its size, which a small model's step felt: one gather
+    per tensor per batch made the zoo's two-input model's steps 1.48x as long (in one process,
+    1.87 against 1.27 ms; docs/performance.md)."""
+    for start in range(0, len(order), GATHER_BATCHES):
+        part = order[start : start + GATHER_BATCHES]
+        sizes = [len(batch) for batch in part]
+        xs, ys = _take(x, y, tf.constant(np.concatenate(part)))
+        yield from zip(_split(xs, sizes), _split(ys, sizes), strict=True)
+
+
+def _split(value: Any, sizes: list[int]) -> list[Any]:
+    """A structure of tensors as one structure per batch of `sizes` rows."""
+
+    def split(t: tf.Tensor) -> list[tf.Tensor]:
+        with tf.device(t.device):  # where it was gathered, as `_take`
+            return tf.split(t, sizes)
+
+    parts = {name: split(t) for name, t in structure.named(value, "x").items()}
+    like = structure.kind(value)
+    return [structure.rebuild(like, {n: p[i] for n, p in parts.items()}) for i in range(len(sizes))]
 
 
 def _take(x: Any, y: Any, indices: tf.Tensor) -> Batch:

@@ -65,3 +65,18 @@ def test_auto_puts_a_set_on_the_device_when_it_takes_at_most_a_quarter_of_free_m
     monkeypatch.setattr(Engine, "_on_device", record)
     _build(tmp_path, *CASES["cnn"])
     assert calls[0] is resident  # the train split (the val split is smaller: on the device)
+
+
+@pytest.mark.parametrize("case", sorted(CASES))
+def test_batches_are_the_rows_of_the_seeded_order(case: str, tmp_path: Path) -> None:
+    # Batches of 7: more batches than tf gathers at once (32), and a smaller last one.
+    engine = _build(tmp_path, *CASES[case], "data.batch_size=7")
+    split = engine.data.train
+    order = engine._batch_order(split, 1)
+    assert len(order) > 32 and len(order[-1]) < 7
+    batches = list(engine.train_batches(1))
+    assert len(batches) == len(order)
+    for batch, rows in zip(batches, order, strict=True):
+        expected = structure.leaves(split.x) + structure.leaves(split.y)
+        for got, array in zip(_arrays(batch), expected, strict=True):
+            np.testing.assert_array_equal(got, np.asarray(array)[rows])
