@@ -9,9 +9,9 @@ machine do not decide the figures.
   against model width (the first conv's filters, the second has twice as many), per backend;
   drawn as docs/images/scaling.png (--png).
 - pipeline: the train step fed by the engine's real input pipeline (`train_batches`: a
-  DataLoader on torch, an eager `tf.gather` per batch on tf) against the same steps on batches
-  already in memory as framework tensors, for W1 and W2 (`--recipes`); the goal is step
-  times within 5%.
+  DataLoader on torch, eager gathers of 32 batches at a time on tf) against the same steps on
+  batches already in memory as framework tensors, for W1 and W2 (`--recipes`); the goal is
+  step times within 5%.
 
 Each backend runs in a process of its own (this script with --child); the engine is built
 in-process from the real configs, so the steps are exactly dualtrain's.
