@@ -344,7 +344,7 @@ def test_fused_rnn_with_changed_keras_functions_keeps_kerass_own(
 
     keras_rnn = importlib.import_module("keras.src.backend.torch.rnn")
     gru = backend.gru
-    monkeypatch.setattr(keras_rnn, "prepare_gru_params", lambda kernel, bias: None)
+    monkeypatch.setattr(keras_rnn, "prepare_lstm_params", lambda kernel, bias: None)
     compat._fused_rnn_patches.cache_clear()
     try:
         with caplog.at_level(logging.INFO, logger="dualtrain"), compat.fused_rnn():
@@ -356,7 +356,7 @@ def test_fused_rnn_with_changed_keras_functions_keeps_kerass_own(
         assert backend.gru is not gru
     assert backend.gru is gru  # and Keras's is back after the steps
     line = _lines(caplog, "fused_rnn")[0]
-    assert "prepare_gru_params takes (kernel, bias), not (kernel, recurrent_kernel" in line
+    assert "prepare_lstm_params takes (kernel, bias), not (kernel, recurrent_kernel" in line
     assert line.endswith("GRU and LSTM layers loop in Python on torch")
 
 

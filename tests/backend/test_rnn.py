@@ -25,6 +25,7 @@ def _layer(name: str) -> Any:
     import keras
 
     kind, *options = name.split("-")
+    keras.utils.set_random_seed(0)  # the same weights in every run
     layer = {"gru": keras.layers.GRU, "lstm": keras.layers.LSTM}[kind]
     layer = layer(
         5, return_sequences="sequences" in options, go_backwards="backwards" in options, seed=1
@@ -78,11 +79,14 @@ def test_the_fused_op_gives_kerass_loop_values_and_gradients_as_one_graph_node(
         with torch_rnn.traced(torch_rnn.ONE_NODE):
             graph = make_fx(layer)(torch.tensor(x, device=_device(layer)))
     for got, expected in zip(fused, loop, strict=True):
-        np.testing.assert_allclose(got, expected, rtol=RTOL, atol=1e-6)
+        # A gradient is a sum whose terms reach the array's largest values: an element near
+        # zero keeps the round-off of those terms, so atol scales with them.
+        atol = RTOL * float(np.abs(expected).max())
+        np.testing.assert_allclose(got, expected, rtol=RTOL, atol=atol)
     targets = [str(n.target) for n in graph.graph.nodes if n.op == "call_function"]
     assert targets.count(f"dualtrain.{name.split('-')[0]}.default") == 1
-    # No time loop: besides the op, the weights' reordering and the output's shapes (35 ops
-    # for the GRU, 27 for the LSTM); Keras's loop records about 15 a step, a matmul among them.
+    # No time loop: besides the op, the weights' reordering and the output's shapes (18 ops
+    # each); Keras's loop records about 15 a step, a matmul among them.
     assert len(targets) < 2 * STEPS and not [t for t in targets if "mm" in t], targets
 
 
