@@ -911,7 +911,7 @@ def _fused_rnn_patches() -> list[tuple[Any, str, Any]] | str:
     def prepare_gru(kernel: Any, recurrent_kernel: Any, bias: Any) -> list[Any]:
         """Keras's prepare_gru_params as one `index_select` per weight: the same values, with 3
         ops and 3 backward nodes where Keras's chunks, concatenations and copies take 14 and 8
-        (1.6x faster forward and backward, measured alone)."""
+        (forward and backward, measured alone: 0.08 ms above plain transposes, against 0.22)."""
         # made in each call (in a captured graph, a constant), not cached: one made first
         # under a trace of fake tensors would be fake
         order = torch.tensor(torch_gate_order(recurrent_kernel.shape[0]), device=kernel.device)
