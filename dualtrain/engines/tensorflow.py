@@ -297,15 +297,14 @@ def _gathered(x: Any, y: Any, order: list[np.ndarray]) -> Iterator[Batch]:
 
 
 def _split(value: Any, sizes: list[int]) -> list[Any]:
-    """A structure of tensors as one structure per batch of `sizes` rows."""
+    """A structure of tensors as one structure per batch of `sizes` rows (`_stack`'s inverse)."""
 
     def split(t: tf.Tensor) -> list[tf.Tensor]:
         with tf.device(t.device):  # where it was gathered, as `_take`
             return tf.split(t, sizes)
 
-    parts = {name: split(t) for name, t in structure.named(value, "x").items()}
-    like = structure.kind(value)
-    return [structure.rebuild(like, {n: p[i] for n, p in parts.items()}) for i in range(len(sizes))]
+    parts = [split(t) for t in tf.nest.flatten(value)]
+    return [tf.nest.pack_sequence_as(value, [p[i] for p in parts]) for i in range(len(sizes))]
 
 
 def _take(x: Any, y: Any, indices: tf.Tensor) -> Batch:
