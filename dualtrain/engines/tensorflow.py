@@ -24,6 +24,15 @@ GATHER_BATCHES = 32
 Branch = Callable[..., None]  # a branch of `_cond`
 
 
+def graph_function(function: Callable[..., Any], **options: Any) -> Any:
+    """`tf.function` without autograph, as Keras's own trainer compiles its steps: Keras layers
+    and losses branch and loop with `keras.ops`, which need no conversion, and a step that the
+    torch engine can capture needs none either. Autograph's conversion of every Python function
+    a step calls was 1.4 s of a short mlp run's 9 s, 2.7 s of the cnn's 12 s (docs/performance.md,
+    "Measured choices")."""
+    return tf.function(function, autograph=False, **options)
+
+
 class TensorFlowEngine(Engine):
     name = "tf"
 
@@ -69,7 +78,7 @@ class TensorFlowEngine(Engine):
         # The traced steps, by (what, how many batches in each step, each batch's size).
         self._traced: dict[tuple[str, tuple[int, ...], tuple[int | None, ...]], Any] = {}
         # One graph call instead of several eager ops per log line; traced here, not in the loop.
-        self._read_train_fn = tf.function(self.state.read_train_values)
+        self._read_train_fn = graph_function(self.state.read_train_values)
         self._read_train_fn()
         self._train_arrays = _as_tensors(self.data.train, self._on_device(self.data.train))
         self._val_arrays = _as_tensors(self.data.val, self._on_device(self.data.val))
@@ -147,7 +156,7 @@ class TensorFlowEngine(Engine):
                         lambda s: tf.TensorSpec((None, *s.shape), s.dtype), signature
                     ),
                 ]
-            self._traced[key] = tf.function(
+            self._traced[key] = graph_function(
                 make(), input_signature=signature, jit_compile=self.jit_compile
             )
         return self._traced[key]

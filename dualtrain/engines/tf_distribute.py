@@ -36,7 +36,7 @@ from dualtrain import compat
 from dualtrain.data import structure
 from dualtrain.distributed import tf_config
 from dualtrain.engines.base import NOT_SHARDED, Batch
-from dualtrain.engines.tensorflow import Branch, TensorFlowEngine
+from dualtrain.engines.tensorflow import Branch, TensorFlowEngine, graph_function
 from dualtrain.errors import RunError
 
 
@@ -60,7 +60,7 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
             compat.skip_optimizer_all_reduce(optimizer)
         self._dist_train_fns: dict[int, Any] = {}
         self._read_train_fn = self.state.read_train_values
-        self._dist_eval_fn = tf.function(_unscaled(
+        self._dist_eval_fn = graph_function(_unscaled(
             lambda x, y: self.strategy.run(self._eval_step_impl, args=(x, y))
         ), reduce_retracing=True)  # fmt: skip
 
@@ -178,7 +178,7 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
             def step(*tensors: Any) -> None:
                 self.strategy.run(self._train_step, args=tensors)
 
-            self._dist_train_fns[count] = tf.function(_unscaled(step), reduce_retracing=True)
+            self._dist_train_fns[count] = graph_function(_unscaled(step), reduce_retracing=True)
         self._dist_train_fns[count](*(t for batch in batches for t in batch))
         self._last_gradients = None
 

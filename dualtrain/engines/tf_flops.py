@@ -25,6 +25,7 @@ from typing import Any
 
 import tensorflow as tf
 
+from dualtrain.engines.tensorflow import graph_function
 from dualtrain.model_summary import NOT_COUNTED, Flops
 
 # The contractions whose profiler rule counts 2 FLOPs per multiply-add.
@@ -69,7 +70,7 @@ def count(model: Any, phases: list[Any], phase_variables: list[list[Any]], x: An
         return forward(x), step(x, y)
 
     # One trace and one profile for both: each is most of the counting's cost.
-    function = tf.function(both).get_concrete_function(x, y)
+    function = graph_function(both).get_concrete_function(x, y)
     counted = _profiled(function.graph)
     inference, gradients = function.structured_outputs
     return Flops(
