@@ -127,8 +127,8 @@ class Engine(ABC):
     @abstractmethod
     def not_captured_because(self) -> str | None:
         """Why the steps (or a part of them) run op by op rather than as a graph, in words; None
-        when they run as graphs. Known for certain after the first step (torch captures each
-        graph when it is first called)."""
+        when they run as graphs. Known for certain after the first step (each engine traces a
+        graph when it is first called, and falls back to eager steps where it cannot)."""
 
     def step_capture(self) -> dict[str, Any]:
         """How the steps ran, for summary.json."""

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
 from typing import Any
@@ -15,6 +16,8 @@ from dualtrain.data import ArrayDataset, ArraySpec, BatchSplit, DataInfo, Rows, 
 from dualtrain.engines.base import EAGER_MODE, Batch, Engine, targets
 from dualtrain.model_summary import Flops
 from dualtrain.profiling import Recorder
+
+log = logging.getLogger("dualtrain")
 
 # The batch sizes one step is traced for, each a static batch dimension (TensorFlowEngine._trace).
 STATIC_BATCH_SIZES = 4
@@ -35,6 +38,8 @@ def graph_function(function: Callable[..., Any], **options: Any) -> Any:
 
 class TensorFlowEngine(Engine):
     name = "tf"
+    # Why the steps run eagerly after all, where tracing one failed (_graph_call).
+    _eager_because: str | None = None
 
     def _resolve_jit(self, choice: str) -> bool:
         # auto = XLA on GPU only: on a CPU, XLA made the cnn step slower than plain tf.function
@@ -67,12 +72,15 @@ class TensorFlowEngine(Engine):
         return f"as tf.function graphs (XLA: {self.jit_compile}; debug=eager for pdb)"
 
     def not_captured_because(self) -> str | None:
-        return "debug=eager (or a debugger) runs every step op by op" if self.eager else None
+        if self.eager:
+            return "debug=eager (or a debugger) runs every step op by op"
+        return self._eager_because
 
     def _make_steps(self) -> None:
         # Process-wide in TensorFlow: set either way, so that a later run in the process is not
         # left eager by an earlier one.
         tf.config.run_functions_eagerly(self.eager)
+        self._eager_because = None
         # The data's batch description with any batch size (files read by tf.data use it).
         self._batch_signature = _signature(self.data.info)
         # The traced steps, by (what, how many batches in each step, each batch's size).
@@ -102,7 +110,7 @@ class TensorFlowEngine(Engine):
         # One traced step per number of accumulated batches (grad_accum_steps, and the fewer
         # that may end an epoch) and their sizes.
         step = self._trace("train", (len(batches),), batches, lambda: self._train_step)
-        self._last_gradients = step(*(t for batch in batches for t in batch))
+        self._last_gradients = self._graph_call(step, *(t for batch in batches for t in batch))
 
     def train_steps(self, groups: list[list[Batch]]) -> None:
         # Steps of the same shape (batches per step, each batch's size) run as one graph call: a
@@ -123,7 +131,9 @@ class TensorFlowEngine(Engine):
                 same = same + [same[-1]] * (self.settings.backend.steps_per_execution - count)
             steps = self._trace("steps", (len(first),), first, lambda: self._loop, stacked=True)
             stacked = [_stack([group[i] for group in same]) for i in range(len(first))]
-            self._last_gradients = steps(tf.constant(count), *(t for b in stacked for t in b))
+            self._last_gradients = self._graph_call(
+                steps, tf.constant(count), *(t for b in stacked for t in b)
+            )
 
     def _trace(
         self,
@@ -180,7 +190,30 @@ class TensorFlowEngine(Engine):
         return step(count - 1) if self._keep_gradients else None
 
     def _eval_step(self, batch: Batch) -> None:
-        self._trace("eval", (1,), [batch], lambda: self._eval_step_impl)(*batch)
+        self._graph_call(self._trace("eval", (1,), [batch], lambda: self._eval_step_impl), *batch)
+
+    def _graph_call(self, function: Callable[..., Any], *args: Any) -> Any:
+        """Calls a traced step. Where tracing finds Python control flow on a tensor's value,
+        which no graph records, every step runs eagerly from then on (as torch's steps do where
+        its capture fails), and one info line says why. Tracing changes no variable, so the
+        step that failed to trace runs again, eagerly."""
+        try:
+            return function(*args)
+        except tf.errors.OperatorNotAllowedInGraphError as err:
+            if self.eager or self._eager_because is not None:
+                raise
+            self._eager_because = (
+                "the model or loss branches or loops on a tensor's value (a Python `if`, "
+                "`while` or `for` on a tensor), which a graph cannot record; keras.ops.cond, "
+                "keras.ops.where or keras.ops.while_loop can"
+            )
+            log.info(
+                "tf.function: the steps run eagerly, as plain Keras on TensorFlow (same results, "
+                "slower steps): %s", self._eager_because,
+            )  # fmt: skip
+            log.debug("tf.function: %s: %s", type(err).__name__, err)
+            tf.config.run_functions_eagerly(True)
+            return function(*args)
 
     def profiler(self, directory: Path) -> Recorder:
         from dualtrain.engines.tf_profile import TensorFlowRecorder

@@ -179,7 +179,7 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
                 self.strategy.run(self._train_step, args=tensors)
 
             self._dist_train_fns[count] = graph_function(_unscaled(step), reduce_retracing=True)
-        self._dist_train_fns[count](*(t for batch in batches for t in batch))
+        self._graph_call(self._dist_train_fns[count], *(t for batch in batches for t in batch))
         self._last_gradients = None
 
     def train_steps(self, groups: list[list[Batch]]) -> None:
@@ -188,7 +188,7 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
             self.train_step(batches)
 
     def _eval_step(self, batch: Batch) -> None:
-        self._dist_eval_fn(*batch)
+        self._graph_call(self._dist_eval_fn, *batch)
 
     def _cond(self, pred: tf.Tensor, true_fn: Branch, false_fn: Branch, *args: Any) -> None:
         """In a replica: a branch that synchronizes replicas (the optimizer update, metric
