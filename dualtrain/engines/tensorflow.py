@@ -80,7 +80,6 @@ class TensorFlowEngine(Engine):
         # Process-wide in TensorFlow: set either way, so that a later run in the process is not
         # left eager by an earlier one.
         tf.config.run_functions_eagerly(self.eager)
-        self._eager_because = None
         # The data's batch description with any batch size (files read by tf.data use it).
         self._batch_signature = _signature(self.data.info)
         # The traced steps, by (what, how many batches in each step, each batch's size).

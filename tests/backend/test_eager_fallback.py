@@ -4,7 +4,6 @@ and the losses are those of `debug=eager`."""
 
 from __future__ import annotations
 
-import json
 import logging
 from pathlib import Path
 
@@ -14,6 +13,7 @@ import pytest
 from dualtrain.run import train
 from tests.backend.conftest import make_settings
 from tests.backend.users import recipe_overrides
+from tests.conftest import read_jsonl
 
 # float32: torch's fallback still captures the optimizer's update as a graph, which may order
 # its sums differently from the eager update (about 1e-7 relative per step); tf runs the same
@@ -22,8 +22,7 @@ RTOL = 1e-5
 
 
 def _train_losses(run_dir: Path) -> list[float]:
-    lines = [json.loads(x) for x in (run_dir / "metrics.jsonl").read_text().splitlines()]
-    return [x["loss"] for x in lines if x["split"] == "train"]
+    return [x["loss"] for x in read_jsonl(run_dir / "metrics.jsonl") if x["split"] == "train"]
 
 
 def test_a_model_no_graph_can_record_trains_eagerly_and_says_why(
