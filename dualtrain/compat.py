@@ -1022,6 +1022,49 @@ def fused_rnn() -> Iterator[None]:
 # -- Keras on TensorFlow under tf.distribute (engines/tf_distribute.py) --------------------------
 
 
+# -- Keras on TensorFlow: LeakyReLU in the graphs that take gradients ---------------------------
+
+
+@functools.cache
+def _leaky_relu_patch() -> list[tuple[Any, str, Any]] | str:
+    try:
+        from keras.src.backend.tensorflow import nn as keras_tf_nn
+    except ImportError as err:
+        return f"Keras's TensorFlow ops cannot be imported ({err})"
+    problem = _signature_problem(
+        getattr(keras_tf_nn, "leaky_relu", None), "leaky_relu", ["x", "negative_slope"]
+    )
+    if problem:
+        return problem
+    import tensorflow as tf
+
+    def leaky_relu(x: Any, negative_slope: float = 0.2) -> Any:
+        x = tf.convert_to_tensor(x)
+        return tf.where(x > 0, x, x * tf.cast(negative_slope, x.dtype))
+
+    return [(keras_tf_nn, "leaky_relu", leaky_relu)]
+
+
+@contextlib.contextmanager
+def leaky_relu_as_select() -> Iterator[None]:
+    """Inside: Keras's `leaky_relu` on TensorFlow (the LeakyReLU layer, the activation, the op)
+    is `where(x > 0, x, x * slope)`, not TensorFlow's LeakyRelu op: the same values and the same
+    gradient (`slope` at 0, as LeakyReluGrad's and torch's).
+
+    For the graphs that take gradients (engines/tensorflow.py): there, grappler's remapper fuses
+    a Conv2D or MatMul, its BiasAdd and a LeakyRelu although the gradient (LeakyReluGrad) still
+    reads the BiasAdd; the remapper then fails, prints an `E ... remapper failed:
+    INVALID_ARGUMENT: ... LeakyReluGrad ... BiasAdd` line, and the graph loses all of its
+    remapper fusions (TensorFlow 2.21). Graphs without gradients keep the op and its fusion.
+    Checked once: Keras's `leaky_relu` takes (x, negative_slope). Otherwise one info line, and
+    TensorFlow's op.
+    """
+    with _swapped(
+        "leaky_relu_as_select", _leaky_relu_patch(), "LeakyReLU runs TensorFlow's LeakyRelu op"
+    ):
+        yield
+
+
 def skip_optimizer_all_reduce(optimizer: Any) -> None:
     """Stops a Keras TensorFlow optimizer from summing gradients across replicas in `apply`.
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import functools
 import logging
 from collections.abc import Callable, Iterable, Iterator
 from pathlib import Path
@@ -34,6 +35,21 @@ def graph_function(function: Callable[..., Any], **options: Any) -> Any:
     a step calls was 1.4 s of a short mlp run's 9 s, 2.7 s of the cnn's 12 s (docs/performance.md,
     "Measured choices")."""
     return tf.function(function, autograph=False, **options)
+
+
+def training_ops(function: Callable[..., Any]) -> Callable[..., Any]:
+    """`function`, a step that takes gradients, traced with the ops such a graph needs instead
+    of Keras's (compat.leaky_relu_as_select). Run eagerly (debug=eager, the eager fallback), it
+    runs Keras's own ops."""
+
+    @functools.wraps(function)
+    def step(*args: Any) -> Any:
+        if tf.executing_eagerly():
+            return function(*args)
+        with compat.leaky_relu_as_select():
+            return function(*args)
+
+    return step
 
 
 class TensorFlowEngine(Engine):
@@ -165,8 +181,9 @@ class TensorFlowEngine(Engine):
                         lambda s: tf.TensorSpec((None, *s.shape), s.dtype), signature
                     ),
                 ]
+            step = make() if what == "eval" else training_ops(make())
             self._traced[key] = graph_function(
-                make(), input_signature=signature, jit_compile=self.jit_compile
+                step, input_signature=signature, jit_compile=self.jit_compile
             )
         return self._traced[key]
 

@@ -36,7 +36,7 @@ from dualtrain import compat
 from dualtrain.data import structure
 from dualtrain.distributed import tf_config
 from dualtrain.engines.base import NOT_SHARDED, Batch
-from dualtrain.engines.tensorflow import Branch, TensorFlowEngine, graph_function
+from dualtrain.engines.tensorflow import Branch, TensorFlowEngine, graph_function, training_ops
 from dualtrain.errors import RunError
 
 
@@ -178,7 +178,9 @@ class DistributedTensorFlowEngine(TensorFlowEngine):
             def step(*tensors: Any) -> None:
                 self.strategy.run(self._train_step, args=tensors)
 
-            self._dist_train_fns[count] = graph_function(_unscaled(step), reduce_retracing=True)
+            self._dist_train_fns[count] = graph_function(
+                training_ops(_unscaled(step)), reduce_retracing=True
+            )
         self._graph_call(self._dist_train_fns[count], *(t for batch in batches for t in batch))
         self._last_gradients = None
 

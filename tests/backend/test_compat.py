@@ -364,6 +364,53 @@ def test_fused_rnn_with_changed_keras_functions_keeps_kerass_own(
 
 
 @tf_only
+def test_leaky_relu_as_select_gives_tensorflows_values_and_gradients() -> None:
+    import keras
+    import numpy as np
+    import tensorflow as tf
+
+    # 0 and -0.0 included: the gradient there is the slope, as LeakyReluGrad's (and torch's).
+    x = tf.constant([-3.0, -0.5, -0.0, 0.0, 1e-8, 2.0, np.nan], dtype=tf.float32)
+    layer = keras.layers.LeakyReLU(0.3)
+
+    def values_and_gradients() -> tuple[np.ndarray, np.ndarray]:
+        with tf.GradientTape() as tape:
+            tape.watch(x)
+            y = layer(x)
+        return y.numpy(), tape.gradient(y, x).numpy()
+
+    expected = values_and_gradients()
+    with compat.leaky_relu_as_select():
+        from keras.src.backend.tensorflow import nn as keras_tf_nn
+
+        assert keras_tf_nn.leaky_relu.__module__ == compat.__name__  # the swap is in place
+        swapped = values_and_gradients()
+    assert keras_tf_nn.leaky_relu.__module__ != compat.__name__  # Keras's own back after it
+    for got, want in zip(swapped, expected, strict=True):
+        np.testing.assert_array_equal(got, want)  # to the bit, NaN in place
+
+
+@tf_only
+def test_leaky_relu_as_select_with_a_changed_keras_function_keeps_kerass_own(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from keras.src.backend.tensorflow import nn as keras_tf_nn
+
+    monkeypatch.setattr(keras_tf_nn, "leaky_relu", lambda x, alpha=0.2: x)
+    changed = keras_tf_nn.leaky_relu
+    compat._leaky_relu_patch.cache_clear()
+    try:
+        with caplog.at_level(logging.INFO, logger="dualtrain"), compat.leaky_relu_as_select():
+            assert keras_tf_nn.leaky_relu is changed
+    finally:
+        monkeypatch.undo()
+        compat._leaky_relu_patch.cache_clear()
+    line = _lines(caplog, "leaky_relu_as_select")[0]
+    assert "leaky_relu takes (x, alpha), not (x, negative_slope)" in line
+    assert line.endswith("LeakyReLU runs TensorFlow's LeakyRelu op")
+
+
+@tf_only
 def test_skip_optimizer_all_reduce(monkeypatch: pytest.MonkeyPatch) -> None:
     import keras
     import tensorflow as tf

@@ -5,10 +5,13 @@ from __future__ import annotations
 import logging
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from dualtrain.run import train
 from tests.backend.conftest import BACKEND, make_settings
+from tests.backend.test_training import losses
+from tests.backend.users import recipe_overrides
 
 
 @pytest.mark.skipif(BACKEND != "torch", reason="capture_forward is torch's")
@@ -52,3 +55,27 @@ def test_mlp_on_digits_reaches_a_sane_val_loss(tmp_path: Path) -> None:
     assert summary["status"] == "completed"
     assert summary["final"]["val"]["loss"] < 1.0
     assert summary["final"]["val"]["accuracy"] > 0.8
+
+
+def test_conv2d_with_leaky_relu_trains_without_an_error_line_and_as_eagerly(
+    tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
+    """Conv2D, its bias and LeakyReLU, as a DCGAN discriminator stacks them: on tf, grappler's
+    remapper used to fail on the training graph, print `E ... remapper failed: INVALID_ARGUMENT
+    ... LeakyReluGrad ... BiasAdd` and drop all that graph's fusions (compat.leaky_relu_as_select).
+    On either backend nothing like it is printed, and the losses are those of debug=eager, which
+    runs Keras's own LeakyReLU."""
+    overrides = recipe_overrides(
+        "layers", "+recipe.model.kind=conv2d_leaky", "trainer.max_epochs=1",
+        "trainer.log_every_n_steps=1", "logger=[jsonl]",
+    )  # fmt: skip
+    capfd.readouterr()
+    assert train(make_settings(tmp_path / "graph", *overrides))["status"] == "completed"
+    printed = capfd.readouterr().err
+    assert "remapper failed" not in printed and "E0000" not in printed, printed[-2000:]
+    train(make_settings(tmp_path / "eager", *overrides, "debug=eager"))
+    graph, eager = losses(tmp_path / "graph"), losses(tmp_path / "eager")
+    assert len(graph) == len(eager) >= 6  # 409 train samples, batch 64
+    # float32: the step runs the same arithmetic in another order (fused kernels, captured on
+    # torch), about 1e-7 relative per step; as tests/backend/test_eager_fallback.py.
+    np.testing.assert_allclose(graph, eager, rtol=1e-5)

@@ -99,6 +99,10 @@ def build_model(data: DataInfo, kind: str = "batchnorm") -> keras.Model:
     elif kind == "noise":
         h = keras.layers.GaussianNoise(0.3, seed=2)(keras.layers.Flatten()(inputs))
         h = keras.layers.Dense(16, activation="relu")(h)
+    elif kind == "conv2d_leaky":  # a DCGAN discriminator's block: Conv2D, its bias, LeakyReLU
+        h = keras.layers.Reshape((STEPS, FEATURES, 1))(inputs)
+        h = keras.layers.LeakyReLU(0.2)(keras.layers.Conv2D(8, 3, padding="same")(h))
+        h = keras.layers.GlobalAveragePooling2D()(h)
     elif kind == "gru":
         h = keras.layers.GRU(8, dropout=0.2, recurrent_dropout=0.1, seed=3)(inputs)
     elif kind == "gru_lstm":  # torch: one fused op per layer (compat.fused_rnn)
