@@ -1019,9 +1019,6 @@ def fused_rnn() -> Iterator[None]:
         yield
 
 
-# -- Keras on TensorFlow under tf.distribute (engines/tf_distribute.py) --------------------------
-
-
 # -- Keras on TensorFlow: LeakyReLU in the graphs that take gradients ---------------------------
 
 
@@ -1052,10 +1049,11 @@ def leaky_relu_as_select() -> Iterator[None]:
     gradient (`slope` at 0, as LeakyReluGrad's and torch's).
 
     For the graphs that take gradients (engines/tensorflow.py): there, grappler's remapper fuses
-    a Conv2D or MatMul, its BiasAdd and a LeakyRelu although the gradient (LeakyReluGrad) still
-    reads the BiasAdd; the remapper then fails, prints an `E ... remapper failed:
-    INVALID_ARGUMENT: ... LeakyReluGrad ... BiasAdd` line, and the graph loses all of its
-    remapper fusions (TensorFlow 2.21). Graphs without gradients keep the op and its fusion.
+    a Conv2D, its BiasAdd and a LeakyRelu although the gradient (LeakyReluGrad) still reads the
+    BiasAdd (a Dense or a Conv1D before the LeakyReLU did not show it); the remapper then
+    fails, prints an `E ... remapper failed: INVALID_ARGUMENT: ... LeakyReluGrad ... BiasAdd`
+    line, and the graph loses all of its remapper fusions (TensorFlow 2.21). Graphs without
+    gradients keep the op and its fusion.
     Checked once: Keras's `leaky_relu` takes (x, negative_slope). Otherwise one info line, and
     TensorFlow's op.
     """
@@ -1063,6 +1061,9 @@ def leaky_relu_as_select() -> Iterator[None]:
         "leaky_relu_as_select", _leaky_relu_patch(), "LeakyReLU runs TensorFlow's LeakyRelu op"
     ):
         yield
+
+
+# -- Keras on TensorFlow under tf.distribute (engines/tf_distribute.py) --------------------------
 
 
 def skip_optimizer_all_reduce(optimizer: Any) -> None:
