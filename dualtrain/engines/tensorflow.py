@@ -124,7 +124,8 @@ class TensorFlowEngine(Engine):
     def train_step(self, batches: list[Batch]) -> None:
         # One traced step per number of accumulated batches (grad_accum_steps, and the fewer
         # that may end an epoch) and their sizes.
-        step = self._trace("train", (len(batches),), batches, lambda: self._train_step)
+        make = functools.partial(training_ops, self._train_step)
+        step = self._trace("train", (len(batches),), batches, make)
         self._last_gradients = self._graph_call(step, *(t for batch in batches for t in batch))
 
     def train_steps(self, groups: list[list[Batch]]) -> None:
@@ -144,7 +145,8 @@ class TensorFlowEngine(Engine):
                 # XLA compiles the graph again for each shape of its inputs: the stack always
                 # holds steps_per_execution steps (the last repeated), of which `count` run.
                 same = same + [same[-1]] * (self.settings.backend.steps_per_execution - count)
-            steps = self._trace("steps", (len(first),), first, lambda: self._loop, stacked=True)
+            make = functools.partial(training_ops, self._loop)
+            steps = self._trace("steps", (len(first),), first, make, stacked=True)
             stacked = [_stack([group[i] for group in same]) for i in range(len(first))]
             self._last_gradients = self._graph_call(
                 steps, tf.constant(count), *(t for b in stacked for t in b)
@@ -181,9 +183,8 @@ class TensorFlowEngine(Engine):
                         lambda s: tf.TensorSpec((None, *s.shape), s.dtype), signature
                     ),
                 ]
-            step = make() if what == "eval" else training_ops(make())
             self._traced[key] = graph_function(
-                step, input_signature=signature, jit_compile=self.jit_compile
+                make(), input_signature=signature, jit_compile=self.jit_compile
             )
         return self._traced[key]
 
